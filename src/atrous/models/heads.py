@@ -1,0 +1,190 @@
+"""Segmentation heads: DeepLabV2's summed atrous classifier, ASPP, the V3 and V3+ heads, the FCN aux head.
+
+Each head maps the backbone's feature dict to logits at feature resolution; the ``Segmenter`` upsamples.
+Submodules that output class scores are named ``classifier``/``classifiers``: weight loading recognises a
+class-count mismatch by that name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNReLU(nn.Module):
+    """Conv (no bias) -> BatchNorm -> ReLU, with 'same' padding for any dilation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1, groups: int = 1):
+        super().__init__()
+        padding = (kernel_size - 1) // 2 * dilation
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class SeparableConvBNReLU(nn.Module):
+    """Atrous-separable conv of DeepLabV3+: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1):
+        super().__init__()
+        self.depthwise = ConvBNReLU(in_channels, in_channels, 3, dilation=dilation, groups=in_channels)
+        self.pointwise = ConvBNReLU(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False) -> nn.Module:
+    if separable:
+        return SeparableConvBNReLU(in_channels, out_channels, dilation=dilation)
+    return ConvBNReLU(in_channels, out_channels, 3, dilation=dilation)
+
+
+class ImagePooling(ConvBNReLU):
+    """ASPP's image-level branch: global average pool -> 1x1 conv -> BN -> ReLU -> broadcast back to H x W."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn.training and x.shape[0] == 1:
+            raise ValueError(
+                "batch size 1 in train mode: the BatchNorm of ASPP's image-pooling branch sees one value per "
+                "channel and cannot compute batch statistics. Use a batch of 2 or more, call model.eval(), "
+                "or build the model with frozen_bn='all'."
+            )
+        pooled = super().forward(x.mean(dim=(2, 3), keepdim=True))
+        # Bilinear upsampling of a 1x1 map is a broadcast; expand avoids the interpolation kernel.
+        return pooled.expand(-1, -1, x.shape[2], x.shape[3])
+
+
+class ASPP(nn.Module):
+    """Atrous Spatial Pyramid Pooling (DeepLabV3): 1x1, one 3x3 per rate, image pooling; concat -> 1x1 -> dropout.
+
+    Input (N, in_channels, h, w) -> output (N, out_channels, h, w).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        atrous_rates: Sequence[int],
+        out_channels: int = 256,
+        dropout: float = 0.5,
+        separable: bool = False,
+    ):
+        super().__init__()
+        self.branch1x1 = ConvBNReLU(in_channels, out_channels, 1)
+        self.atrous_branches = nn.ModuleList(
+            conv3x3_bn_relu(in_channels, out_channels, dilation=rate, separable=separable) for rate in atrous_rates
+        )
+        self.pooling = ImagePooling(in_channels, out_channels)
+        self.project = ConvBNReLU(out_channels * (len(atrous_rates) + 2), out_channels, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = [self.branch1x1(x)] + [branch(x) for branch in self.atrous_branches] + [self.pooling(x)]
+        return self.dropout(self.project(torch.cat(branches, dim=1)))
+
+
+class DeepLabV2Head(nn.Module):
+    """DeepLab-v2 ASPP classifier: parallel 3x3 convs (with bias) at dilations 6/12/18/24 whose outputs are summed.
+
+    All four branches are summed (a widespread copy returns inside its loop and sums only two).
+    """
+
+    uses_low_level = False
+
+    def __init__(self, *, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (6, 12, 18, 24)):
+        super().__init__()
+        self.classifiers = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate, bias=True) for rate in atrous_rates
+        )
+        for conv in self.classifiers:
+            nn.init.normal_(conv.weight, 0.0, 0.01)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, in_channels, h, w) -> logits (N, num_classes, h, w)."""
+        logits = self.classifiers[0](features)
+        for conv in self.classifiers[1:]:
+            logits = logits + conv(features)
+        return logits
+
+
+class DeepLabV3Head(nn.Module):
+    """ASPP -> 3x3 conv (256) + BN + ReLU -> 1x1 classifier (torchvision's ``DeepLabHead``)."""
+
+    uses_low_level = False
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        atrous_rates: Sequence[int],
+        dropout: float = 0.5,
+        separable: bool = False,
+    ):
+        super().__init__()
+        self.aspp = ASPP(in_channels=in_channels, atrous_rates=atrous_rates, dropout=dropout, separable=separable)
+        self.conv = conv3x3_bn_relu(256, 256, separable=separable)
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (N, in_channels, h, w) -> logits (N, num_classes, h, w)."""
+        return self.classifier(self.conv(self.aspp(features)))
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabV3+ : ASPP on the last features, fused at stride 4 with projected low-level features.
+
+    low (N, low_channels, H/4, W/4) -> 1x1 conv (48) + BN + ReLU; ASPP output upsampled to H/4 x W/4;
+    concat (304 ch) -> two 3x3 convs (256) + BN + ReLU -> 1x1 classifier. Returns stride-4 logits.
+    """
+
+    uses_low_level = True
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        low_channels: int,
+        num_classes: int,
+        atrous_rates: Sequence[int],
+        low_project_channels: int = 48,
+        dropout: float = 0.1,
+        separable: bool = False,
+    ):
+        super().__init__()
+        self.aspp = ASPP(in_channels=in_channels, atrous_rates=atrous_rates, dropout=dropout, separable=separable)
+        self.low_project = ConvBNReLU(low_channels, low_project_channels, 1)
+        self.fuse1 = conv3x3_bn_relu(256 + low_project_channels, 256, separable=separable)
+        self.fuse2 = conv3x3_bn_relu(256, 256, separable=separable)
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, features: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        context = self.aspp(features)
+        context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        fused = torch.cat([context, self.low_project(low)], dim=1)
+        return self.classifier(self.fuse2(self.fuse1(fused)))
+
+
+class FCNHead(nn.Module):
+    """Auxiliary head (torchvision's ``FCNHead``): 3x3 conv (in/4) + BN + ReLU + dropout 0.1 -> 1x1 classifier."""
+
+    def __init__(self, *, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, in_channels // 4, 3)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Conv2d(in_channels // 4, num_classes, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.conv(features)))

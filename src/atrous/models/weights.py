@@ -1,0 +1,378 @@
+"""Reading weights from every format DeepLab users hold, recognised by their keys.
+
+This is the one place that knows foreign key layouts: torchvision's DeepLabV3 models and ImageNet
+backbones, the Caffe-converted DeepLab-v2 ResNet-101 file (keys prefixed ``Scale.``), checkpoints of the
+DeepLab-v2 PyTorch port (``layer5``/``layer6`` classifiers) and atrous's own files.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import urllib.error
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .normalization import CAFFE_BGR, IMAGENET_RGB
+from .segmenter import Segmenter
+
+BACKBONE_SCOPE = "backbone."
+_FIRST_KEYS_SHOWN = 5
+
+
+class WeightsError(ValueError):
+    """A weights file or state dict that cannot be read or does not fit the model."""
+
+
+@dataclass
+class WeightsReport:
+    """What ``load_weights`` did. Keys are the model's (atrous) names."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [
+            f"weights from {self.source} (format {self.format}): {len(self.loaded)} tensors loaded, "
+            f"{len(self.skipped)} skipped, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.mismatched)} shape-mismatched"
+        ]
+        lines += [f"  {message}" for message in self.messages]
+        if self.missing:
+            lines.append(f"  missing: {_first(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected: {_first(self.unexpected)}")
+        if self.mismatched:
+            shown = [f"{key} file {list(src)} vs model {list(dst)}" for key, src, dst in self.mismatched]
+            lines.append(f"  shape-mismatched: {_first(shown)}")
+        return "\n".join(lines)
+
+
+def _first(items: list[str]) -> str:
+    more = f" ... and {len(items) - _FIRST_KEYS_SHOWN} more" if len(items) > _FIRST_KEYS_SHOWN else ""
+    return ", ".join(items[:_FIRST_KEYS_SHOWN]) + more
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.pt``/``.pth`` (never executing code: ``weights_only=True``) or ``.safetensors`` file.
+
+    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers and the ``module.`` prefix of DDP.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"{path}: refused to load: the file holds Python objects other than tensors, and atrous never runs "
+            f"code from a weights file (weights_only=True). Details: {error}"
+        ) from error
+    except Exception as error:  # torch/zipfile/safetensors each raise their own types for damaged files
+        raise WeightsError(f"{path}: cannot read weights (truncated or corrupt file?): {error}") from error
+    return unwrap_state_dict(state, source=str(path))
+
+
+def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a checkpoint: ``state["model"]``, ``state["state_dict"]`` or ``state`` itself."""
+    if isinstance(state, Mapping):
+        for container in ("model", "state_dict"):
+            if isinstance(state.get(container), Mapping):
+                state = state[container]
+                break
+    if not isinstance(state, Mapping) or not state:
+        raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors")
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{source}: holds no tensors; first keys: {_first([str(k) for k in state])}")
+    if all(key.startswith("module.") for key in tensors):
+        tensors = {key[len("module.") :]: value for key, value in tensors.items()}
+    return tensors
+
+
+# ------------------------------------------------------------------------------------------ recognising
+
+FORMATS = (
+    "atrous",
+    "torchvision_deeplabv3_resnet",
+    "torchvision_deeplabv3_mobilenet_v3_large",
+    "torchvision_resnet",
+    "torchvision_mobilenet_v3_large",
+    "deeplabv2_caffe",
+    "deeplabv2_port",
+)
+
+
+def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state dict>") -> str:
+    """Name the layout of a state dict from its keys; see ``FORMATS``."""
+    keys = list(state)
+    if all(key.startswith("Scale.") for key in keys):
+        return "deeplabv2_caffe"
+    if any(re.match(r"layer[56]\.conv2d_list\.", key) for key in keys):
+        return "deeplabv2_port"
+    if any(key.startswith("classifier.0.convs.") for key in keys):
+        if "backbone.conv1.weight" in state:
+            return "torchvision_deeplabv3_resnet"
+        return "torchvision_deeplabv3_mobilenet_v3_large"
+    if any(key.startswith(("head.", "aux_head.")) for key in keys) or all(key.startswith("backbone.") for key in keys):
+        return "atrous"
+    if "conv1.weight" in state and any(key.startswith("layer1.") for key in keys):
+        return "torchvision_resnet"
+    if "features.0.0.weight" in state:
+        return "torchvision_mobilenet_v3_large"
+    raise WeightsError(
+        f"{source}: unrecognised weights layout (first keys: {_first(keys)}); atrous reads {list(FORMATS)}"
+    )
+
+
+# ----------------------------------------------------------------------------------------- translating
+
+# torchvision DeepLabHead / FCNHead (positional nn.Sequential) -> atrous's named submodules.
+_TORCHVISION_HEAD_KEYS = [
+    (r"^classifier\.0\.convs\.0\.0\.", "head.aspp.branch1x1.conv."),
+    (r"^classifier\.0\.convs\.0\.1\.", "head.aspp.branch1x1.bn."),
+    (r"^classifier\.0\.convs\.([123])\.0\.", lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 1}.conv."),
+    (r"^classifier\.0\.convs\.([123])\.1\.", lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 1}.bn."),
+    (r"^classifier\.0\.convs\.4\.1\.", "head.aspp.pooling.conv."),
+    (r"^classifier\.0\.convs\.4\.2\.", "head.aspp.pooling.bn."),
+    (r"^classifier\.0\.project\.0\.", "head.aspp.project.conv."),
+    (r"^classifier\.0\.project\.1\.", "head.aspp.project.bn."),
+    (r"^classifier\.1\.", "head.conv.conv."),
+    (r"^classifier\.2\.", "head.conv.bn."),
+    (r"^classifier\.4\.", "head.classifier."),
+    (r"^aux_classifier\.0\.", "aux_head.conv.conv."),
+    (r"^aux_classifier\.1\.", "aux_head.conv.bn."),
+    (r"^aux_classifier\.4\.", "aux_head.classifier."),
+    (r"^backbone\.(\d+)\.", r"backbone.features.\1."),  # MobileNetV3: IntermediateLayerGetter over `features`
+]
+
+
+def _rename(key: str, table) -> str:
+    for pattern, replacement in table:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return key
+
+
+def _port_classifier_key(key: str, value: torch.Tensor, model: Segmenter) -> str:
+    """``layer5/6.conv2d_list.i.*`` -> main or aux head, by the classifier's input channels."""
+    match = re.match(r"layer[56]\.conv2d_list\.(\d+)\.(weight|bias)$", key)
+    if match is None:
+        return key
+    target = "head"
+    if value.dim() == 4 and value.shape[1] == model.backbone.channels["aux"] != model.backbone.channels["out"]:
+        target = "aux_head"
+    return f"{target}.classifiers.{match[1]}.{match[2]}"
+
+
+def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a state dict of format ``fmt`` to atrous keys. Returns (state, scope prefix of required keys)."""
+    if fmt == "atrous":
+        return dict(state), ""
+    if fmt in ("torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large"):
+        return {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in state.items()}, ""
+    if fmt == "torchvision_resnet":
+        return {f"backbone.{key}": value for key, value in state.items() if not key.startswith("fc.")}, BACKBONE_SCOPE
+    if fmt == "torchvision_mobilenet_v3_large":
+        kept = {key: value for key, value in state.items() if key.startswith("features.")}
+        return {f"backbone.{key}": value for key, value in kept.items()}, BACKBONE_SCOPE
+    if fmt in ("deeplabv2_caffe", "deeplabv2_port"):
+        translated = {}
+        for key, value in state.items():
+            key = key.removeprefix("Scale.")
+            if key.startswith("layer5.") or key.startswith("layer6."):
+                translated[_port_classifier_key(key, value, model)] = value
+            else:
+                translated[f"backbone.{key}"] = value
+        # A file with classifiers fills the heads; the bare ImageNet init file only the backbone.
+        has_head = any(key.startswith("head.") for key in translated)
+        return translated, ("" if has_head else BACKBONE_SCOPE)
+    raise WeightsError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+
+
+_EXPECTED_NORMALIZATION = {
+    "deeplabv2_caffe": CAFFE_BGR,
+    "deeplabv2_port": CAFFE_BGR,
+    "torchvision_resnet": IMAGENET_RGB,
+    "torchvision_mobilenet_v3_large": IMAGENET_RGB,
+    "torchvision_deeplabv3_resnet": IMAGENET_RGB,
+    "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
+}
+
+
+def _architecture_problem(fmt: str, model: Segmenter) -> str | None:
+    """Mismatches that keys and shapes cannot show (a Caffe ResNet and torchvision's have identical shapes)."""
+    expected = _EXPECTED_NORMALIZATION.get(fmt)
+    if expected is not None and model.normalization != expected:
+        wanted = "resnet101_caffe" if expected is CAFFE_BGR else "a torchvision backbone (resnet*, mobilenet_v3_large)"
+        return (
+            f"the file is {fmt} (weights for {expected.name} input) but the model's backbone expects "
+            f"{model.normalization.name} input; build the model with backbone {wanted}"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _is_classifier(key: str) -> bool:
+    return any(part in ("classifier", "classifiers") for part in key.split("."))
+
+
+def _head_of(key: str) -> str:
+    """``head.aspp.project.conv.weight`` -> ``head``; ``aux_head.classifier.bias`` -> ``aux_head``."""
+    return key.split(".", 1)[0]
+
+
+def load_weights(
+    model: Segmenter, source: str | Path | Mapping[str, torch.Tensor], *, strict: bool = True
+) -> WeightsReport:
+    """Load weights of any supported format into ``model`` and report what happened.
+
+    source: a ``.pt``/``.pth``/``.safetensors`` path, or a state dict. The format is recognised by its keys.
+    A classifier whose class count differs from the model's is skipped (keeps its fresh init), as are aux-head
+    weights when the model has no aux head (and vice versa). Anything else missing, unexpected or
+    shape-mismatched raises ``WeightsError`` naming the first offending keys, unless ``strict=False``.
+    """
+    if isinstance(source, (str, Path)):
+        name, state = str(source), read_state_dict(source)
+    else:
+        name, state = "<state dict>", unwrap_state_dict(source)
+    fmt = detect_format(state, source=name)
+    report = WeightsReport(source=name, format=fmt)
+    problem = _architecture_problem(fmt, model)
+    if problem is not None:
+        if strict:
+            raise WeightsError(f"{name}: wrong architecture: {problem} (strict=False loads it anyway)")
+        report.messages.append(f"warning: {problem}")
+
+    translated, scope = translate(state, fmt, model)
+    model_state = model.state_dict()
+    to_load: dict[str, torch.Tensor] = {}
+    skipped_classifiers: dict[str, tuple[int, int]] = {}
+    for key, value in translated.items():
+        if key not in model_state:
+            if _head_of(key) == "aux_head" and model.aux_head is None:
+                report.skipped.append(key)
+            else:
+                report.unexpected.append(key)
+        elif value.shape != model_state[key].shape:
+            if _is_classifier(key) and value.shape[0] != model_state[key].shape[0]:
+                report.skipped.append(key)
+                skipped_classifiers[key.rsplit(".", 1)[0]] = (value.shape[0], model_state[key].shape[0])
+            else:
+                report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+        else:
+            to_load[key] = value
+    # A classifier is skipped whole: never its bias without its weight.
+    for key in list(to_load):
+        if key.rsplit(".", 1)[0] in skipped_classifiers:
+            report.skipped.append(key)
+            del to_load[key]
+    for module, (theirs, ours) in skipped_classifiers.items():
+        report.messages.append(f"{module}: the file has {theirs} classes, the model {ours}; it keeps its fresh init")
+
+    for key in model_state:
+        if key in translated or not key.startswith(scope) or key.endswith("num_batches_tracked"):
+            continue
+        if _head_of(key) == "aux_head" and not any(_head_of(k) == "aux_head" for k in translated):
+            continue
+        report.missing.append(key)
+    if model.aux_head is not None and not any(_head_of(k) == "aux_head" for k in translated) and scope == "":
+        report.messages.append("the file has no aux head; the model's aux head keeps its fresh init")
+    if model.aux_head is None and any(_head_of(k) == "aux_head" for k in report.skipped):
+        report.messages.append("aux-head weights in the file are ignored: the model was built with aux=False")
+    report.messages += _rate_hints(fmt, model)
+
+    if strict and not report.ok:
+        raise WeightsError(f"{name}: does not fit the model (strict=False loads what fits):\n{report}")
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    return report
+
+
+def _rate_hints(fmt: str, model: Segmenter) -> list[str]:
+    """torchvision's DeepLabV3 weights carry no dilation: say when the model will not reproduce its outputs."""
+    aspp = getattr(model.head, "aspp", None)
+    if not fmt.startswith("torchvision_deeplabv3") or aspp is None:
+        return []
+    rates = tuple(
+        branch.conv.dilation[0] for branch in aspp.atrous_branches if isinstance(getattr(branch, "conv", None), nn.Conv2d)
+    )
+    torchvision_stride = 8 if fmt == "torchvision_deeplabv3_resnet" else 16
+    if rates == (12, 24, 36) and model.output_stride == torchvision_stride:
+        return []
+    return [
+        f"torchvision's model runs at output stride {torchvision_stride} with ASPP rates (12, 24, 36); this one at "
+        f"{model.output_stride} with {rates}, so its outputs differ from torchvision's (atrous.models."
+        "TORCHVISION_DEEPLABV3 has the build_model arguments that reproduce them)"
+    ]
+
+
+# ------------------------------------------------------------------------------------ ImageNet backbones
+
+_IMAGENET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+    "resnet152": "ResNet152_Weights.IMAGENET1K_V1",
+    "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+}
+CAFFE_IMAGENET_FILE = "DeepLab_resnet_pretrained_imagenet.pth"
+
+
+def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights for ``backbone`` through its weights API (torch hub cache, then download).
+
+    These are the backbone weights torchvision's own DeepLabV3 models start from (``IMAGENET1K_V1``).
+    """
+    if backbone == "resnet101_caffe":
+        raise WeightsError(
+            f"the Caffe ImageNet weights of resnet101_caffe are not distributed by torchvision: download "
+            f"{CAFFE_IMAGENET_FILE} (DeepLab-v2's init file) and pass its path as pretrained_backbone"
+        )
+    if backbone not in _IMAGENET_WEIGHTS:
+        raise WeightsError(f"no ImageNet weights known for backbone {backbone!r}; choose from {sorted(_IMAGENET_WEIGHTS)}")
+    import torchvision
+
+    weights = torchvision.models.get_weight(_IMAGENET_WEIGHTS[backbone])
+    filename = weights.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError) as error:
+        raise WeightsError(
+            f"could not download {weights.url} ({error}). Offline? Put the file {filename} at {cached} "
+            f"(the torch hub cache; set TORCH_HOME to move it), or pass pretrained_backbone=<path to the file>"
+        ) from error
+
+
+def load_pretrained_backbone(model: Segmenter, source: str | Path) -> WeightsReport:
+    """``source``: "imagenet" (torchvision's weights for the model's backbone) or a path to a weights file."""
+    if source == "imagenet":
+        return load_weights(model, imagenet_state_dict(model.spec.get("backbone", "")))
+    return load_weights(model, source)
