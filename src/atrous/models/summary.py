@@ -8,10 +8,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import MODELS, build_model, list_backbones, list_models
 
 
-def count_flops(name: str, *, backbone: str, output_stride: int, size: int, num_classes: int) -> tuple[int, int]:
-    """(parameters, FLOPs) of one forward pass on a (1, 3, size, size) input. FLOPs = 2 x multiply-accumulates."""
+def count_flops(size: int, **build_kwargs) -> tuple[int, int]:
+    """(parameters, FLOPs) of ``build_model(**build_kwargs)`` on one (1, 3, size, size) image, in eval mode.
+
+    FLOPs = 2 x multiply-accumulates (torchvision's and mmseg's tables quote multiply-accumulates as "FLOPs").
+    """
     with torch.device("meta"):
-        model = build_model(name, backbone=backbone, num_classes=num_classes, output_stride=output_stride).eval()
+        model = build_model(**build_kwargs).eval()
         images = torch.empty(1, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -27,7 +30,7 @@ def model_rows(*, size: int = 513, num_classes: int = 21) -> list[dict]:
         for backbone in list_backbones():
             for output_stride in sorted({default_stride, 8}):
                 params, flops = count_flops(
-                    name, backbone=backbone, output_stride=output_stride, size=size, num_classes=num_classes
+                    size, name=name, backbone=backbone, output_stride=output_stride, num_classes=num_classes
                 )
                 rows.append(
                     {

@@ -177,15 +177,19 @@ def _rename(key: str, table) -> str:
     return key
 
 
-def _port_classifier_key(key: str, value: torch.Tensor, model: Segmenter) -> str:
-    """``layer5/6.conv2d_list.i.*`` -> main or aux head, by the classifier's input channels."""
-    match = re.match(r"layer[56]\.conv2d_list\.(\d+)\.(weight|bias)$", key)
-    if match is None:
-        return key
-    target = "head"
-    if value.dim() == 4 and value.shape[1] == model.backbone.channels["aux"] != model.backbone.channels["out"]:
-        target = "aux_head"
-    return f"{target}.classifiers.{match[1]}.{match[2]}"
+def _port_classifier_targets(state: Mapping[str, torch.Tensor], model: Segmenter) -> dict[str, str]:
+    """Which of the port's ``layer5``/``layer6`` classifiers is the main head and which the aux head.
+
+    Decided by input channels: the Caffe file's ``layer5`` reads layer4 (2048 ch), the port's multi-level
+    ``layer5`` reads layer3 (1024 ch) and its ``layer6`` layer4.
+    """
+    targets = {}
+    for layer in ("layer5", "layer6"):
+        weight = state.get(f"{layer}.conv2d_list.0.weight")
+        if weight is not None:
+            reads_aux = weight.shape[1] == model.backbone.channels["aux"] != model.backbone.channels["out"]
+            targets[layer] = "aux_head" if reads_aux else "head"
+    return targets
 
 
 def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> tuple[dict[str, torch.Tensor], str]:
@@ -200,11 +204,13 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         kept = {key: value for key, value in state.items() if key.startswith("features.")}
         return {f"backbone.{key}": value for key, value in kept.items()}, BACKBONE_SCOPE
     if fmt in ("deeplabv2_caffe", "deeplabv2_port"):
+        state = {key.removeprefix("Scale."): value for key, value in state.items()}
+        targets = _port_classifier_targets(state, model)
         translated = {}
         for key, value in state.items():
-            key = key.removeprefix("Scale.")
-            if key.startswith("layer5.") or key.startswith("layer6."):
-                translated[_port_classifier_key(key, value, model)] = value
+            match = re.match(r"(layer[56])\.conv2d_list\.(.+)$", key)
+            if match:
+                translated[f"{targets.get(match[1], 'head')}.classifiers.{match[2]}"] = value
             else:
                 translated[f"backbone.{key}"] = value
         # A file with classifiers fills the heads; the bare ImageNet init file only the backbone.
