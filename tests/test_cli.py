@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-import torchvision.models.segmentation as segmentation
+from torchvision.models import segmentation
 
 import atrous
 from atrous.cli import main

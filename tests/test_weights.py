@@ -98,7 +98,7 @@ def test_caffe_file_with_other_classes_keeps_the_fresh_head(tmp_path):
     report = atrous.load_weights(model, path)
     assert len([k for k in report.skipped if k.startswith("head.classifiers.")]) == 8
     assert not [k for k in report.missing if k.startswith("backbone.")]
-    backbone_group, head_group = model.optim_parameters(2.5e-4)
+    head_group = model.optim_parameters(2.5e-4)[1]
     assert head_group["lr"] == pytest.approx(2.5e-3)
 
 

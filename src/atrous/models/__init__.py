@@ -175,8 +175,8 @@ def build_model_from_spec(spec: dict) -> Segmenter:
 __all__ = [
     "CAFFE_BGR",
     "IMAGENET_RGB",
-    "InputNormalization",
     "TORCHVISION_DEEPLABV3",
+    "InputNormalization",
     "SegmentationOutput",
     "Segmenter",
     "build_model",

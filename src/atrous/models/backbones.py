@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidual
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock
 
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
 

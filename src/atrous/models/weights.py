@@ -46,11 +46,12 @@ class WeightsReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [
+        summary = (
             f"weights from {self.source} (format {self.format}): {len(self.loaded)} tensors loaded, "
             f"{len(self.skipped)} skipped, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
             f"{len(self.mismatched)} shape-mismatched"
-        ]
+        )
+        lines = [summary]
         lines += [f"  {message}" for message in self.messages]
         if self.missing:
             lines.append(f"  missing: {_first(self.missing)}")
@@ -331,11 +332,12 @@ def _rate_hints(fmt: str, model: Segmenter) -> list[str]:
     torchvision_stride = 8 if fmt == "torchvision_deeplabv3_resnet" else 16
     if rates == (12, 24, 36) and model.output_stride == torchvision_stride:
         return []
-    return [
+    hint = (
         f"torchvision's model runs at output stride {torchvision_stride} with ASPP rates (12, 24, 36); this one at "
         f"{model.output_stride} with {rates}, so its outputs differ from torchvision's (atrous.models."
         "TORCHVISION_DEEPLABV3 has the build_model arguments that reproduce them)"
-    ]
+    )
+    return [hint]
 
 
 # ------------------------------------------------------------------------------------ ImageNet backbones
