@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pathlib import Path
+
 from .models import MODELS, list_backbones, list_models
 from .models.summary import model_rows
 
@@ -27,6 +29,95 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_mapping(text: str) -> dict[int, int]:
+    """"0:0,255:1" -> {0: 0, 255: 1}."""
+    try:
+        return {int(raw): int(mapped) for raw, mapped in (pair.split(":") for pair in text.split(","))}
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected RAW:CLASS pairs like 0:0,255:1, got {text!r}") from error
+
+
+def _dataset_from_args(args: argparse.Namespace):
+    from .data import build_dataset
+
+    options = {}
+    if args.num_classes is not None:
+        options["num_classes"] = args.num_classes
+    if args.label_map is not None:
+        options["label_mapping"] = args.label_map
+    return build_dataset(args.dataset, args.root, args.split, **options)
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from .data import SynthSpec, write_synthetic
+
+    spec = SynthSpec(seed=args.seed, train=args.train, val=args.val, size=args.size)
+    root = write_synthetic(args.out, spec)
+    print(f"synthetic dataset (VOC layout): {root}  [{spec.train} train / {spec.val} val, {spec.size}px]")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .data.checks import check_dataset
+
+    report = check_dataset(_dataset_from_args(args))
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from .data.checks import class_statistics, write_class_statistics
+
+    stats = class_statistics(_dataset_from_args(args))
+    width = max(len(name) for name in stats["classes"])
+    print(f"{'class'.ljust(width)}  {'pixels':>12}  {'freq':>8}  {'w_inv':>8}  {'w_median':>8}")
+    weights = stats["weights"]
+    for i, name in enumerate(stats["classes"]):
+        print(
+            f"{name.ljust(width)}  {stats['pixel_counts'][i]:>12}  {stats['frequency'][i]:>8.4f}  "
+            f"{weights['inverse'][i]:>8.3f}  {weights['median_frequency'][i]:>8.3f}"
+        )
+    path = write_class_statistics(stats, args.out)
+    print(f"class weights written to {path}")
+    return 0
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from .data.convert import write_cityscapes_train_ids
+
+    if args.dataset != "cityscapes":
+        raise ValueError(f"convert writes Cityscapes trainId PNGs; dataset {args.dataset!r} maps labels on the fly")
+    written = write_cityscapes_train_ids(args.root, args.split)
+    print(f"wrote {written} *_gtFine_labelTrainIds.png files under {args.root}")
+    return 0
+
+
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="prepare and inspect datasets")
+    actions = data.add_subparsers(dest="action", required=True)
+    synth = actions.add_parser("synth", help="write the embedded synthetic dataset (VOC layout)")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--train", type=int, default=600)
+    synth.add_argument("--val", type=int, default=120)
+    synth.add_argument("--size", type=int, default=128)
+    synth.set_defaults(run=_data_synth)
+    for name, run, text in [
+        ("check", _data_check, "decode every pair; report bad files (non-zero exit when any)"),
+        ("stats", _data_stats, "per-class pixel frequencies and class weights"),
+        ("convert", _data_convert, "write Cityscapes *_labelTrainIds.png beside the labelIds"),
+    ]:
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--dataset", required=True)
+        action.add_argument("--root", type=Path, required=True)
+        action.add_argument("--split", default="train")
+        action.add_argument("--num-classes", type=int, default=None, help="folder datasets")
+        action.add_argument("--label-map", type=_label_mapping, default=None, help="folder datasets, e.g. 0:0,255:1")
+        if name == "stats":
+            action.add_argument("--out", type=Path, default=Path("class_weights.json"))
+        action.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="DeepLab semantic segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=int, default=21)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models)
+    _add_data_commands(commands)
     return parser
 
 
@@ -42,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # DataError and WeightsError are ValueErrors
         print(f"atrous {args.command}: error: {error}", file=sys.stderr)
         return 2
 

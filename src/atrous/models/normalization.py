@@ -25,12 +25,12 @@ class InputNormalization:
         """images: (N, 3, H, W) or (3, H, W), RGB, uint8 or float in 0..255 -> float32 normalised, same shape."""
         if images.shape[-3] != 3:
             raise ValueError(f"expected 3 RGB channels in dimension -3, got shape {tuple(images.shape)}")
-        images = images.float()
         if self.channel_order == "BGR":
             images = images.flip(-3)
-        mean = torch.tensor(self.mean, device=images.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(3, 1, 1)
-        return (images - mean) / std
+        # (x - mean) / std as one multiply-add on a fresh float copy: this runs once per training sample.
+        scale = torch.tensor([1.0 / s for s in self.std], device=images.device).view(3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=images.device).view(3, 1, 1)
+        return images.to(torch.float32, copy=True).mul_(scale).add_(shift)  # never alters the caller's tensor
 
 
 # torchvision weights: RGB in [0, 1], ImageNet mean/std (here scaled to 0..255).
