@@ -170,7 +170,7 @@ def test_exif_orientation_and_image_modes_become_rgb_uint8(tmp_path):
     Image.fromarray(base).convert("RGBA").save(tmp_path / "rgba.png")
     Image.fromarray(base).convert("P").save(tmp_path / "palette.png")
     Image.fromarray(base).convert("CMYK").save(tmp_path / "cmyk.jpg")
-    Image.fromarray((np.arange(200, dtype=np.uint16).reshape(10, 20) * 300)).save(tmp_path / "deep.png")
+    Image.fromarray(np.arange(200, dtype=np.uint16).reshape(10, 20) * 300).save(tmp_path / "deep.png")
     for name in ("gray.png", "rgba.png", "palette.png", "cmyk.jpg", "deep.png"):
         image = read_image(tmp_path / name)
         assert image.shape == (10, 20, 3) and image.dtype == np.uint8, name
@@ -247,3 +247,16 @@ def test_missing_root_and_missing_layout(tmp_path):
         build_dataset("voc", tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="no Cityscapes layout"):
         build_dataset("cityscapes", tmp_path, "val")
+
+
+def test_datasets_work_in_dataloader_workers(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from atrous.data import train_transforms
+    from atrous.models.normalization import IMAGENET_RGB
+
+    write_synthetic(tmp_path, SynthSpec(train=8, val=2, size=40), progress=False)
+    dataset = build_dataset("synthetic", tmp_path, "train", transforms=train_transforms(normalization=IMAGENET_RGB, crop_size=32))
+    images, masks = next(iter(DataLoader(dataset, batch_size=4, num_workers=2)))
+    assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 32, 32) and masks.dtype == torch.int64
