@@ -117,6 +117,66 @@ def _add_data_commands(commands) -> None:
         action.set_defaults(run=run)
 
 
+# Flags of the original DeepLabV3 training scripts, mapped onto config keys.
+TRAIN_FLAGS = {
+    "backbone": ("model.backbone", str),
+    "output_stride": ("model.output_stride", int),
+    "num_classes": ("model.num_classes", int),
+    "model": ("model.name", str),
+    "dataset": ("data.dataset", str),
+    "data_root": ("data.root", str),
+    "batch_size": ("data.batch_size", int),
+    "crop_size": ("data.crop_size", int),
+    "lr": ("optim.lr", float),
+    "weight_decay": ("optim.weight_decay", float),
+    "iterations": ("train.iterations", int),
+    "total_itrs": ("train.iterations", int),
+    "epochs": ("train.epochs", int),
+    "weights": ("model.weights", str),
+    "name": ("name", str),
+    "amp": ("train.amp", str),
+    "device": ("train.device", str),
+}
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .config import Config, apply_overrides, load_config
+
+    config = load_config(args.config) if args.config else Config()
+    # JSON is YAML: strings stay strings ("--name 123"), numbers stay numbers.
+    overrides = [
+        f"{key}={json.dumps(getattr(args, flag))}" for flag, (key, _) in TRAIN_FLAGS.items() if getattr(args, flag) is not None
+    ]
+    return apply_overrides(config, overrides + list(args.overrides))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .distributed import shutdown
+    from .engine import train
+
+    resume = True if args.resume == "last" else args.resume
+    try:
+        summary = train(_config_from_args(args), resume=resume, stop_at=args.stop_at)
+    finally:
+        shutdown()
+    best = summary["best_mIoU"]
+    if summary["is_main"]:
+        print(f"run: {summary['run_dir']}  iteration {summary['iteration']}/{summary['iterations']}"
+              + (f"  best mIoU {best:.4f}" if best is not None else ""))
+    return 0
+
+
+def _add_train_command(commands) -> None:
+    train = commands.add_parser("train", help="train a model (torchrun for several processes)")
+    train.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
+    train.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. optim.lr=0.01 data.batch_size=16")
+    for flag, (key, kind) in TRAIN_FLAGS.items():
+        train.add_argument(f"--{flag}", type=kind, default=None, help=f"= {key}")
+    train.add_argument("--resume", nargs="?", const="last", default=None, help="resume the run (its last.pt) or PATH")
+    train.add_argument("--stop-at", type=int, default=None, help="stop after this iteration (with a checkpoint)")
+    train.set_defaults(run=_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="DeepLab semantic segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models)
     _add_data_commands(commands)
+    _add_train_command(commands)
     return parser
 
 

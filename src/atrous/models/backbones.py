@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torchvision
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.models.mobilenetv3 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
@@ -30,12 +31,23 @@ def check_output_stride(output_stride: int) -> None:
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``channels``, ``strides`` (per feature name), ``normalization``, ``output_stride``."""
+    """Base class: subclasses set ``channels``, ``strides`` (per feature name), ``normalization``, ``output_stride``.
+
+    ``activation_checkpointing = True`` recomputes each stage's activations in the backward pass instead of
+    keeping them: less training memory for one more forward of the backbone. (Stages whose BatchNorm trains
+    see the batch twice, so their running statistics get two momentum updates per step.)
+    """
 
     channels: dict[str, int]
     strides: dict[str, int]
     normalization: InputNormalization
     output_stride: int
+    activation_checkpointing: bool = False
+
+    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
 
 
 class ResNetBackbone(Backbone):
@@ -58,9 +70,9 @@ class ResNetBackbone(Backbone):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images: (N, 3, H, W) float32, normalised -> {"low", "aux", "out"} feature maps."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        low = self.layer1(x)
-        aux = self.layer3(self.layer2(low))
-        out = self.layer4(aux)
+        low = self._stage(self.layer1, x)
+        aux = self._stage(self.layer3, self._stage(self.layer2, low))
+        out = self._stage(self.layer4, aux)
         return {"low": low, "aux": aux, "out": out}
 
 
@@ -242,7 +254,7 @@ class MobileNetV3Backbone(Backbone):
         features: dict[str, torch.Tensor] = {}
         x = images
         for index, block in enumerate(self.features):
-            x = block(x)
+            x = self._stage(block, x)
             if index == self.low_index:
                 features["low"] = x
             if index == self.aux_index:
