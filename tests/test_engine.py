@@ -269,7 +269,7 @@ def test_train_pytorch_alias_runs_atrous_train(synthetic, tmp_path):
          "--model", "deeplabv3", "--num_classes", "7", "--dataset", "synthetic", "--data_root", str(synthetic),
          "--batch_size", "4", "--crop_size", "32", "--iterations", "1", "--name", "alias", f"out_dir={tmp_path}",
          "data.workers=0", "data.val_batch_size=4"],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     state = load_checkpoint(tmp_path / "alias" / "checkpoints" / "last.pt")
@@ -302,7 +302,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     ]  # fmt: skip
     single = subprocess.run(
         [sys.executable, "-m", "atrous", "train", "--name", "single", *overrides],
-        capture_output=True, text=True, timeout=600,
+        check=False, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
     import socket
@@ -313,7 +313,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     double = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "atrous",
          "train", "--name", "ddp", *overrides],
-        capture_output=True, text=True, timeout=600,
+        check=False, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("run: ") == 1  # only rank 0 reports
