@@ -208,6 +208,11 @@ def test_weights_flag_starts_from_any_format(synthetic, tmp_path):
     assert torch.equal(state["backbone.conv1.weight"], imagenet.conv1.weight)
 
 
+def test_epochs_are_converted_to_iterations(synthetic, tmp_path):
+    summary = train(small_config(synthetic, tmp_path, train={"epochs": 2, "iterations": 1}))
+    assert summary["iterations"] == 2 * (16 // 4) == summary["iteration"]
+
+
 def test_poly_schedule_with_warmup():
     factor = poly_with_warmup(100, 0.9, 10, 0.1)
     assert factor(0) == pytest.approx(0.1)

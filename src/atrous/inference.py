@@ -1,0 +1,168 @@
+"""Inference modes: whole image, sliding window, multi-scale + flip, and DenseCRF post-processing.
+
+All functions take normalised images (N, 3, H, W) float32 and return results at the input's resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def whole_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) logits of one forward pass."""
+    return model(images).logits
+
+
+@torch.no_grad()
+def slide_logits(
+    model: torch.nn.Module, images: torch.Tensor, *, crop: int, stride: int, window_batch: int = 4
+) -> torch.Tensor:
+    """Sliding-window logits: ``crop`` x ``crop`` windows every ``stride`` pixels (the last flush with the border),
+    evaluated ``window_batch`` at a time; overlapping logits are averaged. Images smaller than ``crop`` along
+    a side use one window of the image's size there."""
+    if stride < 1 or crop < 1:
+        raise ValueError(f"crop and stride must be >= 1, got crop={crop}, stride={stride}")
+    batch, _, height, width = images.shape
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    boxes = []
+    for row in range(rows):
+        for col in range(cols):
+            bottom, right = min(row * stride + crop, height), min(col * stride + crop, width)
+            boxes.append((max(bottom - crop, 0), max(right - crop, 0), bottom, right))
+    summed = counts = None
+    for start in range(0, len(boxes), window_batch):
+        chunk = boxes[start : start + window_batch]
+        windows = torch.cat([images[:, :, t:b, l:r] for t, l, b, r in chunk])
+        logits = model(windows).logits.split(batch)
+        if summed is None:
+            summed = images.new_zeros((batch, logits[0].shape[1], height, width))
+            counts = images.new_zeros((1, 1, height, width))
+        for (t, l, b, r), window_logits in zip(chunk, logits):
+            summed[:, :, t:b, l:r] += window_logits
+            counts[:, :, t:b, l:r] += 1
+    return summed / counts
+
+
+@dataclass
+class InferenceOptions:
+    """How to predict. ``scales=(1.0,)`` and ``flip=False`` is plain inference; ``crop`` enables sliding window."""
+
+    scales: Sequence[float] = (1.0,)
+    flip: bool = False
+    crop: int | None = None
+    stride: int | None = None
+    window_batch: int = 4
+    crf: bool = False
+    crf_params: dict = field(default_factory=dict)
+
+    @property
+    def plain(self) -> bool:
+        return tuple(self.scales) == (1.0,) and not self.flip
+
+
+def _logits(model, images, options: InferenceOptions) -> torch.Tensor:
+    if options.crop is None:
+        return whole_logits(model, images)
+    stride = options.stride or max(1, options.crop * 2 // 3)
+    return slide_logits(model, images, crop=options.crop, stride=stride, window_batch=options.window_batch)
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+    """(N, C, H, W) class probabilities, averaged over scales (and horizontal flips) at the input's resolution."""
+    height, width = images.shape[-2:]
+    total = None
+    for scale in options.scales:
+        scaled = images
+        if scale != 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if options.flip else (False,):
+            view = scaled.flip(-1) if flipped else scaled
+            logits = _logits(model, view, options)
+            if flipped:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probabilities = logits.float().softmax(dim=1)
+            total = probabilities if total is None else total + probabilities
+    return total / (len(options.scales) * (2 if options.flip else 1))
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, images: torch.Tensor, options: InferenceOptions | None = None, *, raw_images=None
+) -> torch.Tensor:
+    """(N, H, W) int64 labels. ``raw_images`` ((N, H, W, 3) uint8 RGB) are needed for ``options.crf``."""
+    options = options or InferenceOptions()
+    if options.plain and not options.crf:
+        return _logits(model, images, options).argmax(dim=1)
+    probabilities = predict_probabilities(model, images, options)
+    if options.crf:
+        if raw_images is None:
+            raise ValueError("CRF post-processing needs the original uint8 images (raw_images)")
+        refined = dense_crf_batch(list(raw_images), list(probabilities.cpu().numpy()), **options.crf_params)
+        return torch.from_numpy(np.stack(refined)).to(images.device)
+    return probabilities.argmax(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- DenseCRF
+
+# DeepLab's defaults (as in its released scripts and the common PyTorch port).
+CRF_DEFAULTS = {"iterations": 10, "pos_w": 3.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy_std": 67.0, "bi_rgb_std": 3.0}
+
+
+def _densecrf_module():
+    try:
+        import pydensecrf.densecrf as densecrf
+    except ImportError as error:
+        raise ImportError(
+            "DenseCRF post-processing needs pydensecrf2: pip install 'atrous[crf]' (or pip install pydensecrf2)"
+        ) from error
+    return densecrf
+
+
+def dense_crf(image: np.ndarray, probabilities: np.ndarray, **params) -> np.ndarray:
+    """Fully connected CRF (Krähenbühl & Koltun) on one image.
+
+    image: (H, W, 3) uint8 RGB; probabilities: (C, H, W) float, summing to 1 over C -> (H, W) int64 labels.
+    """
+    densecrf = _densecrf_module()
+    unknown = set(params) - set(CRF_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown CRF parameters {sorted(unknown)}; choose from {sorted(CRF_DEFAULTS)}")
+    p = {**CRF_DEFAULTS, **params}
+    classes, height, width = probabilities.shape
+    crf = densecrf.DenseCRF2D(width, height, classes)
+    unary = -np.log(np.clip(probabilities, 1e-8, 1.0)).reshape(classes, -1).astype(np.float32)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    crf.addPairwiseGaussian(sxy=p["pos_xy_std"], compat=p["pos_w"])
+    crf.addPairwiseBilateral(sxy=p["bi_xy_std"], srgb=p["bi_rgb_std"], rgbim=np.ascontiguousarray(image), compat=p["bi_w"])
+    q = np.array(crf.inference(int(p["iterations"]))).reshape(classes, height, width)
+    return q.argmax(axis=0).astype(np.int64)
+
+
+def _dense_crf_star(arguments):
+    image, probabilities, params = arguments
+    return dense_crf(image, probabilities, **params)
+
+
+def dense_crf_batch(images: list, probabilities: list, *, workers: int | None = None, **params) -> list[np.ndarray]:
+    """``dense_crf`` over several images in parallel processes (all cores by default)."""
+    _densecrf_module()  # fail early, in this process, with the install hint
+    workers = workers or os.cpu_count() or 1
+    jobs = [(np.asarray(i), np.asarray(p), params) for i, p in zip(images, probabilities)]
+    if workers == 1 or len(jobs) == 1:
+        return [_dense_crf_star(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(_dense_crf_star, jobs, chunksize=max(1, math.ceil(len(jobs) / (4 * workers)))))
