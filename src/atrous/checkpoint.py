@@ -113,3 +113,22 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_trained_model(path: str | Path, *, spec: dict | None = None, map_location="cpu"):
+    """(model in eval mode, class names or None) from an atrous checkpoint, or from any weights file ``load_weights``
+    reads when ``spec`` (``build_model`` arguments) says which architecture to build."""
+    from .models import build_model_from_spec
+    from .models.weights import load_weights, read_state_dict
+
+    path = Path(path)
+    raw = load_checkpoint(path, map_location=map_location)
+    saved_spec = raw.get("spec") if isinstance(raw, dict) else None
+    if saved_spec is None and spec is None:
+        raise ValueError(
+            f"{path} holds no model description (not an atrous checkpoint): pass --model, --backbone and "
+            "--num-classes to say which architecture the weights are for"
+        )
+    model = build_model_from_spec({**(saved_spec or {}), **(spec or {})})
+    load_weights(model, read_state_dict(path) if saved_spec is None else raw["model"])
+    return model.eval(), raw.get("class_names") if isinstance(raw, dict) else None

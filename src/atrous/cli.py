@@ -177,6 +177,125 @@ def _add_train_command(commands) -> None:
     train.set_defaults(run=_train)
 
 
+def _inference_options(args: argparse.Namespace):
+    from .inference import InferenceOptions
+
+    scales = tuple(args.scales) if args.scales else ((0.5, 0.75, 1.0, 1.25, 1.5, 1.75) if args.tta else (1.0,))
+    crop = args.crop if args.slide else None
+    return InferenceOptions(scales=scales, flip=args.flip or args.tta, crop=crop, stride=args.stride, crf=args.crf)
+
+
+def _model_spec(args: argparse.Namespace) -> dict | None:
+    if args.model is None:
+        return None
+    return {"name": args.model, "backbone": args.backbone, "num_classes": args.num_classes}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_trained_model
+    from .config import apply_overrides, load_config
+    from .data import build_dataset
+    from .distributed import init_distributed, shutdown
+    from .engine import _dataset_options
+    from .evaluation import format_scores, run_evaluation
+
+    config = apply_overrides(load_config(args.config), args.overrides)
+    info = init_distributed(config.train.device)
+    try:
+        model, _ = load_trained_model(args.weights, spec=_model_spec(args))
+        model.to(info.device)
+        dataset = build_dataset(config.data.dataset, config.data.root, args.split or config.data.val_split,
+                                **_dataset_options(config))  # fmt: skip
+        if dataset.num_classes != model.num_classes:
+            raise ValueError(f"the model has {model.num_classes} classes, dataset {dataset.name!r} {dataset.num_classes}")
+        out_dir = args.out or config.run_dir / "eval"
+        scores = run_evaluation(
+            model, dataset, options=_inference_options(args), out_dir=out_dir, device=info.device,
+            class_names=dataset.class_names, save_predictions=args.save_predictions, rank=info.rank,
+            world_size=info.world_size,
+        )  # fmt: skip
+        if info.is_main:
+            print(format_scores(scores, dataset.class_names))
+            print(f"metrics, per-class IoU chart and confusion matrix written to {out_dir}")
+    finally:
+        shutdown()
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_trained_model
+    from .data.labels import voc_palette
+    from .distributed import resolve_device
+    from .predict import expand_inputs, predict_files
+
+    device = resolve_device(args.device)
+    model, _ = load_trained_model(args.weights, spec=_model_spec(args))
+    paths = expand_inputs(args.inputs)
+    written = predict_files(model.to(device), paths, args.out, palette=voc_palette(), options=_inference_options(args),
+                            batch_size=args.batch_size, device=device)  # fmt: skip
+    print(f"{len(written)} label PNGs and overlays written to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_trained_model
+    from .export import export_model, parity
+
+    model, _ = load_trained_model(args.weights, spec=_model_spec(args))
+    out = args.out or Path(args.weights).with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
+    export_model(model, out, format=args.format)
+    print(f"exported {args.format} to {out} (dynamic batch, height and width)")
+    worst = 0.0
+    for size, difference in parity(model, out, format=args.format):
+        print(f"  parity {size[0]}x{size[1]}: max |{args.format} - eager| = {difference:.2e}")
+        worst = max(worst, difference)
+    ok = worst <= 1e-4
+    print(f"parity {'OK' if ok else 'FAILED'} (tolerance 1e-4)")
+    return 0 if ok else 1
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="an atrous checkpoint (or any weights file with --model)")
+    parser.add_argument("--model", help="architecture, for weights files without a model description")
+    parser.add_argument("--backbone")
+    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip")
+    parser.add_argument("--scales", type=float, nargs="+")
+    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--slide", action="store_true", help="sliding-window inference")
+    parser.add_argument("--crop", type=int, default=513)
+    parser.add_argument("--stride", type=int, default=341)
+    parser.add_argument("--crf", action="store_true", help="DenseCRF post-processing (pip install 'atrous[crf]')")
+
+
+def _add_inference_commands(commands) -> None:
+    evaluate = commands.add_parser("eval", help="mIoU and per-class scores on a dataset split, with plots")
+    evaluate.add_argument("--config", type=Path, required=True)
+    evaluate.add_argument("--split")
+    evaluate.add_argument("--out", type=Path)
+    evaluate.add_argument("--save-predictions", action="store_true")
+    evaluate.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.root=/data/voc")
+    _add_inference_arguments(evaluate)
+    evaluate.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="label PNGs and overlays for images, folders or globs")
+    predict.add_argument("inputs", nargs="+")
+    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--device", default="auto")
+    _add_inference_arguments(predict)
+    predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="ONNX or TorchScript with dynamic size, checked against eager")
+    export.add_argument("--weights", required=True)
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", type=Path)
+    export.add_argument("--model")
+    export.add_argument("--backbone")
+    export.add_argument("--num-classes", type=int)
+    export.set_defaults(run=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="DeepLab semantic segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(run=_models)
     _add_data_commands(commands)
     _add_train_command(commands)
+    _add_inference_commands(commands)
     return parser
 
 
@@ -194,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # DataError and WeightsError are ValueErrors
+    except (ValueError, FileNotFoundError, ImportError) as error:  # DataError and WeightsError are ValueErrors
         print(f"atrous {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -53,3 +53,66 @@ def evaluate(
     matrix.all_reduce()
     model.train(was_training)
     return matrix
+
+
+def run_evaluation(
+    model,
+    dataset,
+    *,
+    options,
+    out_dir,
+    device: torch.device,
+    class_names: list[str],
+    save_predictions: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Evaluate with any inference options (TTA, sliding window, CRF) on a raw dataset (uint8 images), and write
+    ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png`` (and coloured predictions) to ``out_dir``."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .inference import predict
+    from .plots import plot_confusion_matrix, plot_per_class_iou
+    from .visualize import colorize
+
+    out_dir = Path(out_dir)
+    matrix = ConfusionMatrix(len(class_names), device=device)
+    indices = list(range(rank, len(dataset), world_size))
+    for index in tqdm(indices, desc="eval", disable=not progress or rank != 0, unit="img"):
+        image, mask = dataset[index]
+        images = model.normalization(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device))
+        labels = predict(model, images, options, raw_images=[image])[0]
+        matrix.update(labels, torch.from_numpy(np.ascontiguousarray(mask)).to(device))
+        if save_predictions:
+            stem = Path(dataset.samples[index][0]).stem
+            (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(colorize(labels.cpu().numpy(), dataset.palette)).save(out_dir / "predictions" / f"{stem}.png")
+    matrix.all_reduce()
+    scores = matrix.scores()
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = {**scores, "class_names": class_names, "confusion_matrix": matrix.matrix.cpu().tolist()}
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        plot_per_class_iou(class_names, scores["per_class_iou"], out_dir / "per_class_iou.png")
+        plot_confusion_matrix(class_names, matrix.matrix.cpu().numpy(), out_dir / "confusion_matrix.png")
+    return scores
+
+
+def format_scores(scores: dict, class_names: list[str]) -> str:
+    """The per-class table printed in the terminal."""
+    import math
+
+    width = max(len(name) for name in [*class_names, "class", "mean_class_accuracy"])
+    lines = [f"{'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'dice':>7}", "-" * (width + 27)]
+    for i, name in enumerate(class_names):
+        cells = [scores[key][i] for key in ("per_class_iou", "per_class_accuracy", "per_class_dice")]
+        lines.append(f"{name.ljust(width)}  " + "  ".join("    n/a" if math.isnan(c) else f"{c:7.4f}" for c in cells))
+    lines.append("-" * (width + 27))
+    for key in ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU", "mean_dice"):
+        lines.append(f"{key.ljust(width)}  {scores[key]:7.4f}")
+    return "\n".join(lines)

@@ -147,7 +147,8 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, **params) -> np.ndar
     unary = -np.log(np.clip(probabilities, 1e-8, 1.0)).reshape(classes, -1).astype(np.float32)
     crf.setUnaryEnergy(np.ascontiguousarray(unary))
     crf.addPairwiseGaussian(sxy=p["pos_xy_std"], compat=p["pos_w"])
-    crf.addPairwiseBilateral(sxy=p["bi_xy_std"], srgb=p["bi_rgb_std"], rgbim=np.ascontiguousarray(image), compat=p["bi_w"])
+    rgb = np.require(image, dtype=np.uint8, requirements=["C", "W"])  # the extension wants a writable buffer
+    crf.addPairwiseBilateral(sxy=p["bi_xy_std"], srgb=p["bi_rgb_std"], rgbim=rgb, compat=p["bi_w"])
     q = np.array(crf.inference(int(p["iterations"]))).reshape(classes, height, width)
     return q.argmax(axis=0).astype(np.int64)
 

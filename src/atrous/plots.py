@@ -38,3 +38,44 @@ def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out
+
+
+def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path) -> Path:
+    """Horizontal bars of per-class IoU (absent classes shown as 'n/a')."""
+    import math
+
+    height = max(3.0, 0.28 * len(class_names) + 1)
+    figure, axis = plt.subplots(figsize=(7, height))
+    values = [0.0 if math.isnan(v) else v for v in iou]
+    positions = list(range(len(class_names)))
+    axis.barh(positions, values, color="tab:blue")
+    for position, value in zip(positions, iou):
+        axis.text(min(value, 0.9) + 0.01 if not math.isnan(value) else 0.01, position,
+                  "n/a" if math.isnan(value) else f"{value:.3f}", va="center", fontsize=8)  # fmt: skip
+    axis.set_yticks(positions, class_names, fontsize=8)
+    axis.invert_yaxis()
+    axis.set(xlim=(0, 1), xlabel="IoU", title="per-class IoU")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return Path(out)
+
+
+def plot_confusion_matrix(class_names: list[str], matrix, out: str | Path) -> Path:
+    """Row-normalised confusion matrix (rows: ground truth) as a heatmap."""
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.35 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ticks = list(range(len(class_names)))
+    axis.set_xticks(ticks, class_names, rotation=90, fontsize=7)
+    axis.set_yticks(ticks, class_names, fontsize=7)
+    axis.set(xlabel="prediction", ylabel="ground truth", title="confusion matrix (row-normalised)")
+    figure.colorbar(image, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return Path(out)

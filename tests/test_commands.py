@@ -1,0 +1,101 @@
+"""`atrous eval`, `predict` and `export` end to end on files made here."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import atrous
+from atrous.cli import main
+from atrous.config import Config, save_config
+from atrous.data import SynthSpec, build_dataset, eval_transforms, write_synthetic
+from atrous.evaluation import evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic dataset, its config file and an atrous checkpoint (random weights, calibrated BN)."""
+    root = tmp_path_factory.mktemp("commands")
+    write_synthetic(root / "data", SynthSpec(seed=3, train=4, val=5, size=40), progress=False)
+    torch.manual_seed(0)
+    model = atrous.build_model("deeplabv3", backbone="resnet18", num_classes=7).eval()
+    checkpoint = root / "model.pt"
+    torch.save({"model": model.state_dict(), "spec": model.spec, "class_names": list(atrous.data.SYNTHETIC_CLASSES)}, checkpoint)
+    config = Config()
+    config.name, config.out_dir = "cmd", str(root / "runs")
+    config.model.name, config.model.backbone, config.model.num_classes = "deeplabv3", "resnet18", 7
+    config.data.dataset, config.data.root = "synthetic", str(root / "data")
+    save_config(config, root / "config.yaml")
+    return root, model, checkpoint
+
+
+def test_eval_writes_metrics_and_plots_equal_to_the_library(trained, capsys):
+    root, model, checkpoint = trained
+    out = root / "eval"
+    assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(checkpoint), "--out", str(out),
+                 "--save-predictions"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "triangle" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = build_dataset("synthetic", root / "data", "val", transforms=eval_transforms(normalization=model.normalization))
+    reference = evaluate(model, dataset, num_classes=7, device=torch.device("cpu"), progress=False)
+    assert metrics["confusion_matrix"] == reference.matrix.tolist()
+    assert metrics["mIoU"] == pytest.approx(reference.scores()["mIoU"], nan_ok=True)
+    for name in ("per_class_iou.png", "confusion_matrix.png"):
+        assert Image.open(out / name).size[0] > 100
+    assert len(list((out / "predictions").glob("*.png"))) == 5
+
+
+def test_eval_with_tta_and_sliding_window(trained):
+    root, _, checkpoint = trained
+    out = root / "eval_tta"
+    assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(checkpoint), "--out", str(out),
+                 "--tta", "--slide", "--crop", "32", "--stride", "16"]) == 0  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["pixels"] > 0
+
+
+def test_predict_on_real_photograph_formats(trained, tmp_path):
+    _, _, checkpoint = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    Image.fromarray(base).save(photos / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(base).convert("L").save(photos / "gray.jpg")
+    Image.fromarray(base).convert("RGBA").save(tmp_path / "alpha.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(checkpoint), str(photos), str(tmp_path / "*.png"), "--out", str(out)]) == 0
+    sizes = {p.stem: Image.open(p).size for p in out.glob("*.png")}
+    assert sizes == {"rotated": (30, 50), "gray": (50, 30), "alpha": (50, 30)}  # (width, height), EXIF applied
+    assert Image.open(out / "rotated.png").mode == "P"
+    assert Image.open(out / "rotated_overlay.jpg").size == (30, 50)
+
+
+def test_predict_missing_input_is_a_clear_error(trained, tmp_path, capsys):
+    _, _, checkpoint = trained
+    assert main(["predict", "--weights", str(checkpoint), str(tmp_path / "nope.jpg"), "--out", str(tmp_path)]) == 2
+    assert "no such file, folder or matching glob" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trips_with_dynamic_sizes(trained, tmp_path, fmt, capsys):
+    _, _, checkpoint = trained
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--weights", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("parity ") == 4 and "321x479" in printed and "parity OK" in printed
+    assert out.is_file()
+
+
+def test_foreign_weights_need_an_architecture(trained, tmp_path, capsys):
+    _, model, _ = trained
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    assert main(["export", "--weights", str(bare)]) == 2
+    assert "--model, --backbone and --num-classes" in capsys.readouterr().err
+    assert main(["export", "--weights", str(bare), "--format", "torchscript", "--model", "deeplabv3", "--backbone",
+                 "resnet18", "--num-classes", "7", "--out", str(tmp_path / "m.pt")]) == 0  # fmt: skip
