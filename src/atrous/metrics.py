@@ -33,16 +33,25 @@ class ConfusionMatrix:
         n = self.num_classes
         target = target.to(self.matrix.device, torch.int64).reshape(-1)
         prediction = prediction.to(self.matrix.device, torch.int64).reshape(-1)
-        ignored = target == self.ignore_index
-        invalid = ((target < 0) | (target >= n)) & ~ignored
-        if bool(invalid.any()):
-            values = torch.unique(target[invalid])[:10].tolist()
-            raise ValueError(f"ground-truth values {values} are outside [0, {n}) and not the ignore label {self.ignore_index}")
-        if bool(((prediction < 0) | (prediction >= n)).any()):
-            raise ValueError(f"predictions must lie in [0, {n})")
-        # Ignored pixels go to one extra bin that is dropped: no boolean compaction of the image.
-        index = torch.where(ignored, n * n, target * n + prediction)
-        self.matrix += torch.bincount(index, minlength=n * n + 1)[: n * n].view(n, n)
+        if target.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(target))
+        if low < 0 or high > 255:
+            bad = torch.unique(target[(target < 0) | (target > 255)])[:10].tolist()
+            raise ValueError(f"ground-truth values {bad} are outside [0, {n}) and not the ignore label {self.ignore_index}")
+        low, high = (int(v) for v in torch.aminmax(prediction))
+        if low < 0 or high >= n:
+            raise ValueError(f"predictions must lie in [0, {n}), got values in [{low}, {high}]")
+        # One bincount over (target 0..255) x (prediction 0..n-1): rows < n are the confusion matrix, the ignore
+        # row is dropped, any other row holds invalid ground truth. No boolean compaction of the image.
+        counts = torch.bincount(torch.add(prediction, target, alpha=n), minlength=256 * n).view(256, n)
+        rows = counts.sum(dim=1)
+        invalid = [v for v in torch.nonzero(rows[n:]).flatten().add(n).tolist() if v != self.ignore_index]
+        if invalid:
+            raise ValueError(
+                f"ground-truth values {invalid[:10]} are outside [0, {n}) and not the ignore label {self.ignore_index}"
+            )
+        self.matrix += counts[:n]
 
     def all_reduce(self) -> None:
         """Sum the counts of every process (call on all ranks)."""
