@@ -99,7 +99,7 @@ def _add_data_commands(commands) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--train", type=int, default=600)
     synth.add_argument("--val", type=int, default=120)
-    synth.add_argument("--size", type=int, default=128)
+    synth.add_argument("--size", type=int, default=64)
     synth.set_defaults(run=_data_synth)
     for name, run, text in [
         ("check", _data_check, "decode every pair; report bad files (non-zero exit when any)"),
@@ -193,7 +193,7 @@ def _model_spec(args: argparse.Namespace) -> dict | None:
 
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_trained_model
-    from .config import apply_overrides, load_config
+    from .config import apply_overrides, config_to_dict, load_config
     from .data import build_dataset
     from .distributed import init_distributed, shutdown
     from .engine import _dataset_options
@@ -212,11 +212,11 @@ def _eval(args: argparse.Namespace) -> int:
         scores = run_evaluation(
             model, dataset, options=_inference_options(args), out_dir=out_dir, device=info.device,
             class_names=dataset.class_names, save_predictions=args.save_predictions, rank=info.rank,
-            world_size=info.world_size,
+            world_size=info.world_size, report_config=config_to_dict(config),
         )  # fmt: skip
         if info.is_main:
             print(format_scores(scores, dataset.class_names))
-            print(f"metrics, per-class IoU chart and confusion matrix written to {out_dir}")
+            print(f"metrics, per-class IoU chart, confusion matrix and report.html written to {out_dir}")
     finally:
         shutdown()
     return 0
@@ -296,6 +296,17 @@ def _add_inference_commands(commands) -> None:
     export.set_defaults(run=_export)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(out_dir=args.out, data_root=args.data, fast=args.fast)
+    print(
+        f"\ndemo finished in {summary['seconds'] / 60:.1f} min: validation mIoU {summary['mIoU']:.4f}\n"
+        f"report: {summary['report']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="DeepLab semantic segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -307,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_inference_commands(commands)
+    demo = commands.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report.html")
+    demo.add_argument("--fast", action="store_true", help="a 1-minute version (smoke test)")
+    demo.add_argument("--out", type=Path, default=Path("runs"))
+    demo.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -53,6 +53,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"  # "sgd" (DeepLab's) or "adamw" (converges faster from scratch)
     lr: float = 0.007
     momentum: float = 0.9
     weight_decay: float = 1e-4

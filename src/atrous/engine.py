@@ -67,6 +67,15 @@ def parameter_groups(model: Segmenter, config: Config) -> list[dict]:
     ]
 
 
+def build_optimizer(model: Segmenter, config: Config) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config)
+    if config.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum)
+    if config.optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.optim.lr)
+    raise ConfigError(f"optim.name={config.optim.name!r}; choose from ['adamw', 'sgd']")
+
+
 def poly_with_warmup(iterations: int, power: float, warmup_iters: int, warmup_ratio: float):
     """LR factor at an iteration: linear warm-up from ``warmup_ratio``, then (1 - it / iterations) ** power."""
 
@@ -100,6 +109,30 @@ def _check(config: Config, world_size: int) -> None:
         )
     if t.iterations < 1 and t.epochs is None:
         raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
+
+
+def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path: Path, scores, device) -> Path:
+    """Training curves, the last validation scores and a grid of validation predictions in ``report.html``."""
+    import numpy as np
+
+    from .evaluation import REPORT_SAMPLES
+    from .inference import predict
+    from .plots import plot_training_curves
+    from .report import write_report
+
+    raw_val = build_dataset(config.data.dataset, config.data.root, config.data.val_split, **_dataset_options(config))
+    samples = []
+    model.eval()
+    for index in range(min(REPORT_SAMPLES, len(raw_val))):
+        image, mask = raw_val[index]
+        images = model.normalization(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device))
+        samples.append((raw_val.samples[index][0].name, image, mask, predict(model, images)[0].cpu().numpy()))
+    curves = plot_training_curves(log_path, run_dir / "curves.png")
+    return write_report(
+        run_dir, title=f"atrous training run: {config.name}", class_names=raw_val.class_names,
+        palette=raw_val.palette, config=config_to_dict(config), scores=scores,
+        figures={"training curves (loss, learning rate, validation mIoU)": curves}, samples=samples,
+    )  # fmt: skip
 
 
 def _dataset_options(config: Config) -> dict:
@@ -189,9 +222,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
     iterations = config.train.iterations
     if config.train.epochs is not None:
         iterations = config.train.epochs * iterations_per_epoch
-    optimizer = torch.optim.SGD(
-        parameter_groups(model, config), lr=config.optim.lr, momentum=config.optim.momentum
-    )
+    optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         poly_with_warmup(iterations, config.optim.power, config.optim.warmup_iters, config.optim.warmup_ratio),
@@ -362,9 +393,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
         say(f"parameters identical on all {info.world_size} ranks: {in_sync}")
 
     if info.is_main and end == iterations:
-        from .plots import plot_training_curves
-
-        plot_training_curves(log_path, run_dir / "curves.png")
+        _write_run_report(config, model, run_dir, log_path, last_scores, device)
     if writer is not None:
         writer.close()
     summary = {

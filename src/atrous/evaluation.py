@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from .metrics import ConfusionMatrix
 
+REPORT_SAMPLES = 8  # images shown in a report's prediction grid
+
 
 def shard(dataset, rank: int, world_size: int) -> Subset:
     """Every ``world_size``-th sample from ``rank``: each sample on exactly one rank, no padding duplicates."""
@@ -67,9 +69,11 @@ def run_evaluation(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    report_config: dict | None = None,
 ) -> dict:
     """Evaluate with any inference options (TTA, sliding window, CRF) on a raw dataset (uint8 images), and write
-    ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png`` (and coloured predictions) to ``out_dir``."""
+    ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png``, ``report.html`` (and coloured predictions)
+    to ``out_dir``."""
     import json
     from pathlib import Path
 
@@ -78,16 +82,20 @@ def run_evaluation(
 
     from .inference import predict
     from .plots import plot_confusion_matrix, plot_per_class_iou
+    from .report import write_report
     from .visualize import colorize
 
     out_dir = Path(out_dir)
     matrix = ConfusionMatrix(len(class_names), device=device)
     indices = list(range(rank, len(dataset), world_size))
+    samples = []
     for index in tqdm(indices, desc="eval", disable=not progress or rank != 0, unit="img"):
         image, mask = dataset[index]
         images = model.normalization(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device))
         labels = predict(model, images, options, raw_images=[image])[0]
         matrix.update(labels, torch.from_numpy(np.ascontiguousarray(mask)).to(device))
+        if len(samples) < REPORT_SAMPLES:
+            samples.append((Path(dataset.samples[index][0]).name, image, mask, labels.cpu().numpy()))
         if save_predictions:
             stem = Path(dataset.samples[index][0]).stem
             (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
@@ -98,8 +106,16 @@ def run_evaluation(
         out_dir.mkdir(parents=True, exist_ok=True)
         report = {**scores, "class_names": class_names, "confusion_matrix": matrix.matrix.cpu().tolist()}
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        plot_per_class_iou(class_names, scores["per_class_iou"], out_dir / "per_class_iou.png")
-        plot_confusion_matrix(class_names, matrix.matrix.cpu().numpy(), out_dir / "confusion_matrix.png")
+        figures = {
+            "per-class IoU": plot_per_class_iou(class_names, scores["per_class_iou"], out_dir / "per_class_iou.png"),
+            "confusion matrix": plot_confusion_matrix(
+                class_names, matrix.matrix.cpu().numpy(), out_dir / "confusion_matrix.png"
+            ),
+        }
+        write_report(
+            out_dir, title=f"atrous evaluation: {dataset.name}", class_names=class_names, palette=dataset.palette,
+            scores=scores, figures=figures, samples=samples, config=report_config,
+        )  # fmt: skip
     return scores
 
 

@@ -1,0 +1,87 @@
+"""Whole-dataset checks (``atrous data check``) and class statistics (``atrous data stats``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .base import SegmentationDataset
+from .io import DataError
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        head = f"{self.dataset}: {self.checked} pairs checked, {len(self.problems)} bad"
+        return "\n".join([head, *(f"  BAD {problem}" for problem in self.problems)])
+
+
+def check_dataset(dataset: SegmentationDataset, *, progress: bool = True) -> CheckReport:
+    """Decode every pair fully; collect unreadable/truncated files, size mismatches and invalid label values."""
+    report = CheckReport(dataset=dataset.name)
+    for index in tqdm(range(len(dataset)), desc=f"check {dataset.name}", disable=not progress, unit="pair"):
+        report.checked += 1
+        try:
+            dataset.load(index)
+        except (DataError, FileNotFoundError) as error:
+            report.problems.append(str(error))
+    return report
+
+
+def class_statistics(dataset: SegmentationDataset, *, progress: bool = True) -> dict:
+    """Per-class pixel counts and frequencies, and class weights for the loss.
+
+    ``inverse``: 1 / frequency, scaled to mean 1 over present classes.
+    ``median_frequency``: median(freq) / freq (Eigen & Fergus). Absent classes get weight 0.
+    """
+    counts = np.zeros(dataset.num_classes, dtype=np.int64)
+    for index in tqdm(range(len(dataset)), desc=f"stats {dataset.name}", disable=not progress, unit="pair"):
+        _, mask = dataset.load(index)
+        counts += np.bincount(mask.ravel(), minlength=256)[: dataset.num_classes]
+    total = counts.sum()
+    frequency = counts / total if total else np.zeros_like(counts, dtype=np.float64)
+    present = counts > 0
+    inverse = np.zeros_like(frequency)
+    inverse[present] = 1.0 / frequency[present]
+    if present.any():
+        inverse[present] /= inverse[present].mean()
+    median = np.zeros_like(frequency)
+    if present.any():
+        median[present] = np.median(frequency[present]) / frequency[present]
+    return {
+        "dataset": dataset.name,
+        "classes": dataset.class_names,
+        "pixel_counts": counts.tolist(),
+        "frequency": frequency.tolist(),
+        "weights": {"inverse": inverse.tolist(), "median_frequency": median.tolist()},
+    }
+
+
+def write_class_statistics(stats: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stats, indent=2))
+    return path
+
+
+def read_class_weights(path: str | Path, *, kind: str = "median_frequency", num_classes: int) -> list[float]:
+    """The class weights ``write_class_statistics`` wrote, checked against the model's class count."""
+    stats = json.loads(Path(path).read_text())
+    weights = stats["weights"].get(kind)
+    if weights is None:
+        raise ValueError(f"{path}: no weights {kind!r}; choose from {sorted(stats['weights'])}")
+    if len(weights) != num_classes:
+        raise ValueError(f"{path}: {len(weights)} class weights, but the model has {num_classes} classes")
+    return weights

@@ -1,0 +1,71 @@
+"""Custom data: ``images/`` and ``masks/`` matched by file stem, with an optional label mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .base import SegmentationDataset
+from .io import DataError
+from .labels import IGNORE_INDEX, identity_table, lookup_table, voc_palette
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def folder_dataset(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    label_mapping: Mapping[int, int] | None = None,
+    **options,
+) -> SegmentationDataset:
+    """``<root>[/<split>]/images/*`` with ``masks/<same stem>.png`` (or any image extension).
+
+    label_mapping: raw mask value -> class, e.g. ``{0: 0, 255: 1}`` for 0/255 binary masks; raw values not in
+    it are errors. Without it, mask values are class indices 0..num_classes-1 (255 = ignore).
+    """
+    base = Path(root) / split if split else Path(root)
+    image_dir, mask_dir = base / "images", base / "masks"
+    if not image_dir.is_dir() or not mask_dir.is_dir():
+        raise FileNotFoundError(f"no folder dataset under {base}: expected images/ and masks/ side by side")
+    if class_names is None:
+        if num_classes is None:
+            num_classes = max(label_mapping.values()) + 1 if label_mapping else None
+        if num_classes is None:
+            raise ValueError("folder datasets need num_classes, class_names or a label_mapping")
+        class_names = [f"class_{i}" for i in range(num_classes)]
+    elif num_classes is not None and num_classes != len(class_names):
+        raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
+    num_classes = len(class_names)
+
+    masks = {path.stem: path for path in mask_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS}
+    images = sorted(path for path in image_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+    unmatched = [path.name for path in images if path.stem not in masks]
+    if unmatched:
+        raise DataError(f"{image_dir}: {len(unmatched)} images have no mask in {mask_dir}, e.g. {unmatched[:3]}")
+
+    valid = np.zeros(256, dtype=bool)
+    if label_mapping:
+        mapping = {int(raw): int(mapped) for raw, mapped in label_mapping.items()}
+        for raw, mapped in mapping.items():
+            if not (0 <= mapped < num_classes or mapped == IGNORE_INDEX):
+                raise ValueError(f"label_mapping {raw} -> {mapped} is outside 0..{num_classes - 1} and not 255")
+        valid[list(mapping)] = True
+        table = lookup_table(mapping)
+    else:
+        valid[:num_classes] = True
+        valid[IGNORE_INDEX] = True
+        table = identity_table(num_classes)
+    return SegmentationDataset(
+        [(image, masks[image.stem]) for image in images],
+        class_names=class_names,
+        palette=voc_palette(),
+        label_table=table,
+        valid_raw=valid,
+        name=f"folder {base}",
+        **options,
+    )
