@@ -28,8 +28,9 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     # Re-running reuses the generated data instead of writing it again.
     marker = next((tmp_path / "data").rglob("atrous_synthetic.json"))
     stamp = marker.stat().st_mtime_ns
-    from atrous.data import SynthSpec, write_synthetic
+    from atrous.data import write_synthetic
+    from atrous.demo import demo_spec
 
-    write_synthetic(marker.parent.parent.parent, SynthSpec(train=120, val=24, size=96), progress=False)
+    write_synthetic(marker.parent.parent.parent, demo_spec(fast=True), progress=False)
     assert marker.stat().st_mtime_ns == stamp
     assert Path(run / "eval" / "report.html").is_file() and (run / "curves.png").is_file()

@@ -335,3 +335,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     changed = sum(not torch.equal(initial.state_dict()[k], a[k]) for k in a if "head" in k)
     assert changed > 0  # training moved the head: the comparison is not between two untouched models
     assert losses(tmp_path / "single") == pytest.approx(losses(tmp_path / "ddp"), abs=1e-5)
+
+
+def test_torch_compile_option_trains(synthetic, tmp_path):
+    config = small_config(
+        synthetic, tmp_path, model={"name": "deeplabv2", "aux": False}, data={"crop_size": 32},
+        train={"iterations": 2, "compile": True},
+    )  # fmt: skip
+    summary = train(config)
+    assert summary["iteration"] == 2 and all(math.isfinite(x) for x in losses(config.run_dir))

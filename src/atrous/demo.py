@@ -40,12 +40,19 @@ DEMO_SIZE = 64
 DEMO_ITERATIONS = 2000
 
 
+def demo_spec(*, fast: bool):
+    """The synthetic dataset the demo writes (and reuses when it is already there)."""
+    from .data import SynthSpec
+
+    return SynthSpec(train=120, val=24, size=DEMO_SIZE) if fast else SynthSpec(size=DEMO_SIZE)
+
+
 def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synthetic", fast: bool = False) -> dict:
     """Run the whole pipeline on the embedded synthetic dataset and return a summary (mIoU, seconds, paths)."""
     import torch
 
     from .checkpoint import load_trained_model
-    from .data import SynthSpec, build_dataset, write_synthetic
+    from .data import build_dataset, write_synthetic
     from .data.io import read_mask
     from .engine import train
     from .evaluation import REPORT_SAMPLES, format_scores, run_evaluation
@@ -54,7 +61,7 @@ def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synt
     from .report import write_report
 
     started = time.perf_counter()
-    spec = SynthSpec(train=120, val=24, size=DEMO_SIZE) if fast else SynthSpec(size=DEMO_SIZE)
+    spec = demo_spec(fast=fast)
     data_root = Path(data_root) / ("fast" if fast else "full")
     voc_root = write_synthetic(data_root, spec)
     config = demo_config(data_root=data_root, out_dir=Path(out_dir), fast=fast)

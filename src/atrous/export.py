@@ -52,7 +52,7 @@ def parity(model: Segmenter, path: str | Path, *, format: str, sizes=PARITY_SIZE
         except ImportError as error:
             raise ImportError("the ONNX parity check needs ONNX Runtime: pip install 'atrous[export]'") from error
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        run = lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])  # noqa: E731
+        run = lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
     else:
         loaded = torch.jit.load(str(path))
         run = loaded

@@ -124,7 +124,7 @@ CRF_DEFAULTS = {"iterations": 10, "pos_w": 3.0, "pos_xy_std": 1.0, "bi_w": 4.0, 
 
 def _densecrf_module():
     try:
-        import pydensecrf.densecrf as densecrf
+        from pydensecrf import densecrf
     except ImportError as error:
         raise ImportError(
             "DenseCRF post-processing needs pydensecrf2: pip install 'atrous[crf]' (or pip install pydensecrf2)"

@@ -92,8 +92,8 @@ def _texture(class_name: str, size: int, rng: np.random.Generator, angle: float,
     period = rng.uniform(3, 6)
     if class_name == "disc":  # concentric rings around the object's centre
         weight = (np.floor(np.hypot(x - centre[0], y - centre[1]) / period) % 2).astype(np.float32)
-    elif class_name == "square":  # stripes parallel to the square's sides
-        weight = (np.floor(u / period) % 2).astype(np.float32)
+    elif class_name == "square":  # horizontal stripes (in the image frame: unlike a disc's rings, never curved)
+        weight = (np.floor(y / period) % 2).astype(np.float32)
     elif class_name == "triangle":  # checkerboard aligned with the triangle
         weight = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     elif class_name == "star":  # polka dots

@@ -1,0 +1,70 @@
+"""The README's model table: parameters, GFLOPs at 513x513, CPU latency measured here, published accuracy.
+
+    python benchmarks/model_table.py [--repeats 3] > benchmarks/model_table.md
+
+Latency: one 513x513 image, eval mode, fp32, all cores, median of ``repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import atrous
+from atrous.models import TORCHVISION_DEEPLABV3
+from atrous.models.summary import count_flops
+
+# mIoU (%) of the weights a published source distributes for exactly this network (see shared references).
+PUBLISHED = {
+    "deeplabv3_resnet50": "66.4 (torchvision, COCO val / VOC labels)",
+    "deeplabv3_resnet101": "67.4 (torchvision, COCO val / VOC labels)",
+    "deeplabv3_mobilenet_v3_large": "60.3 (torchvision, COCO val / VOC labels)",
+    "deeplabv2": "76.35 VOC12 val (DeepLab-v2 paper, MSC+COCO; 77.69 with CRF)",
+}
+
+
+def rows():
+    yield "deeplabv2", {"name": "deeplabv2", "backbone": "resnet101_caffe"}, PUBLISHED["deeplabv2"]
+    for key, spec in TORCHVISION_DEEPLABV3.items():
+        yield key, dict(spec), PUBLISHED[key]
+    for name in ("deeplabv3", "deeplabv3plus"):
+        for backbone in ("resnet18", "resnet50", "resnet101", "mobilenet_v3_large"):
+            yield f"{name}", {"name": name, "backbone": backbone, "output_stride": 16}, ""
+
+
+def latency_ms(spec: dict, repeats: int) -> float:
+    model = atrous.build_model(**spec, num_classes=21).eval()
+    images = torch.randn(1, 3, 513, 513)
+    with torch.no_grad():
+        model(images)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(images)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print("| model | backbone | OS | params (M) | GFLOPs @513 | CPU latency @513 (ms) | published mIoU |")
+    print("|---|---|---|---|---|---|---|")
+    for label, spec, published in rows():
+        params, flops = count_flops(513, **spec, num_classes=21)
+        model = atrous.build_model(**spec, num_classes=21)
+        latency = latency_ms(spec, args.repeats)
+        print(
+            f"| {label} | {model.spec['backbone']} | {model.output_stride} | {params / 1e6:.1f} | {flops / 1e9:.1f} | "
+            f"{latency:.0f} | {published} |",
+            flush=True,
+        )
+    print(f"\n{torch.get_num_threads()} threads, fp32, eval mode, batch 1; GFLOPs = 2 x multiply-accumulates.")
+
+
+if __name__ == "__main__":
+    main()
