@@ -42,13 +42,14 @@ def predict_files(
     palette: np.ndarray,
     options: InferenceOptions | None = None,
     batch_size: int = 4,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Write ``<stem>.png`` (palette label image) and ``<stem>_overlay.jpg`` per input, at the image's own size
     (EXIF orientation applied). Images of equal size are batched together."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = device or torch.device("cpu")
     images = {path: read_image(path) for path in paths}
     stem_counts = defaultdict(int)
     for path in paths:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,7 +94,7 @@ class SegmentationDataset(Dataset):
     def _valid_description(self) -> str:
         valid = np.flatnonzero(self.valid_raw)
         ranges, start = [], valid[0]
-        for previous, current in zip(valid[:-1], valid[1:]):
+        for previous, current in itertools.pairwise(valid):
             if current != previous + 1:
                 ranges.append((start, previous))
                 start = current

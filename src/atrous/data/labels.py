@@ -17,7 +17,7 @@ def lookup_table(mapping: Mapping[int, int], *, default: int = IGNORE_INDEX) -> 
         if not (0 <= raw <= 255 and (0 <= mapped < IGNORE_INDEX or mapped == IGNORE_INDEX)):
             raise ValueError(f"label mapping {raw} -> {mapped} is outside 0..255")
         table[raw] = mapped
-    table[IGNORE_INDEX] = IGNORE_INDEX if IGNORE_INDEX not in mapping else mapping[IGNORE_INDEX]
+    table[IGNORE_INDEX] = mapping.get(IGNORE_INDEX, IGNORE_INDEX)
     return table
 
 

@@ -119,7 +119,7 @@ class GaussianBlur:
     def __call__(self, image: torch.Tensor, mask):
         if random.random() < self.p:
             sigma = random.uniform(*self.sigma_range)
-            kernel = 2 * int(round(3 * sigma)) + 1
+            kernel = 2 * round(3 * sigma) + 1
             image = TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
         return image, mask
 
