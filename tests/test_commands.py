@@ -45,6 +45,8 @@ def test_eval_writes_metrics_and_plots_equal_to_the_library(trained, capsys):
     assert metrics["mIoU"] == pytest.approx(reference.scores()["mIoU"], nan_ok=True)
     for name in ("per_class_iou.png", "confusion_matrix.png"):
         assert Image.open(out / name).size[0] > 100
+    report = (out / "report.html").read_text()
+    assert 'src="per_class_iou.png"' in report and 'src="report_assets/sample_004.jpg"' in report
     assert len(list((out / "predictions").glob("*.png"))) == 5
 
 

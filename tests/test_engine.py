@@ -103,6 +103,9 @@ def test_checkpoint_contents_and_keep_last(synthetic, tmp_path):
     best = load_checkpoint(directory / "best.pt")
     assert best["best_metric"] == state["best_metric"] and best["iteration"] in (3, 6)
     assert (config.run_dir / "config.yaml").is_file() and (config.run_dir / "curves.png").is_file()
+    report = (config.run_dir / "report.html").read_text()
+    for figure in ("curves.png", "per_class_iou.png", "confusion_matrix.png", "report_assets/sample_000.jpg"):
+        assert f'src="{figure}"' in report and (config.run_dir / figure).is_file(), figure
     rebuilt = atrous.models.build_model_from_spec(state["spec"])
     assert atrous.load_weights(rebuilt, directory / "last.pt").ok
 

@@ -213,6 +213,7 @@ def _eval(args: argparse.Namespace) -> int:
             model, dataset, options=_inference_options(args), out_dir=out_dir, device=info.device,
             class_names=dataset.class_names, save_predictions=args.save_predictions, rank=info.rank,
             world_size=info.world_size, report_config=config_to_dict(config),
+            training_log=Path(args.weights).resolve().parent.parent / "metrics.jsonl",
         )  # fmt: skip
         if info.is_main:
             print(format_scores(scores, dataset.class_names))

@@ -72,7 +72,7 @@ def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synt
     eval_dir = config.run_dir / "eval"
     scores = run_evaluation(
         model, val, options=InferenceOptions(), out_dir=eval_dir, device=torch.device("cpu"),
-        class_names=val.class_names, report_config=config_to_dict(config),
+        class_names=val.class_names, report_config=config_to_dict(config), training_log=config.run_dir / "metrics.jsonl",
     )  # fmt: skip
     print(format_scores(scores, val.class_names))
     predictions = config.run_dir / "predictions"

@@ -111,13 +111,14 @@ def _check(config: Config, world_size: int) -> None:
         raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
 
 
-def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path: Path, scores, device) -> Path:
-    """Training curves, the last validation scores and a grid of validation predictions in ``report.html``."""
+def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path: Path, scores, matrix, device) -> Path:
+    """Training curves, the last validation scores (table, per-class IoU chart, confusion matrix) and a grid of
+    validation predictions in ``report.html``."""
     import numpy as np
 
     from .evaluation import REPORT_SAMPLES
     from .inference import predict
-    from .plots import plot_training_curves
+    from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
     from .report import write_report
 
     raw_val = build_dataset(config.data.dataset, config.data.root, config.data.val_split, **_dataset_options(config))
@@ -127,11 +128,14 @@ def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path:
         image, mask = raw_val[index]
         images = model.normalization(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device))
         samples.append((raw_val.samples[index][0].name, image, mask, predict(model, images)[0].cpu().numpy()))
-    curves = plot_training_curves(log_path, run_dir / "curves.png")
+    figures = {"training curves (loss, learning rate, validation mIoU)": plot_training_curves(log_path, run_dir / "curves.png")}
+    if scores is not None:
+        names = raw_val.class_names
+        figures["per-class IoU"] = plot_per_class_iou(names, scores["per_class_iou"], run_dir / "per_class_iou.png")
+        figures["confusion matrix"] = plot_confusion_matrix(names, matrix, run_dir / "confusion_matrix.png")
     return write_report(
         run_dir, title=f"atrous training run: {config.name}", class_names=raw_val.class_names,
-        palette=raw_val.palette, config=config_to_dict(config), scores=scores,
-        figures={"training curves (loss, learning rate, validation mIoU)": curves}, samples=samples,
+        palette=raw_val.palette, config=config_to_dict(config), scores=scores, figures=figures, samples=samples,
     )  # fmt: skip
 
 
@@ -306,6 +310,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
     end = min(iterations, stop_at) if stop_at is not None else iterations
     progress = tqdm(range(start, end), initial=start, total=iterations, disable=not info.is_main, desc="train")
     last_scores: dict | None = None
+    last_matrix = None
     started = time.perf_counter()
     window_loss, window_steps = torch.zeros((), device=device), 0  # mean loss since the last log line
     for iteration in progress:
@@ -353,7 +358,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
                 channels_last=config.train.channels_last,
                 progress=False,
             )
-            last_scores = matrix.scores()
+            last_scores, last_matrix = matrix.scores(), matrix.matrix.cpu().numpy()
             improved = last_scores["mIoU"] > best
             best = max(best, last_scores["mIoU"])
             log({"iteration": done, "val": {k: v for k, v in last_scores.items() if not k.startswith("per_class")}})
@@ -393,7 +398,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
         say(f"parameters identical on all {info.world_size} ranks: {in_sync}")
 
     if info.is_main and end == iterations:
-        _write_run_report(config, model, run_dir, log_path, last_scores, device)
+        _write_run_report(config, model, run_dir, log_path, last_scores, last_matrix, device)
     if writer is not None:
         writer.close()
     summary = {

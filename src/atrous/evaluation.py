@@ -70,6 +70,7 @@ def run_evaluation(
     world_size: int = 1,
     progress: bool = True,
     report_config: dict | None = None,
+    training_log=None,
 ) -> dict:
     """Evaluate with any inference options (TTA, sliding window, CRF) on a raw dataset (uint8 images), and write
     ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png``, ``report.html`` (and coloured predictions)
@@ -81,7 +82,7 @@ def run_evaluation(
     from PIL import Image
 
     from .inference import predict
-    from .plots import plot_confusion_matrix, plot_per_class_iou
+    from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
     from .report import write_report
     from .visualize import colorize
 
@@ -106,7 +107,10 @@ def run_evaluation(
         out_dir.mkdir(parents=True, exist_ok=True)
         report = {**scores, "class_names": class_names, "confusion_matrix": matrix.matrix.cpu().tolist()}
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        figures = {
+        figures = {}
+        if training_log is not None and Path(training_log).is_file():  # the run that produced the weights
+            figures["training curves"] = plot_training_curves(training_log, out_dir / "curves.png")
+        figures |= {
             "per-class IoU": plot_per_class_iou(class_names, scores["per_class_iou"], out_dir / "per_class_iou.png"),
             "confusion matrix": plot_confusion_matrix(
                 class_names, matrix.matrix.cpu().numpy(), out_dir / "confusion_matrix.png"
