@@ -196,7 +196,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_to_dict, load_config
     from .data import build_dataset
     from .distributed import init_distributed, shutdown
-    from .engine import _dataset_options
+    from .engine import dataset_options
     from .evaluation import format_scores, run_evaluation
 
     config = apply_overrides(load_config(args.config), args.overrides)
@@ -205,7 +205,7 @@ def _eval(args: argparse.Namespace) -> int:
         model, _ = load_trained_model(args.weights, spec=_model_spec(args))
         model.to(info.device)
         dataset = build_dataset(config.data.dataset, config.data.root, args.split or config.data.val_split,
-                                **_dataset_options(config))  # fmt: skip
+                                **dataset_options(config))  # fmt: skip
         if dataset.num_classes != model.num_classes:
             raise ValueError(f"the model has {model.num_classes} classes, dataset {dataset.name!r} {dataset.num_classes}")
         out_dir = args.out or config.run_dir / "eval"

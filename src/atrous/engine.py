@@ -121,7 +121,7 @@ def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path:
     from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
     from .report import write_report
 
-    raw_val = build_dataset(config.data.dataset, config.data.root, config.data.val_split, **_dataset_options(config))
+    raw_val = build_dataset(config.data.dataset, config.data.root, config.data.val_split, **dataset_options(config))
     samples = []
     model.eval()
     for index in range(min(REPORT_SAMPLES, len(raw_val))):
@@ -139,7 +139,7 @@ def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path:
     )  # fmt: skip
 
 
-def _dataset_options(config: Config) -> dict:
+def dataset_options(config: Config) -> dict:
     """Options only some dataset families take: a folder dataset's classes come from the model config."""
     if config.data.dataset != "folder":
         return {}
@@ -178,7 +178,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
             photometric=config.data.photometric,
             blur=config.data.blur,
         ),
-        **_dataset_options(config),
+        **dataset_options(config),
     )
     if train_set.num_classes != model.num_classes:
         raise ConfigError(
@@ -190,7 +190,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
         config.data.root,
         config.data.val_split,
         transforms=eval_transforms(normalization=model.normalization),
-        **_dataset_options(config),
+        **dataset_options(config),
     )
     class_weights = None
     if config.data.class_weights:
