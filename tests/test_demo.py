@@ -34,3 +34,14 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     write_synthetic(marker.parent.parent.parent, demo_spec(fast=True), progress=False)
     assert marker.stat().st_mtime_ns == stamp
     assert Path(run / "eval" / "report.html").is_file() and (run / "curves.png").is_file()
+
+
+def test_the_synthetic_recipe_is_the_demo_configuration(tmp_path):
+    from atrous.config import config_to_dict, load_config
+    from atrous.demo import demo_config
+
+    recipe = config_to_dict(load_config(Path(__file__).resolve().parents[1] / "configs" / "deeplabv3plus_r18-os16_synthetic_64x64_2k.yaml"))
+    demo = config_to_dict(demo_config(data_root=Path("data/synthetic"), out_dir=Path("runs"), fast=False))
+    for section in ("model", "optim", "train"):
+        assert recipe[section] == demo[section], section
+    assert {k: v for k, v in recipe["data"].items() if k != "root"} == {k: v for k, v in demo["data"].items() if k != "root"}

@@ -211,6 +211,15 @@ def test_weights_flag_starts_from_any_format(synthetic, tmp_path):
     assert torch.equal(state["backbone.conv1.weight"], imagenet.conv1.weight)
 
 
+def test_rectangular_crops(synthetic, tmp_path):
+    config = small_config(synthetic, tmp_path, data={"crop_size": [24, 40]}, train={"iterations": 1})
+    assert train(config)["iteration"] == 1
+    from atrous.config import load_config as load
+
+    saved = load(config.run_dir / "config.yaml")
+    assert saved.data.crop_size == [24, 40]
+
+
 def test_epochs_are_converted_to_iterations(synthetic, tmp_path):
     summary = train(small_config(synthetic, tmp_path, train={"epochs": 2, "iterations": 1}))
     assert summary["iterations"] == 2 * (16 // 4) == summary["iteration"]
@@ -260,6 +269,7 @@ def test_recipes_load_and_match_the_papers():
     assert (v2.model.name, v2.model.backbone, v2.model.num_classes) == ("deeplabv2", "resnet101_caffe", 19)
     assert (v2.optim.lr, v2.optim.weight_decay, v2.model.head_lr_mult) == (2.5e-4, 5e-4, 10.0)
     assert recipes["deeplabv3plus_r101-os16_cityscapes_512x1024_80k.yaml"].model.name == "deeplabv3plus"
+    assert v2.data.crop_size == recipes["deeplabv3plus_r101-os16_cityscapes_512x1024_80k.yaml"].data.crop_size == [512, 1024]
     assert recipes["deeplabv3_r101-os8_ade20k_512x512_160k.yaml"].model.num_classes == 150
     for config in recipes.values():
         config.model.pretrained_backbone = None  # no downloads in tests

@@ -37,7 +37,7 @@ class DataConfig:
     root: str = "data"
     train_split: str = "train"
     val_split: str = "val"
-    crop_size: int = 513
+    crop_size: int | list[int] = 513  # square side, or [height, width]
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
     photometric: bool = False
