@@ -119,10 +119,10 @@ def load_trained_model(path: str | Path, *, spec: dict | None = None, map_locati
     """(model in eval mode, class names or None) from an atrous checkpoint, or from any weights file ``load_weights``
     reads when ``spec`` (``build_model`` arguments) says which architecture to build."""
     from .models import build_model_from_spec
-    from .models.weights import load_weights, read_state_dict
+    from .models.weights import load_weights, read_state_dict, unwrap_state_dict
 
     path = Path(path)
-    raw = load_checkpoint(path, map_location=map_location)
+    raw = {} if path.suffix == ".safetensors" else load_checkpoint(path, map_location=map_location)
     saved_spec = raw.get("spec") if isinstance(raw, dict) else None
     if saved_spec is None and spec is None:
         raise ValueError(
@@ -130,5 +130,6 @@ def load_trained_model(path: str | Path, *, spec: dict | None = None, map_locati
             "--num-classes to say which architecture the weights are for"
         )
     model = build_model_from_spec({**(saved_spec or {}), **(spec or {})})
-    load_weights(model, read_state_dict(path) if saved_spec is None else raw["model"])
+    state = read_state_dict(path) if path.suffix == ".safetensors" else unwrap_state_dict(raw, source=str(path))
+    load_weights(model, state)
     return model.eval(), raw.get("class_names") if isinstance(raw, dict) else None

@@ -111,31 +111,29 @@ def _check(config: Config, world_size: int) -> None:
         raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
 
 
-def _write_run_report(config: Config, model: Segmenter, run_dir: Path, log_path: Path, scores, matrix, device) -> Path:
+def _write_run_report(config: Config, model: Segmenter, val_set, log_path: Path, scores, matrix, device) -> Path:
     """Training curves, the last validation scores (table, per-class IoU chart, confusion matrix) and a grid of
     validation predictions in ``report.html``."""
-    import numpy as np
-
     from .evaluation import REPORT_SAMPLES
-    from .inference import predict
+    from .inference import model_input, predict
     from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
     from .report import write_report
 
-    raw_val = build_dataset(config.data.dataset, config.data.root, config.data.val_split, **dataset_options(config))
+    run_dir = config.run_dir
     samples = []
     model.eval()
-    for index in range(min(REPORT_SAMPLES, len(raw_val))):
-        image, mask = raw_val[index]
-        images = model.normalization(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device))
-        samples.append((raw_val.samples[index][0].name, image, mask, predict(model, images)[0].cpu().numpy()))
+    for index in range(min(REPORT_SAMPLES, len(val_set))):
+        image, mask = val_set.load(index)  # untransformed arrays: what the report shows
+        prediction = predict(model, model_input([image], model, device))[0].cpu().numpy()
+        samples.append((val_set.samples[index][0].name, image, mask, prediction))
     figures = {"training curves (loss, learning rate, validation mIoU)": plot_training_curves(log_path, run_dir / "curves.png")}
     if scores is not None:
-        names = raw_val.class_names
+        names = val_set.class_names
         figures["per-class IoU"] = plot_per_class_iou(names, scores["per_class_iou"], run_dir / "per_class_iou.png")
         figures["confusion matrix"] = plot_confusion_matrix(names, matrix, run_dir / "confusion_matrix.png")
     return write_report(
-        run_dir, title=f"atrous training run: {config.name}", class_names=raw_val.class_names,
-        palette=raw_val.palette, config=config_to_dict(config), scores=scores, figures=figures, samples=samples,
+        run_dir, title=f"atrous training run: {config.name}", class_names=val_set.class_names,
+        palette=val_set.palette, config=config_to_dict(config), scores=scores, figures=figures, samples=samples,
     )  # fmt: skip
 
 
@@ -398,7 +396,7 @@ def train(config: Config, *, resume: str | bool | None = None, stop_at: int | No
         say(f"parameters identical on all {info.world_size} ranks: {in_sync}")
 
     if info.is_main and end == iterations:
-        _write_run_report(config, model, run_dir, log_path, last_scores, last_matrix, device)
+        _write_run_report(config, model, val_set, log_path, last_scores, last_matrix, device)
     if writer is not None:
         writer.close()
     summary = {

@@ -81,7 +81,7 @@ def run_evaluation(
     import numpy as np
     from PIL import Image
 
-    from .inference import predict
+    from .inference import model_input, predict
     from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
     from .report import write_report
     from .visualize import colorize
@@ -92,8 +92,7 @@ def run_evaluation(
     samples = []
     for index in tqdm(indices, desc="eval", disable=not progress or rank != 0, unit="img"):
         image, mask = dataset[index]
-        images = model.normalization(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device))
-        labels = predict(model, images, options, raw_images=[image])[0]
+        labels = predict(model, model_input([image], model, device), options, raw_images=[image])[0]
         matrix.update(labels, torch.from_numpy(np.ascontiguousarray(mask)).to(device))
         if len(samples) < REPORT_SAMPLES:
             samples.append((Path(dataset.samples[index][0]).name, image, mask, labels.cpu().numpy()))

@@ -16,6 +16,12 @@ import torch
 import torch.nn.functional as F
 
 
+def model_input(images: Sequence[np.ndarray], model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """Equal-sized (H, W, 3) uint8 RGB arrays -> the model's normalised (N, 3, H, W) float32 batch on ``device``."""
+    batch = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images])  # copies: arrays may be read-only
+    return model.normalization(batch.to(device))
+
+
 @torch.no_grad()
 def whole_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) logits of one forward pass."""

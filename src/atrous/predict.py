@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .data.folder import IMAGE_EXTENSIONS
 from .data.io import read_image, save_mask
-from .inference import InferenceOptions, predict
+from .inference import InferenceOptions, model_input, predict
 from .visualize import overlay
 
 
@@ -65,8 +65,7 @@ def predict_files(
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
             raw = [images[path] for path in chunk]
-            batch = torch.stack([torch.from_numpy(np.array(r)).permute(2, 0, 1) for r in raw]).to(device)
-            labels = predict(model, model.normalization(batch), options, raw_images=raw).cpu().numpy()
+            labels = predict(model, model_input(raw, model, device), options, raw_images=raw).cpu().numpy()
             for path, image, label in zip(chunk, raw, labels):
                 mask_path = out_dir / f"{names[path]}.png"
                 save_mask(mask_path, label.astype(np.uint8), palette)
