@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .models import MODELS, list_backbones, list_models
 from .models.summary import model_rows
+from .runtime import RUNTIMES
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -198,12 +199,13 @@ def _eval(args: argparse.Namespace) -> int:
     from .distributed import init_distributed, shutdown
     from .engine import dataset_options
     from .evaluation import format_scores, run_evaluation
+    from .runtime import prepare_inference
 
     config = apply_overrides(load_config(args.config), args.overrides)
     info = init_distributed(config.train.device)
     try:
         model, _ = load_trained_model(args.weights, spec=_model_spec(args))
-        model.to(info.device)
+        model = prepare_inference(model, args.runtime, device=info.device)
         dataset = build_dataset(config.data.dataset, config.data.root, args.split or config.data.val_split,
                                 **dataset_options(config))  # fmt: skip
         if dataset.num_classes != model.num_classes:
@@ -228,11 +230,13 @@ def _predict(args: argparse.Namespace) -> int:
     from .data.labels import voc_palette
     from .distributed import resolve_device
     from .predict import expand_inputs, predict_files
+    from .runtime import prepare_inference
 
     device = resolve_device(args.device)
     model, _ = load_trained_model(args.weights, spec=_model_spec(args))
     paths = expand_inputs(args.inputs)
-    written = predict_files(model.to(device), paths, args.out, palette=voc_palette(), options=_inference_options(args),
+    model = prepare_inference(model, args.runtime, device=device)
+    written = predict_files(model, paths, args.out, palette=voc_palette(), options=_inference_options(args),
                             batch_size=args.batch_size, device=device)  # fmt: skip
     print(f"{len(written)} label PNGs and overlays written to {args.out}")
     return 0
@@ -267,6 +271,10 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=513)
     parser.add_argument("--stride", type=int, default=341)
     parser.add_argument("--crf", action="store_true", help="DenseCRF post-processing (pip install 'atrous[crf]')")
+    parser.add_argument(
+        "--runtime", choices=["auto", *RUNTIMES], default="auto",
+        help="auto: ONNX Runtime on the CPU (exported once, cached), eager on GPUs; bf16: fastest, a few pixels may differ",
+    )  # fmt: skip
 
 
 def _add_inference_commands(commands) -> None:
@@ -308,6 +316,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    if args.compare != "torchvision":
+        raise ValueError(f"--compare supports 'torchvision', got {args.compare!r}")
+    markdown = run_bench(sections=tuple(args.only or ("inference", "training", "pipeline")), rounds=args.rounds)
+    if args.markdown:
+        args.markdown.write_text(markdown)
+        print(f"report written to {args.markdown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="DeepLab semantic segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -319,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_inference_commands(commands)
+    bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (about 8 minutes)")
+    bench.add_argument("--compare", default="torchvision", help="the reference implementation (torchvision)")
+    bench.add_argument("--only", nargs="+", choices=["inference", "training", "pipeline"], help="run these sections")
+    bench.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement, after one warm-up")
+    bench.add_argument("--markdown", type=Path, help="also write the report as Markdown")
+    bench.set_defaults(run=_bench)
     demo = commands.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report.html")
     demo.add_argument("--fast", action="store_true", help="a 1-minute version (smoke test)")
     demo.add_argument("--out", type=Path, default=Path("runs"))

@@ -13,16 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atrous_conv import AtrousConv2d
+
 
 class ConvBNReLU(nn.Module):
     """Conv (no bias) -> BatchNorm -> ReLU, with 'same' padding for any dilation."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1, groups: int = 1):
         super().__init__()
-        padding = (kernel_size - 1) // 2 * dilation
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False
-        )
+        if dilation > 1 and kernel_size == 3:
+            self.conv = AtrousConv2d(in_channels, out_channels, dilation=dilation, groups=groups)
+        else:
+            padding = (kernel_size - 1) // 2 * dilation
+            self.conv = nn.Conv2d(
+                in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False
+            )
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -106,7 +111,7 @@ class DeepLabV2Head(nn.Module):
     def __init__(self, *, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (6, 12, 18, 24)):
         super().__init__()
         self.classifiers = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate, bias=True) for rate in atrous_rates
+            AtrousConv2d(in_channels, num_classes, dilation=rate, bias=True) for rate in atrous_rates
         )
         for conv in self.classifiers:
             nn.init.normal_(conv.weight, 0.0, 0.01)

@@ -1,0 +1,171 @@
+"""``atrous bench``: every performance claim of the project, measured side by side in one run.
+
+Sections: ``inference`` (DeepLabV3-R50 OS16/OS8 against torchvision, DeepLabV3+ against the ceiling, bf16),
+``training`` (step time and peak memory against torchvision, activation checkpointing), ``pipeline`` (data
+pipeline, confusion-matrix update, DenseCRF on all cores). Each prints its table as soon as it is measured;
+``run_bench`` also returns the whole report as Markdown (for BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+SECTIONS = ("inference", "training", "pipeline")
+FP32_RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime")
+
+# The targets of the performance issue, printed beside what was measured.
+TARGETS = {
+    "inference_ratio": 1.6,  # fastest fp32 runtime / torchvision eager NCHW
+    "inference_ceiling": 0.90,  # DeepLabV3-R50 share of the conv ceiling
+    "plus_ceiling": 0.85,  # DeepLabV3+-R50 OS16 share of the conv ceiling
+    "bf16_ratio": 2.5,  # bf16 / torchvision fp32 eager
+    "bf16_agreement": 0.995,
+    "training_ratio": 1.3,
+    "checkpointing_saving": 0.30,
+    "metrics_ms": 0.6,
+    "data_images_per_s": 300.0,
+}
+
+
+def _verdict(ok: bool) -> str:
+    return "meets target" if ok else "BELOW TARGET"
+
+
+class Report:
+    """Lines printed as they come and kept for the Markdown copy."""
+
+    def __init__(self, echo: Callable[[str], None] = print):
+        self.lines: list[str] = []
+        self.echo = echo
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(line)
+        self.echo(line)
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self("| " + " | ".join(header) + " |")
+        self("|" + "---|" * len(header))
+        for row in rows:
+            self("| " + " | ".join(row) + " |")
+        self()
+
+
+def _inference(report: Report, ceiling: float, rounds: int) -> None:
+    from .agreement import bf16_agreement, fit_synthetic_model
+    from .inference import BASELINE, compare_deeplabv3, compare_deeplabv3plus
+
+    header = ["path", "median s", "vs baseline", "GFLOP/s", "of ceiling", "accuracy", "one-off setup s"]
+    for output_stride in (16, 8):
+        rows = compare_deeplabv3(output_stride, ceiling=ceiling, rounds=rounds, runtimes=(*FP32_RUNTIMES, "bf16"))
+        report(f"### DeepLabV3-ResNet50, output stride {output_stride}, 513x513, batch 1 (baseline: {BASELINE})")
+        report()
+        report.table(header, [_row(r) for r in rows])
+        fp32 = [r for r in rows if r.name.removeprefix("atrous ") in FP32_RUNTIMES]
+        best = max(fp32, key=lambda r: r.ratio)
+        bf16 = next(r for r in rows if r.name == "atrous bf16")
+        report(f"- fastest fp32 path: {best.name}, {best.ratio:.2f}x torchvision "
+               f"({_verdict(best.ratio >= TARGETS['inference_ratio'])}: >= {TARGETS['inference_ratio']}x), "
+               f"{best.ceiling_share:.0%} of the ceiling ({_verdict(best.ceiling_share >= TARGETS['inference_ceiling'])}: "
+               f">= {TARGETS['inference_ceiling']:.0%})")  # fmt: skip
+        report(f"- bf16: {bf16.ratio:.2f}x torchvision fp32 ({_verdict(bf16.ratio >= TARGETS['bf16_ratio'])}: "
+               f">= {TARGETS['bf16_ratio']}x)")  # fmt: skip
+        report()
+    rows = compare_deeplabv3plus(ceiling=ceiling, rounds=rounds, runtimes=("channels_last", "compile", "onnxruntime"))
+    report("### DeepLabV3+-ResNet50, output stride 16 (rates 6, 12, 18), 513x513, batch 1")
+    report()
+    report.table(header, [_row(r) for r in rows])
+    best = max(rows, key=lambda r: r.ceiling_share)
+    report(f"- {best.name}: {best.ceiling_share:.0%} of the ceiling ({_verdict(best.ceiling_share >= TARGETS['plus_ceiling'])}: "
+           f">= {TARGETS['plus_ceiling']:.0%})")  # fmt: skip
+    report()
+    start = time.perf_counter()
+    model, images = fit_synthetic_model()
+    agreement = bf16_agreement(model, images)
+    report(f"### bf16 agreement on a trained network (DeepLabV3+-R18 fitted {time.perf_counter() - start:.0f} s "
+           f"to synthetic images; {images.shape[0]} held-out {images.shape[-1]}px images)")  # fmt: skip
+    report()
+    report(f"- {agreement:.3%} of pixels predicted as in fp32 ({_verdict(agreement >= TARGETS['bf16_agreement'])}: "
+           f">= {TARGETS['bf16_agreement']:.1%})")  # fmt: skip
+    report()
+
+
+def _row(row) -> list[str]:
+    return [row.name, f"{row.seconds:.3f}", f"{row.ratio:.2f}x", f"{row.gflops_per_s:.0f}", f"{row.ceiling_share:.0%}",
+            row.accuracy, f"{row.setup_seconds:.1f}" if row.setup_seconds else ""]  # fmt: skip
+
+
+def _training(report: Report, rounds: int) -> None:
+    from .training import checkpointing_comparison, compare_training_step, peak_memory
+
+    rows = []
+    for size in (321, 513):
+        step = compare_training_step(size, rounds=rounds)
+        memory = {name: peak_memory(name, size)["peak_mib"] for name in ("torchvision", "atrous")}
+        rows.append([
+            f"{size}x{size}", f"{step['torchvision_s']:.2f}", f"{step['atrous_s']:.2f}", f"{step['ratio']:.2f}x",
+            f"{step['max_relative_loss_difference']:.1e}", f"{memory['torchvision']:.0f}", f"{memory['atrous']:.0f}",
+        ])  # fmt: skip
+    report("### Training step: DeepLabV3-ResNet50 OS16, batch 2, SGD, fp32 (atrous in channels_last)")
+    report()
+    report.table(["crop", "torchvision s", "atrous s", "speed-up", "loss curves differ by (rel.)",
+                  "torchvision peak RSS MiB", "atrous peak RSS MiB"], rows)  # fmt: skip
+    worst = min(float(r[3].rstrip("x")) for r in rows)
+    report(f"- slowest speed-up {worst:.2f}x ({_verdict(worst >= TARGETS['training_ratio'])}: >= {TARGETS['training_ratio']}x)")
+    report()
+    saving = checkpointing_comparison()
+    report(f"### Activation checkpointing: atrous DeepLabV3-R50 OS{saving['output_stride']}, {saving['size']}x{saving['size']}, batch 2, one step")
+    report()
+    report(f"- peak RSS {saving['peak_mib']:.0f} MiB -> {saving['peak_mib_checkpointing']:.0f} MiB: "
+           f"{saving['saving']:.0%} lower ({_verdict(saving['saving'] >= TARGETS['checkpointing_saving'])}: "
+           f">= {TARGETS['checkpointing_saving']:.0%}); largest gradient difference {saving['max_gradient_difference']:.1e} "
+           f"(largest gradient {saving['max_gradient']:.1e})")  # fmt: skip
+    report()
+
+
+def _pipeline(report: Report, rounds: int) -> None:
+    from .pipeline import confusion_matrix_update, data_pipeline, densecrf_cores
+
+    data = data_pipeline(rounds=rounds)
+    metrics = confusion_matrix_update(rounds=max(rounds, 5))
+    crf = densecrf_cores()
+    report("### Around the network")
+    report()
+    report.table(["measure", "atrous", "reference", "ratio", "target"], [
+        ["training pipeline, images/s on 1 thread (500x375 JPEG+PNG -> 513 crop)", f"{data['atrous']:.0f}",
+         f"{data['torchvision.v2']:.0f} (torchvision.v2)", f"{data['atrous'] / data['torchvision.v2']:.2f}x",
+         f">= {TARGETS['data_images_per_s']:.0f}: {_verdict(data['atrous'] >= TARGETS['data_images_per_s'])}"],
+        ["confusion-matrix update, ms per 513x513 image, 21 classes", f"{metrics['atrous']:.3f}",
+         f"{metrics['torchmetrics']:.3f} (torchmetrics)", f"{metrics['torchmetrics'] / metrics['atrous']:.1f}x",
+         f"<= {TARGETS['metrics_ms']}: {_verdict(metrics['atrous'] <= TARGETS['metrics_ms'])}"],
+        [f"DenseCRF, {crf['images']} images 257x257, s", f"{crf['parallel_s']:.2f} ({crf['workers']} processes)",
+         f"{crf['serial_s']:.2f} (1 process)", f"{crf['speedup']:.2f}x", f"uses all {os.cpu_count()} cores"],
+    ])  # fmt: skip
+
+
+def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None] = print) -> str:
+    """Run the chosen sections, printing as it goes; returns the Markdown report."""
+    from .timing import conv_ceiling
+
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {list(SECTIONS)}")
+    start = time.perf_counter()
+    report = Report(echo)
+    ceiling = conv_ceiling()
+    report(f"atrous bench: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+           f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {rounds} alternating rounds")  # fmt: skip
+    report(f"convolution ceiling (3x3, 512-1024 channels, 65x65, channels_last, oneDNN, fp32): {ceiling:.0f} GFLOP/s")
+    report()
+    if "inference" in sections:
+        _inference(report, ceiling, rounds)
+    if "training" in sections:
+        _training(report, rounds)
+    if "pipeline" in sections:
+        _pipeline(report, rounds)
+    report(f"bench finished in {(time.perf_counter() - start) / 60:.1f} min")
+    return "\n".join(report.lines) + "\n"

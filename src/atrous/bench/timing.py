@@ -1,0 +1,71 @@
+"""Side-by-side timing (alternating A/B rounds, medians), the machine's convolution ceiling, and peak memory of
+a workload run in its own process."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def ab_medians(candidates: dict[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each candidate. Candidates alternate within every round, so a slow spell of a
+    shared machine hits all of them alike; ``warmup`` calls each (caches, lazy initialisation) are not timed."""
+    for run in candidates.values():
+        for _ in range(warmup):
+            run()
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def conv_ceiling(*, rounds: int = 7) -> float:
+    """GFLOP/s this machine reaches on large 3x3 convolutions (fp32, channels_last, oneDNN, batch 1): the best of
+    two shapes of the size that dominates a DeepLab backbone. Matrix products are not used: on some CPUs they
+    reach half of what the convolution kernels do."""
+    best = 0.0
+    with torch.no_grad():
+        for channels, size in ((512, 65), (1024, 65)):
+            conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+            conv = conv.to(memory_format=torch.channels_last)
+            x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+            seconds = ab_medians({"conv": lambda: conv(x)}, rounds=rounds, warmup=2)["conv"]
+            best = max(best, 2 * channels * channels * 9 * size * size / seconds / 1e9)
+    return best
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB.
+
+    Linux's VmHWM belongs to the process image, so it starts afresh in a child after exec; ``ru_maxrss`` does
+    not (a child would report its parent's peak if that was higher).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def run_child(module: str, task: dict) -> dict:
+    """Run ``python -m module`` with ``task`` as JSON and return the JSON it prints last: a fresh process, so
+    its peak memory is the workload's alone."""
+    completed = subprocess.run(
+        [sys.executable, "-m", module, json.dumps(task)], capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"benchmark child {module} {task} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])

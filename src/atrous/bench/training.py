@@ -1,0 +1,131 @@
+"""Training speed and memory: one SGD step (forward, loss, backward, update) of torchvision's DeepLabV3-ResNet50
+against atrous holding the same weights; peak memory of each in its own process; activation checkpointing.
+
+    python -m atrous.bench.training '{"model": "atrous", "size": 513, "output_stride": 16}'   (one child run)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .models import model_pair
+from .timing import ab_medians, peak_rss_mib, run_child
+
+BATCH = 2
+
+
+def _batch(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(BATCH, 3, size, size, generator=generator)
+    masks = torch.randint(0, 21, (BATCH, size, size), generator=generator)
+    masks[:, :8] = 255  # some ignored pixels, as at a padded crop's border
+    return images, masks
+
+
+def _stepper(model, logits_of, images, masks):
+    """One plain training step per call; returns the losses it has seen."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+    losses = []
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(logits_of(images), masks)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+
+    return step, losses
+
+
+def compare_training_step(size: int, *, rounds: int) -> dict:
+    """Median step seconds of both models (alternating), the ratio and how far their loss curves drift apart."""
+    images, masks = _batch(size)
+    calibration = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
+    theirs, ours = model_pair(16, calibration)
+    for model in (theirs, ours):
+        model.train()
+        for module in model.modules():  # its mask order follows memory layout: NCHW and channels_last would differ
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+    ours = ours.to(memory_format=torch.channels_last)
+    ours_images = images.contiguous(memory_format=torch.channels_last)
+    step_theirs, losses_theirs = _stepper(theirs, lambda x: theirs(x)["out"], images, masks)
+    step_ours, losses_ours = _stepper(ours, lambda x: ours(x).logits, ours_images, masks)
+    seconds = ab_medians({"torchvision": step_theirs, "atrous": step_ours}, rounds=rounds)
+    drift = max(abs(a - b) / abs(b) for a, b in zip(losses_ours, losses_theirs))
+    return {
+        "size": size,
+        "torchvision_s": seconds["torchvision"],
+        "atrous_s": seconds["atrous"],
+        "ratio": seconds["torchvision"] / seconds["atrous"],
+        "losses_torchvision": losses_theirs,
+        "losses_atrous": losses_ours,
+        "max_relative_loss_difference": drift,
+    }
+
+
+def peak_memory(model: str, size: int, output_stride: int = 16, *, checkpointing: bool = False) -> dict:
+    """Peak RSS (MiB) of a fresh process that builds ``model`` ("torchvision" or "atrous") and trains two steps."""
+    return run_child("atrous.bench.training", {"model": model, "size": size, "output_stride": output_stride,
+                                               "checkpointing": checkpointing})  # fmt: skip
+
+
+def checkpointing_comparison(size: int = 513, output_stride: int = 8) -> dict:
+    """Peak memory with and without activation checkpointing (atrous, one step each in its own process), and the
+    largest difference between the two runs' gradients."""
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {}
+        for checkpointing in (False, True):
+            gradients = str(Path(folder) / f"gradients_{checkpointing}.pt")
+            runs[checkpointing] = run_child("atrous.bench.training", {
+                "model": "atrous", "size": size, "output_stride": output_stride, "checkpointing": checkpointing,
+                "steps": 1, "save_gradients": gradients,
+            })  # fmt: skip
+            runs[checkpointing]["gradients"] = torch.load(gradients)
+    plain, checkpointed = runs[False]["gradients"], runs[True]["gradients"]
+    difference = max((plain[name] - checkpointed[name]).abs().max().item() for name in plain)
+    scale = max(plain[name].abs().max().item() for name in plain)
+    return {
+        "size": size,
+        "output_stride": output_stride,
+        "peak_mib": runs[False]["peak_mib"],
+        "peak_mib_checkpointing": runs[True]["peak_mib"],
+        "saving": 1 - runs[True]["peak_mib"] / runs[False]["peak_mib"],
+        "max_gradient_difference": difference,
+        "max_gradient": scale,
+    }
+
+
+def _child(task: dict) -> dict:
+    calibration = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
+    theirs, ours = model_pair(task["output_stride"], calibration)
+    if task["model"] == "torchvision":
+        model, logits_of = theirs.train(), lambda x: theirs(x)["out"]
+        del ours
+    else:
+        del theirs
+        model = ours.train().to(memory_format=torch.channels_last)
+        model.backbone.activation_checkpointing = task.get("checkpointing", False)
+        logits_of = lambda x: ours(x.contiguous(memory_format=torch.channels_last)).logits  # noqa: E731
+    images, masks = _batch(task["size"])
+    torch.manual_seed(0)
+    step, losses = _stepper(model, logits_of, images, masks)
+    before = peak_rss_mib()
+    for _ in range(task.get("steps", 2)):
+        if task.get("save_gradients"):  # gradients of the first step, before any update
+            model.zero_grad(set_to_none=True)
+            torch.nn.CrossEntropyLoss(ignore_index=255)(logits_of(images), masks).backward()
+            torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, task["save_gradients"])
+        else:
+            step()
+    return {"peak_mib": peak_rss_mib(), "peak_before_training_mib": before, "losses": losses}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
