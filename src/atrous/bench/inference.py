@@ -79,7 +79,7 @@ def _compare(baseline_name, baseline, model, images, runtimes, *, flops, ceiling
     for name, value in seconds.items():
         runtime = name.removeprefix("atrous ")
         accuracy = "reference" if name == baseline_name else (
-            f"max |dlogits| {(outputs[runtime] - reference).abs().max().item():.1e}"
+            f"max abs logit diff {(outputs[runtime] - reference).abs().max().item():.1e}"
         )
         gflops = flops / value / 1e9
         rows.append(Row(name, value, seconds[baseline_name] / value, gflops, gflops / ceiling, accuracy,

@@ -96,7 +96,11 @@ class ASPP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.branch1x1(x)] + [branch(x) for branch in self.atrous_branches] + [self.pooling(x)]
+        # Pooling runs first, so its gradient (a broadcast, which autograd materialises in NCHW) arrives last in the
+        # backward pass and is added into the others' channels_last sum; arriving first it would set the sum's
+        # layout to NCHW, and each channels_last + NCHW addition costs 6x a same-layout one.
+        pooled = self.pooling(x)
+        branches = [self.branch1x1(x)] + [branch(x) for branch in self.atrous_branches] + [pooled]
         return self.dropout(self.project(torch.cat(branches, dim=1)))
 
 
