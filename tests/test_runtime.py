@@ -29,6 +29,19 @@ def test_atrous_conv_equals_conv2d_in_values_and_gradients(dilation, size):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_atrous_conv_trains_under_cpu_autocast():
+    conv = AtrousConv2d(16, 8, dilation=4)
+    reference = torch.nn.Conv2d(16, 8, 3, padding=4, dilation=4, bias=False)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = conv(x), reference(x)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    ours.float().square().sum().backward()
+    theirs.float().square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("dilation, size", [(12, (65, 65)), (36, (33, 40)), (4, (9, 9))])
 def test_atrous_conv_bf16_taps_match_the_float32_convolution(dilation, size):
     conv = AtrousConv2d(64, 32, dilation=dilation)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 
@@ -161,11 +162,15 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
            f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {rounds} alternating rounds")  # fmt: skip
     report(f"convolution ceiling (3x3, 512-1024 channels, 65x65, channels_last, oneDNN, fp32): {ceiling:.0f} GFLOP/s")
     report()
-    if "inference" in sections:
-        _inference(report, ceiling, rounds)
-    if "training" in sections:
-        _training(report, rounds)
-    if "pipeline" in sections:
-        _pipeline(report, rounds)
+    runs = {
+        "inference": (lambda: _inference(report, ceiling, rounds), "about 2.5 minutes"),
+        "training": (lambda: _training(report, rounds), "about 1.5 minutes"),
+        "pipeline": (lambda: _pipeline(report, rounds), "about 30 seconds"),
+    }
+    for name in SECTIONS:
+        if name in sections:
+            run, duration = runs[name]
+            print(f"[bench] measuring {name} ({duration} here)...", file=sys.stderr, flush=True)
+            run()
     report(f"bench finished in {(time.perf_counter() - start) / 60:.1f} min")
     return "\n".join(report.lines) + "\n"

@@ -100,12 +100,22 @@ class AtrousConv2d(nn.Conv2d):
         rows, cols = _live_taps(dilation_h, height), _live_taps(dilation_w, width)
         if x.dtype in _REDUCED_PRECISION and x.device.type == "cpu" and self.groups == 1:
             return self._taps_as_matmuls(x, rows, cols)
-        if self.groups == 1 and x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad:
+        if self._cpu_training_step(x):
             return _TrainingAtrousConv.apply(x, self.weight, self.bias, self.dilation, rows, cols)
         if len(rows) == 3 and len(cols) == 3:
             return super().forward(x)
         weight, padding = _trimmed(self.weight, self.dilation, rows, cols)
         return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
+
+    def _cpu_training_step(self, x: torch.Tensor) -> bool:
+        """Float32 training on the CPU (under autocast, the convolution's dtypes are autocast's to choose)."""
+        return (
+            self.groups == 1
+            and x.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def _taps_as_matmuls(self, x: torch.Tensor, rows: range, cols: range) -> torch.Tensor:
         """Sum over live taps of (pixels x in_channels) @ (in_channels x out_channels), each over the output
