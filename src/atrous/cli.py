@@ -317,11 +317,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import SECTIONS, run_bench
 
     if args.compare != "torchvision":
         raise ValueError(f"--compare supports 'torchvision', got {args.compare!r}")
-    markdown = run_bench(sections=tuple(args.only or ("inference", "training", "pipeline")), rounds=args.rounds)
+    markdown = run_bench(sections=tuple(args.only or SECTIONS), rounds=args.rounds)
     if args.markdown:
         args.markdown.write_text(markdown)
         print(f"report written to {args.markdown}")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_commands(commands)
     bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (about 8 minutes)")
     bench.add_argument("--compare", default="torchvision", help="the reference implementation (torchvision)")
-    bench.add_argument("--only", nargs="+", choices=["inference", "training", "pipeline"], help="run these sections")
+    bench.add_argument("--only", nargs="+", choices=["pipeline", "inference", "training"], help="run these sections")
     bench.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement, after one warm-up")
     bench.add_argument("--markdown", type=Path, help="also write the report as Markdown")
     bench.set_defaults(run=_bench)
