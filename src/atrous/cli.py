@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .bench import SECTIONS
 from .models import MODELS, list_backbones, list_models
 from .models.summary import model_rows
 from .runtime import RUNTIMES
@@ -317,7 +318,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import SECTIONS, run_bench
+    from .bench import run_bench
 
     if args.compare != "torchvision":
         raise ValueError(f"--compare supports 'torchvision', got {args.compare!r}")
@@ -339,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_inference_commands(commands)
-    bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (about 8 minutes)")
+    bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (4-5 minutes on 2 cores)")
     bench.add_argument("--compare", default="torchvision", help="the reference implementation (torchvision)")
-    bench.add_argument("--only", nargs="+", choices=["pipeline", "inference", "training"], help="run these sections")
+    bench.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections")
     bench.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement, after one warm-up")
     bench.add_argument("--markdown", type=Path, help="also write the report as Markdown")
     bench.set_defaults(run=_bench)

@@ -1,7 +1,8 @@
 """``atrous bench``: every performance claim of the project, measured side by side in one run.
 
-Sections: ``pipeline`` (data pipeline, confusion-matrix update, DenseCRF on all cores), ``inference`` (DeepLabV3-R50 OS16/OS8 against torchvision, DeepLabV3+ against the ceiling, bf16),
-``training`` (step time and peak memory against torchvision, activation checkpointing). Each prints its table as soon as it is measured;
+Sections: ``pipeline`` (data pipeline, confusion-matrix update, DenseCRF on all cores), ``inference``
+(DeepLabV3-R50 OS16/OS8 against torchvision, DeepLabV3+ against the ceiling, bf16), ``training`` (step time and
+peak memory against torchvision, activation checkpointing). Each prints its table as soon as it is measured;
 ``run_bench`` also returns the whole report as Markdown (for BENCHMARKS.md).
 """
 
