@@ -43,19 +43,27 @@ def export_model(model: Segmenter, path: str | Path, *, format: str, example_siz
     return path
 
 
+def onnxruntime_logits(path: str | Path):
+    """An ONNX Runtime CPU session on an exported file, as images (N, 3, H, W) float32 -> logits tensor."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError("running an exported model needs ONNX Runtime: pip install onnxruntime") from error
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(session.run(None, {"images": array})[0])
+
+    return logits
+
+
 def parity(model: Segmenter, path: str | Path, *, format: str, sizes=PARITY_SIZES) -> list[tuple[tuple[int, int], float]]:
     """Max |exported - eager| logits difference on random images of each size (ONNX through ONNX Runtime)."""
     wrapper = LogitsOnly(model).eval()
-    if format == "onnx":
-        try:
-            import onnxruntime
-        except ImportError as error:
-            raise ImportError("the ONNX parity check needs ONNX Runtime: pip install 'atrous[export]'") from error
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        run = lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
-    else:
-        loaded = torch.jit.load(str(path))
-        run = loaded
+    run = onnxruntime_logits(path) if format == "onnx" else torch.jit.load(str(path))
     results = []
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

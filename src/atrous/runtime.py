@@ -68,7 +68,9 @@ def prepare_inference(
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ValueError(f"the onnxruntime runtime runs on the CPU; got device {device}")
-        return InferenceModel(model, runtime, _onnxruntime_logits(model, cache_dir))
+        from .export import onnxruntime_logits
+
+        return InferenceModel(model, runtime, onnxruntime_logits(cached_onnx(model, cache_dir)))
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images)).logits)
@@ -135,21 +137,3 @@ def cached_onnx(model: Segmenter, cache_dir: str | Path | None = None) -> Path:
         finally:
             Path(temporary).unlink(missing_ok=True)
     return path
-
-
-def _onnxruntime_logits(model: Segmenter, cache_dir) -> Callable[[torch.Tensor], torch.Tensor]:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError("the onnxruntime runtime needs ONNX Runtime: pip install onnxruntime") from error
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(
-        str(cached_onnx(model, cache_dir)), options, providers=["CPUExecutionProvider"]
-    )
-
-    def logits(images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().cpu().float().contiguous().numpy()
-        return torch.from_numpy(session.run(None, {"images": array})[0])
-
-    return logits
