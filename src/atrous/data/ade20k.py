@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SegmentationDataset
+from .base import SegmentationDataset, jpg_png_pairs
 from .classes import ADE20K_CLASSES
 from .labels import lookup_table, voc_palette
 
@@ -25,13 +25,12 @@ def ade20k_dataset(root: str | Path, split: str, **options) -> SegmentationDatas
     if (root / "ADEChallengeData2016").is_dir():
         root = root / "ADEChallengeData2016"
     folder = ADE20K_SPLITS[split]
-    image_dir, mask_dir = root / "images" / folder, root / "annotations" / folder
-    if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(
-            f"no ADE20K layout under {root}: expected images/{folder} and annotations/{folder} "
-            "(ADEChallengeData2016.zip)"
-        )
-    samples = [(image, mask_dir / f"{image.stem}.png") for image in sorted(image_dir.glob("*.jpg"))]
+    samples = jpg_png_pairs(
+        root / "images" / folder,
+        root / "annotations" / folder,
+        missing=f"no ADE20K layout under {root}: expected images/{folder} and annotations/{folder} "
+        "(ADEChallengeData2016.zip)",
+    )
     return SegmentationDataset(
         samples,
         class_names=ADE20K_CLASSES,

@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
+def jpg_png_pairs(image_dir: Path, mask_dir: Path, *, missing: str) -> list[tuple[Path, Path]]:
+    """Every ``image_dir/*.jpg`` with ``mask_dir/<same stem>.png`` (the ADE20K and COCO-Stuff layouts);
+    ``FileNotFoundError(missing)`` when either folder is absent."""
+    if not image_dir.is_dir() or not mask_dir.is_dir():
+        raise FileNotFoundError(missing)
+    return [(image, mask_dir / f"{image.stem}.png") for image in sorted(image_dir.glob("*.jpg"))]
+
+
 class SegmentationDataset(Dataset):
     """Pairs of image and mask files read the same way for every dataset family.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SegmentationDataset
+from .base import SegmentationDataset, jpg_png_pairs
 from .classes import COCO_STUFF_CLASSES, COCO_STUFF_ID_TO_TRAIN, COCO_STUFF_IDS
 from .labels import IGNORE_INDEX, lookup_table, voc_palette
 
@@ -24,13 +24,12 @@ def coco_stuff_dataset(root: str | Path, split: str, **options) -> SegmentationD
         raise ValueError(f"unknown COCO-Stuff split {split!r}; choose from {sorted(COCO_STUFF_SPLITS)}")
     root = Path(root)
     folder = COCO_STUFF_SPLITS[split]
-    image_dir, mask_dir = root / "images" / folder, root / "annotations" / folder
-    if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(
-            f"no COCO-Stuff layout under {root}: expected images/{folder} (COCO {folder}.zip) and "
-            f"annotations/{folder} (stuffthingmaps_trainval2017.zip)"
-        )
-    samples = [(image, mask_dir / f"{image.stem}.png") for image in sorted(image_dir.glob("*.jpg"))]
+    samples = jpg_png_pairs(
+        root / "images" / folder,
+        root / "annotations" / folder,
+        missing=f"no COCO-Stuff layout under {root}: expected images/{folder} (COCO {folder}.zip) and "
+        f"annotations/{folder} (stuffthingmaps_trainval2017.zip)",
+    )
     return SegmentationDataset(
         samples,
         class_names=COCO_STUFF_CLASSES,
