@@ -108,13 +108,13 @@ def densecrf_cores(*, images: int = 4, size: int = 257) -> dict:
     raw = [generator.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(images)]
     probabilities = [generator.dirichlet(np.ones(21), size=(size, size)).transpose(2, 0, 1).astype(np.float32)
                      for _ in range(images)]  # fmt: skip
+    cores = os.cpu_count() or 1
     timings, results = {}, {}
-    for workers in (1, os.cpu_count() or 1):
+    for workers in (1, cores):
         start = time.perf_counter()
         results[workers] = dense_crf_batch(raw, probabilities, workers=workers)
         timings[workers] = time.perf_counter() - start
-    serial, parallel = timings[1], timings[os.cpu_count() or 1]
-    if not all(np.array_equal(a, b) for a, b in zip(results[1], results[os.cpu_count() or 1])):
+    if not all(np.array_equal(a, b) for a, b in zip(results[1], results[cores])):
         raise AssertionError("DenseCRF results differ between one process and several")
-    return {"images": images, "workers": os.cpu_count() or 1, "serial_s": serial, "parallel_s": parallel,
-            "speedup": serial / parallel}  # fmt: skip
+    return {"images": images, "workers": cores, "serial_s": timings[1], "parallel_s": timings[cores],
+            "speedup": timings[1] / timings[cores]}  # fmt: skip

@@ -27,6 +27,11 @@ def _batch(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
+def _model_pair(output_stride: int):
+    """The two models with one set of weights, BN calibrated on a fixed random batch (no image needed to train)."""
+    return model_pair(output_stride, torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1)))
+
+
 def _stepper(model, logits_of, images, masks):
     """One plain training step per call; returns the losses it has seen."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -46,8 +51,7 @@ def _stepper(model, logits_of, images, masks):
 def compare_training_step(size: int, *, rounds: int) -> dict:
     """Median step seconds of both models (alternating), the ratio and how far their loss curves drift apart."""
     images, masks = _batch(size)
-    calibration = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
-    theirs, ours = model_pair(16, calibration)
+    theirs, ours = _model_pair(16)
     for model in (theirs, ours):
         model.train()
         for module in model.modules():  # its mask order follows memory layout: NCHW and channels_last would differ
@@ -103,8 +107,7 @@ def checkpointing_comparison(size: int = 513, output_stride: int = 8) -> dict:
 
 
 def _child(task: dict) -> dict:
-    calibration = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
-    theirs, ours = model_pair(task["output_stride"], calibration)
+    theirs, ours = _model_pair(task["output_stride"])
     if task["model"] == "torchvision":
         model, logits_of = theirs.train(), lambda x: theirs(x)["out"]
         del ours
