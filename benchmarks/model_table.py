@@ -14,7 +14,7 @@ import time
 import torch
 
 import atrous
-from atrous.models import TORCHVISION_DEEPLABV3
+from atrous.models import PRESETS, TORCHVISION_DEEPLABV3, ModelSpec
 from atrous.models.summary import count_flops
 
 # mIoU (%) of the weights a published source distributes for exactly this network (see shared references).
@@ -27,16 +27,17 @@ PUBLISHED = {
 
 
 def rows():
-    yield "deeplabv2", {"name": "deeplabv2", "backbone": "resnet101_caffe"}, PUBLISHED["deeplabv2"]
+    """(label, spec, published mIoU): 21 classes, no aux head."""
+    yield "deeplabv2", PRESETS["deeplabv2_resnet101_caffe"], PUBLISHED["deeplabv2"]
     for key, spec in TORCHVISION_DEEPLABV3.items():
-        yield key, dict(spec), PUBLISHED[key]
+        yield key, ModelSpec(**{**spec.to_dict(), "aux": False}), PUBLISHED[key]
     for name in ("deeplabv3", "deeplabv3plus"):
         for backbone in ("resnet18", "resnet50", "resnet101", "mobilenet_v3_large"):
-            yield f"{name}", {"name": name, "backbone": backbone, "output_stride": 16}, ""
+            yield f"{name}", ModelSpec(name=name, backbone=backbone, output_stride=16, num_classes=21), ""
 
 
-def latency_ms(spec: dict, repeats: int) -> float:
-    model = atrous.build_model(**spec, num_classes=21).eval()
+def latency_ms(spec: ModelSpec, repeats: int) -> float:
+    model = atrous.build_model(spec).eval()
     images = torch.randn(1, 3, 513, 513)
     with torch.no_grad():
         model(images)
@@ -55,11 +56,11 @@ def main() -> None:
     print("| model | backbone | OS | params (M) | GFLOPs @513 | CPU latency @513 (ms) | published mIoU |")
     print("|---|---|---|---|---|---|---|")
     for label, spec, published in rows():
-        params, flops = count_flops(513, **spec, num_classes=21)
-        model = atrous.build_model(**spec, num_classes=21)
+        params, flops = count_flops(513, spec)
+        model = atrous.build_model(spec)
         latency = latency_ms(spec, args.repeats)
         print(
-            f"| {label} | {model.spec['backbone']} | {model.output_stride} | {params / 1e6:.1f} | {flops / 1e9:.1f} | "
+            f"| {label} | {model.spec.backbone} | {model.output_stride} | {params / 1e6:.1f} | {flops / 1e9:.1f} | "
             f"{latency:.0f} | {published} |",
             flush=True,
         )

@@ -21,7 +21,7 @@ from atrous.models.summary import count_flops
 )
 def test_param_and_flop_counts_match_torchvisions_published_ones(tv_name, weights):
     # torchvision's model cards: parameters and "GFLOPS" (multiply-accumulates) at 520x520 with the aux head.
-    params, flops = count_flops(520, **TORCHVISION_DEEPLABV3[tv_name], num_classes=21, aux=True)
+    params, flops = count_flops(520, TORCHVISION_DEEPLABV3[tv_name])  # 21 classes and the aux head
     assert params == weights.meta["num_params"]
     assert flops / 2e9 == pytest.approx(weights.meta["_ops"], abs=1e-3)
 

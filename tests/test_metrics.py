@@ -104,15 +104,15 @@ def _ddp_worker(rank, world_size, port, dataset_size, queue):
     from atrous.evaluation import evaluate
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    matrix = evaluate(_Threshold(), _Images(dataset_size), num_classes=3, device=torch.device("cpu"),
-                      rank=rank, world_size=world_size, progress=False)  # fmt: skip
+    result = evaluate(_Threshold(), _Images(dataset_size), device=torch.device("cpu"), rank=rank,
+                      world_size=world_size, progress=False)  # fmt: skip
     if rank == 0:
-        queue.put(matrix.matrix.tolist())
+        queue.put(result.matrix.matrix.tolist())
     dist.destroy_process_group()
 
 
 class _Images(torch.utils.data.Dataset):
-    """Deterministic images and masks; sample i differs from every other sample."""
+    """Deterministic uint8 images and masks, as datasets give them; sample i differs from every other sample."""
 
     def __init__(self, size):
         self.size = size
@@ -122,13 +122,19 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         generator = torch.Generator().manual_seed(index)
-        image = torch.rand(3, 6, 7, generator=generator)
-        mask = torch.randint(0, 3, (6, 7), generator=generator)
+        image = torch.randint(0, 256, (6, 7, 3), generator=generator, dtype=torch.uint8).numpy()
+        mask = torch.randint(0, 3, (6, 7), generator=generator, dtype=torch.uint8).numpy()
         mask[0, 0] = 255
         return image, mask
 
 
 class _Threshold(torch.nn.Module):
+    num_classes = 3
+
+    @staticmethod
+    def normalization(images):
+        return images.float() / 255
+
     def forward(self, images):
         from atrous.models.segmenter import SegmentationOutput
 
@@ -142,7 +148,7 @@ def test_evaluation_is_exact_under_ddp(world_size):
 
     from atrous.evaluation import evaluate
 
-    reference = evaluate(_Threshold(), _Images(7), num_classes=3, device=torch.device("cpu"), progress=False)
+    reference = evaluate(_Threshold(), _Images(7), device=torch.device("cpu"), progress=False).matrix
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

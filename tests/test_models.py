@@ -64,7 +64,7 @@ def test_513_input_and_same_return_type_in_eval():
 def test_deeplabv2_caffe_resnet_matches_the_port():
     model = atrous.build_model("deeplabv2", num_classes=21)
     body = model.backbone
-    assert model.spec["backbone"] == "resnet101_caffe" and body.output_stride == 8
+    assert model.spec.backbone == "resnet101_caffe" and body.output_stride == 8
     assert [len(layer) for layer in (body.layer1, body.layer2, body.layer3, body.layer4)] == [3, 4, 23, 3]
     assert body.maxpool.ceil_mode and body.maxpool.kernel_size == 3 and body.maxpool.stride == 2
     assert body.conv1.kernel_size == (7, 7) and body.conv1.stride == (2, 2) and body.conv1.bias is None
@@ -84,17 +84,17 @@ def test_deeplabv2_caffe_resnet_matches_the_port():
 
 
 def test_deeplabv2_head_sums_all_four_branches():
-    head = DeepLabV2Head(in_channels=8, num_classes=5)
+    head = DeepLabV2Head(channels={"out": 8}, num_classes=5)
     assert [conv.dilation[0] for conv in head.classifiers] == [6, 12, 18, 24]
     assert [conv.padding[0] for conv in head.classifiers] == [6, 12, 18, 24]
     assert all(conv.bias is not None for conv in head.classifiers)
     features = torch.randn(2, 8, 30, 30)
     expected = sum(conv(features) for conv in head.classifiers)
-    torch.testing.assert_close(head(features), expected)
+    torch.testing.assert_close(head({"out": features}), expected)
     # Removing any one branch changes the output: none is dropped.
     for index in range(4):
         partial = sum(conv(features) for i, conv in enumerate(head.classifiers) if i != index)
-        assert not torch.allclose(head(features), partial)
+        assert not torch.allclose(head({"out": features}), partial)
 
 
 def test_deeplabv2_head_init_is_normal_0_001():
@@ -250,6 +250,6 @@ def test_build_errors_are_clear(kwargs, message):
 
 def test_spec_rebuilds_the_same_architecture():
     model = atrous.build_model("deeplabv3plus", backbone="resnet18", num_classes=4, output_stride=8, aux=True)
-    rebuilt = atrous.models.build_model_from_spec(model.spec)
+    rebuilt = atrous.build_model(atrous.ModelSpec.from_dict(model.spec.to_dict()))
     assert rebuilt.spec == model.spec
     rebuilt.load_state_dict(model.state_dict())

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from torchvision.models import segmentation
 
 import atrous
+from atrous.checkpoint import model_checkpoint
 from atrous.models import TORCHVISION_DEEPLABV3
 from atrous.models.weights import WeightsError, detect_format
 
@@ -20,7 +21,7 @@ from atrous.models.weights import WeightsError, detect_format
 def test_torchvision_deeplabv3_weights_give_torchvisions_logits(tv_name):
     reference = getattr(segmentation, tv_name)(weights=None, weights_backbone=None, aux_loss=True, num_classes=21)
     randomise_batchnorm(reference).eval()
-    model = atrous.build_model(**TORCHVISION_DEEPLABV3[tv_name], num_classes=21, aux=True).eval()
+    model = atrous.build_model(TORCHVISION_DEEPLABV3[tv_name]).eval()  # 21 classes, aux head
     report = atrous.load_weights(model, reference.state_dict())
     assert report.ok and not report.skipped and report.format.startswith("torchvision_deeplabv3")
     images = torch.randn(2, 3, 67, 90)
@@ -32,12 +33,12 @@ def test_torchvision_deeplabv3_weights_give_torchvisions_logits(tv_name):
 
 def test_torchvision_weights_without_aux_and_into_a_model_without_aux():
     reference = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=21)
-    with_aux = atrous.build_model(**TORCHVISION_DEEPLABV3["deeplabv3_resnet50"], num_classes=21, aux=True)
+    with_aux = atrous.build_model(TORCHVISION_DEEPLABV3["deeplabv3_resnet50"], aux=True)
     report = atrous.load_weights(with_aux, reference.state_dict())
     assert any("no aux head" in message for message in report.messages) and not report.missing
 
     reference = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True, num_classes=21)
-    no_aux = atrous.build_model(**TORCHVISION_DEEPLABV3["deeplabv3_resnet50"], num_classes=21)
+    no_aux = atrous.build_model(TORCHVISION_DEEPLABV3["deeplabv3_resnet50"], aux=False)
     report = atrous.load_weights(no_aux, reference.state_dict())
     assert report.skipped and all(key.startswith("aux_head.") for key in report.skipped)
     assert any("aux=False" in message for message in report.messages)
@@ -52,7 +53,7 @@ def test_loading_torchvision_weights_into_other_rates_says_so():
 
 def test_other_class_count_skips_the_classifier_and_keeps_its_init():
     reference = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True, num_classes=21)
-    model = atrous.build_model(**TORCHVISION_DEEPLABV3["deeplabv3_resnet50"], num_classes=19, aux=True)
+    model = atrous.build_model(TORCHVISION_DEEPLABV3["deeplabv3_resnet50"], num_classes=19, aux=True)
     fresh = model.head.classifier.weight.clone()
     report = atrous.load_weights(model, reference.state_dict())
     assert set(report.skipped) == {
@@ -149,7 +150,7 @@ def test_torchvision_imagenet_backbones_load_into_the_backbone(name):
 
 def test_atrous_files_round_trip_in_pt_and_safetensors(tmp_path):
     model = randomise_batchnorm(atrous.build_model("deeplabv3", backbone="resnet18", num_classes=4, aux=True)).eval()
-    torch.save({"model": model.state_dict(), "spec": model.spec, "iteration": 3}, tmp_path / "ckpt.pt")
+    torch.save({**model_checkpoint(model), "iteration": 3}, tmp_path / "ckpt.pt")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     images = torch.randn(1, 3, 33, 35)
     for path in (tmp_path / "ckpt.pt", tmp_path / "w.safetensors"):

@@ -1,19 +1,39 @@
 """atrous: DeepLab (V2, V3, V3+) semantic segmentation for PyTorch."""
 
-from .models import SegmentationOutput, Segmenter, build_model, list_backbones, list_models
+from .checkpoint import load_trained_model
+from .data import build_dataset
+from .errors import AtrousError, ConfigError, DataError, WeightsError
+from .models import (
+    PRESETS,
+    ModelSpec,
+    SegmentationOutput,
+    Segmenter,
+    build_model,
+    list_backbones,
+    list_models,
+    list_presets,
+)
 from .models.deeplabv2_port import get_deeplab_v2
-from .models.weights import WeightsError, WeightsReport, load_weights
+from .models.weights import WeightsReport, load_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "AtrousError",
+    "ConfigError",
+    "DataError",
+    "ModelSpec",
     "SegmentationOutput",
     "Segmenter",
     "WeightsError",
     "WeightsReport",
+    "build_dataset",
     "build_model",
     "get_deeplab_v2",
     "list_backbones",
     "list_models",
+    "list_presets",
+    "load_trained_model",
     "load_weights",
 ]

@@ -1,14 +1,32 @@
-"""Crash-safe checkpoints: written to a temporary file, fsynced, renamed; read back with weights_only=True."""
+"""The one owner of the checkpoint format. Crash-safe: written to a temporary file, fsynced, renamed; read back
+with ``weights_only=True``.
+
+A checkpoint is a dict of plain values and tensors:
+- the model (``model_checkpoint``): ``model`` (state dict), ``spec`` (``ModelSpec.to_dict()``), ``class_names`` and
+  ``palette`` (lists, or None);
+- a training run adds (``training_state``): ``optimizer``, ``scheduler``, ``scaler``, ``iteration``,
+  ``best_metric``, ``rng`` (one entry per process) and ``config``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from .errors import MissingFileError, WeightsError
+
+if TYPE_CHECKING:
+    from .engine import TrainingRun
+    from .models import ModelSpec, Segmenter
+
+log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -71,11 +89,11 @@ def save_checkpoint(state: dict, directory: str | Path, *, iteration: int, keep_
 def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for damaged files
-        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {error}") from error
+        raise WeightsError(f"{path}: cannot read checkpoint (truncated or corrupt?): {error}") from error
 
 
 def capture_rng() -> dict:
@@ -115,21 +133,79 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_trained_model(path: str | Path, *, spec: dict | None = None, map_location="cpu"):
-    """(model in eval mode, class names or None) from an atrous checkpoint, or from any weights file ``load_weights``
-    reads when ``spec`` (``build_model`` arguments) says which architecture to build."""
-    from .models import build_model_from_spec
+def model_checkpoint(model: Segmenter) -> dict[str, Any]:
+    """What rebuilds ``model`` with its labels: ``torch.save`` it, and ``load_trained_model`` reads it back."""
+    return {
+        "model": model.state_dict(),
+        "spec": model.spec.to_dict() if model.spec is not None else None,  # None: a Segmenter composed by hand
+        "class_names": model.class_names,
+        "palette": model.palette.tolist() if model.palette is not None else None,
+    }
+
+
+def training_state(run: TrainingRun) -> dict[str, Any]:
+    """The checkpoint of a training run. Every process calls it (the random states of all ranks are gathered);
+    rank 0 saves it."""
+    from .config import config_to_dict
+
+    rng_states = [capture_rng()]
+    if run.dist.distributed:
+        rng_states = [None] * run.dist.world_size
+        torch.distributed.all_gather_object(rng_states, capture_rng())
+    return {
+        **model_checkpoint(run.model),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "iteration": run.iteration,
+        "best_metric": run.best,
+        "rng": rng_states,
+        "config": config_to_dict(run.config),
+    }
+
+
+def restore_training_state(run: TrainingRun, state: dict[str, Any]) -> None:
+    """Put a run back where ``training_state`` left it: weights, optimizer, schedule, scaler, iteration, best score and
+    this rank's random streams (which restart when the number of processes changed)."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.iteration, run.best = state["iteration"], state["best_metric"]
+    rng_states = state["rng"]
+    if len(rng_states) == run.dist.world_size:
+        restore_rng(rng_states[run.dist.rank])
+    elif run.dist.is_main:
+        log.warning("resuming on %d processes from %d: random streams restart", run.dist.world_size, len(rng_states))
+
+
+def load_trained_model(
+    path: str | Path, *, spec: ModelSpec | None = None, overrides: dict[str, Any] | None = None, map_location="cpu"
+) -> Segmenter:
+    """The model in eval mode, with its class names and palette when the file has them.
+
+    path: an atrous checkpoint (it says which model it holds), or any weights file ``load_weights`` reads.
+    spec: the architecture to build instead of the file's own (required when the file holds none, e.g. a preset
+        for a torchvision file). overrides: ``ModelSpec`` fields to change; None values change nothing.
+    """
+    from .models import ModelSpec, build_model
     from .models.weights import load_weights, read_state_dict, unwrap_state_dict
 
     path = Path(path)
     raw = {} if path.suffix == ".safetensors" else load_checkpoint(path, map_location=map_location)
-    saved_spec = raw.get("spec") if isinstance(raw, dict) else None
-    if saved_spec is None and spec is None:
-        raise ValueError(
-            f"{path} holds no model description (not an atrous checkpoint): pass --model, --backbone and "
-            "--num-classes to say which architecture the weights are for"
+    raw = raw if isinstance(raw, dict) else {}
+    if spec is None and raw.get("spec") is not None:
+        spec = ModelSpec.from_dict(raw["spec"], source=str(path))
+    if spec is None:
+        raise WeightsError(
+            f"{path} holds no model description (not an atrous checkpoint): pass --preset NAME, or --model, "
+            "--backbone and --num-classes to say which architecture the weights are for"
         )
-    model = build_model_from_spec({**(saved_spec or {}), **(spec or {})})
+    model = build_model(spec.with_overrides(**(overrides or {})))
     state = read_state_dict(path) if path.suffix == ".safetensors" else unwrap_state_dict(raw, source=str(path))
-    load_weights(model, state)
-    return model.eval(), raw.get("class_names") if isinstance(raw, dict) else None
+    log.info("%s", load_weights(model, state))
+    class_names, palette = raw.get("class_names"), raw.get("palette")
+    if class_names is not None and len(class_names) != model.num_classes:
+        class_names = None  # the classifier was replaced: the file's names describe other classes
+    model.set_labels(class_names, np.asarray(palette, dtype=np.uint8) if palette is not None else None)
+    return model.eval()

@@ -1,5 +1,7 @@
 """Typed run configuration. YAML only serialises these dataclasses; unknown keys are errors.
 
+A config is checked whole when it is made (``config_from_dict``, ``load_config``, ``apply_overrides``): every choice,
+every range, every combination that cannot run, before any model or dataset is built or anything downloaded.
 Only the CLI and the training engine read a ``Config``; the library takes explicit keyword arguments.
 """
 
@@ -10,25 +12,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-
-@dataclass
-class ModelConfig:
-    name: str = "deeplabv3"
-    backbone: str | None = None
-    num_classes: int = 21
-    output_stride: int | None = None
-    aux: bool = False
-    atrous_rates: list[int] | None = None
-    multi_grid: list[int] | None = None
-    separable: bool = False
-    frozen_bn: str | None = None
-    head_lr_mult: float | None = None
-    pretrained_backbone: str | None = None  # "imagenet" or a path
-    weights: str | None = None  # any file load_weights reads (ImageNet, Caffe, torchvision, atrous)
+from .errors import ConfigError, MissingFileError
+from .models.spec import ModelSpec
 
 
 @dataclass
@@ -45,15 +34,15 @@ class DataConfig:
     batch_size: int = 8  # global: split over processes and accumulation steps
     val_batch_size: int = 1  # per process; >1 only when validation images share one size
     workers: int = 4
-    on_error: str = "raise"
+    on_error: Literal["raise", "skip"] = "raise"
     label_mapping: dict[int, int] | None = None  # folder datasets, e.g. {0: 0, 255: 1}
     class_weights: str | None = None  # the JSON `atrous data stats` writes
-    class_weights_kind: str = "median_frequency"
+    class_weights_kind: Literal["median_frequency", "inverse"] = "median_frequency"
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # "sgd" (DeepLab's) or "adamw" (converges faster from scratch)
+    name: Literal["sgd", "adamw"] = "sgd"  # SGD is DeepLab's; AdamW converges faster from scratch
     lr: float = 0.007
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -71,7 +60,7 @@ class TrainConfig:
     ohem: bool = False
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000
-    amp: str = "none"  # "none", "bf16" (CPU or CUDA), "fp16" (CUDA, with GradScaler)
+    amp: Literal["none", "bf16", "fp16"] = "none"  # bf16: CPU or CUDA; fp16: CUDA, with GradScaler
     channels_last: bool = False
     grad_accum: int = 1
     compile: bool = False
@@ -82,14 +71,14 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 20
     seed: int = 0
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass
 class Config:
     name: str = "run"
     out_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -97,10 +86,6 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
-
-
-class ConfigError(ValueError):
-    """An unknown key, a value of the wrong type, or an invalid combination of settings."""
 
 
 def _type_hints(cls) -> dict[str, Any]:
@@ -111,6 +96,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check/convert a YAML or command-line value against a field's annotation."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Literal:
+        if value in args and type(value) is type(args[0]):
+            return value
+        raise ConfigError(f"{where}: unknown value {value!r}; choose from {list(args)}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -130,6 +119,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is tuple:  # tuple[int, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -162,21 +155,94 @@ def _from_dict(cls, values: dict, where: str = ""):
             f"unknown config key {prefix}{unknown[0]}; valid keys{' of ' + where if where else ''}: {sorted(hints)}"
         )
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}" if where else key) for key, value in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:  # a dataclass that checks itself (ModelSpec): say where it sits
+        raise ConfigError(f"{where}: {error}" if where else str(error)) from error
 
 
 def config_from_dict(values: dict) -> Config:
-    return _from_dict(Config, values or {})
+    """A checked ``Config`` (see ``check_config``) from plain values, as YAML gives them."""
+    config = _from_dict(Config, values or {})
+    check_config(config)
+    return config
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def config_to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """Plain values (lists, not tuples): what YAML and checkpoints hold."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _ranges(config: Config) -> list[tuple[str, Any, bool, str]]:
+    """(key, value, holds, what it must be) for every numeric setting."""
+    d, o, t = config.data, config.optim, config.train
+    crop = [d.crop_size] if isinstance(d.crop_size, int) else d.crop_size
+    return [
+        ("data.crop_size", d.crop_size, len(crop) in (1, 2) and all(c >= 1 for c in crop), "a size >= 1 or [height, width]"),
+        ("data.scale_range", d.scale_range, len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1],
+         "[low, high] with 0 < low <= high"),
+        ("data.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
+        ("data.val_batch_size", d.val_batch_size, d.val_batch_size >= 1, ">= 1"),
+        ("data.workers", d.workers, d.workers >= 0, ">= 0"),
+        ("optim.lr", o.lr, o.lr >= 0, ">= 0"),
+        ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.power", o.power, o.power >= 0, ">= 0"),
+        ("optim.warmup_iters", o.warmup_iters, o.warmup_iters >= 0, ">= 0"),
+        ("optim.warmup_ratio", o.warmup_ratio, 0 <= o.warmup_ratio <= 1, "in [0, 1]"),
+        ("train.iterations", t.iterations, t.iterations >= 1 or t.epochs is not None, ">= 1 (or set train.epochs)"),
+        ("train.epochs", t.epochs, t.epochs is None or t.epochs >= 1, ">= 1 or null"),
+        ("train.aux_weight", t.aux_weight, t.aux_weight >= 0, ">= 0"),
+        ("train.ohem_thresh", t.ohem_thresh, 0 < t.ohem_thresh <= 1, "in (0, 1]"),
+        ("train.ohem_min_kept", t.ohem_min_kept, t.ohem_min_kept >= 1, ">= 1"),
+        ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, ">= 1"),
+        ("train.val_every", t.val_every, t.val_every >= 1, ">= 1"),
+        ("train.save_every", t.save_every, t.save_every >= 1, ">= 1"),
+        ("train.keep_last", t.keep_last, t.keep_last >= 1, ">= 1"),
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+    ]  # fmt: skip
+
+
+def check_config(config: Config) -> None:
+    """Raise ``ConfigError`` naming the key, the value and what it must be, for the first setting that cannot run.
+
+    Choices were checked by type (``Literal``) when the values were read, the model by ``ModelSpec``; this checks
+    ranges and combinations. Whether the batch splits over the processes is known only at launch (``prepare``).
+    """
+    from .data import DATASETS
+
+    for key, value, holds, wanted in _ranges(config):
+        if not holds:
+            raise ConfigError(f"{key}={value!r}: must be {wanted}")
+    if config.data.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown value {config.data.dataset!r}; choose from {sorted(DATASETS)}")
+    if config.data.batch_size % config.train.grad_accum:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} (global) must be divisible by train.grad_accum="
+            f"{config.train.grad_accum}"
+        )
+    if config.train.amp == "fp16" and not _cuda_selected(config.train.device):
+        raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on the CPU")
+
+
+def _cuda_selected(device: str) -> bool:
+    import torch
+
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -193,7 +259,7 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """``section.key=value`` overrides (value parsed as YAML: 8, 0.01, true, [1, 2, 4], null)."""
+    """``section.key=value`` overrides (value parsed as YAML: 8, 0.01, true, [1, 2, 4], null); the result is checked."""
     values = config_to_dict(config)
     for override in overrides:
         key, sep, raw = override.partition("=")

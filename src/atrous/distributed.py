@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,9 +30,9 @@ class DistInfo:
 def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """"auto": CUDA when present, else CPU; "cuda" fails clearly without a GPU; "cpu" forces the CPU."""
     if preference not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"unknown device {preference!r}; choose from ['auto', 'cpu', 'cuda']")
+        raise ConfigError(f"unknown device {preference!r}; choose from ['auto', 'cpu', 'cuda']")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+        raise ConfigError("device 'cuda' requested but no CUDA device is available")
     if preference != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -61,15 +63,6 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
-
-
-def broadcast_object(value):
-    """Rank 0's value on every rank."""
-    if dist.is_available() and dist.is_initialized():
-        holder = [value]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-    return value
 
 
 def shutdown() -> None:

@@ -1,12 +1,19 @@
-"""The training loop: one function, read top to bottom. DDP, autocast, GradScaler, ``no_sync`` accumulation;
-rank 0 writes files; metrics are all-reduced before they are reported."""
+"""Training in four named parts: ``prepare(config) -> TrainingRun``, ``train_step(run)``, ``validate(run)`` and the
+checkpoint (``atrous.checkpoint.training_state`` / ``restore_training_state``); ``train`` is the loop over them.
+
+DDP, autocast, GradScaler, ``no_sync`` accumulation; rank 0 writes files; metrics are all-reduced before they are
+reported.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,32 +22,52 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import Config, ConfigError, config_to_dict, save_config
-from .data import build_dataset, eval_transforms, train_transforms
+from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .config import Config, config_to_dict, save_config
+from .data import SegmentationDataset, build_dataset, train_transforms
 from .data.checks import read_class_weights
 from .data.sampling import SeededDataset, TrainSampler
-from .evaluation import evaluate
+from .distributed import DistInfo
+from .errors import ConfigError
+from .evaluation import Evaluation, evaluate, write_run_report
 from .losses import SegmentationLoss
 from .models import Segmenter, build_model
-from .models.weights import load_weights
+
+log = logging.getLogger(__name__)
 
 
-def model_from_config(config: Config) -> Segmenter:
-    m = config.model
-    return build_model(
-        m.name,
-        backbone=m.backbone,
-        num_classes=m.num_classes,
-        output_stride=m.output_stride,
-        aux=m.aux,
-        atrous_rates=m.atrous_rates,
-        multi_grid=m.multi_grid,
-        separable=m.separable,
-        frozen_bn=m.frozen_bn,
-        head_lr_mult=m.head_lr_mult,
-        pretrained_backbone=m.pretrained_backbone,
-    )
+@dataclass
+class TrainingRun:
+    """Everything a training step, a validation and a checkpoint need; ``prepare`` makes one from a config.
+
+    model: the ``Segmenter`` itself (checkpoints and validation use it); wrapped: ``model`` in DDP when distributed;
+    forward: ``wrapped``, compiled when ``train.compile``. batches: endless (images, masks) micro-batches of this rank.
+    iteration: optimizer steps done; iterations: the schedule's length.
+    """
+
+    config: Config
+    dist: DistInfo
+    model: Segmenter
+    wrapped: torch.nn.Module
+    forward: torch.nn.Module
+    loss_fn: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None
+    iterations: int
+    train_set: SegmentationDataset | None = None
+    val_set: SegmentationDataset | None = None
+    iteration: int = 0
+    best: float = -math.inf
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.train.channels_last else torch.contiguous_format
 
 
 def parameter_groups(model: Segmenter, config: Config) -> list[dict]:
@@ -69,11 +96,9 @@ def parameter_groups(model: Segmenter, config: Config) -> list[dict]:
 
 def build_optimizer(model: Segmenter, config: Config) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config)
-    if config.optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum)
     if config.optim.name == "adamw":
         return torch.optim.AdamW(groups, lr=config.optim.lr)
-    raise ConfigError(f"optim.name={config.optim.name!r}; choose from ['adamw', 'sgd']")
+    return torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum)
 
 
 def poly_with_warmup(iterations: int, power: float, warmup_iters: int, warmup_ratio: float):
@@ -88,55 +113,6 @@ def poly_with_warmup(iterations: int, power: float, warmup_iters: int, warmup_ra
     return factor
 
 
-def _autocast(config: Config, device: torch.device):
-    amp = config.train.amp
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _check(config: Config, world_size: int) -> None:
-    t, d = config.train, config.data
-    if t.amp not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp={t.amp!r}; choose from ['bf16', 'fp16', 'none']")
-    if t.grad_accum < 1:
-        raise ConfigError(f"train.grad_accum must be >= 1, got {t.grad_accum}")
-    if d.batch_size % (world_size * t.grad_accum):
-        raise ConfigError(
-            f"data.batch_size={d.batch_size} (global) must be divisible by processes x grad_accum = "
-            f"{world_size} x {t.grad_accum}"
-        )
-    if t.iterations < 1 and t.epochs is None:
-        raise ConfigError(f"train.iterations must be >= 1, got {t.iterations}")
-
-
-def _write_run_report(config: Config, model: Segmenter, val_set, log_path: Path, scores, matrix, device) -> Path:
-    """Training curves, the last validation scores (table, per-class IoU chart, confusion matrix) and a grid of
-    validation predictions in ``report.html``."""
-    from .evaluation import REPORT_SAMPLES
-    from .inference import model_input, predict
-    from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
-    from .report import write_report
-
-    run_dir = config.run_dir
-    samples = []
-    model.eval()
-    for index in range(min(REPORT_SAMPLES, len(val_set))):
-        image, mask = val_set.load(index)  # untransformed arrays: what the report shows
-        prediction = predict(model, model_input([image], model, device))[0].cpu().numpy()
-        samples.append((val_set.samples[index][0].name, image, mask, prediction))
-    figures = {"training curves (loss, learning rate, validation mIoU)": plot_training_curves(log_path, run_dir / "curves.png")}
-    if scores is not None:
-        names = val_set.class_names
-        figures["per-class IoU"] = plot_per_class_iou(names, scores["per_class_iou"], run_dir / "per_class_iou.png")
-        figures["confusion matrix"] = plot_confusion_matrix(names, matrix, run_dir / "confusion_matrix.png")
-    return write_report(
-        run_dir, title=f"atrous training run: {config.name}", class_names=val_set.class_names,
-        palette=val_set.palette, config=config_to_dict(config), scores=scores, figures=figures, samples=samples,
-    )  # fmt: skip
-
-
 def dataset_options(config: Config) -> dict:
     """Options only some dataset families take: a folder dataset's classes come from the model config."""
     if config.data.dataset != "folder":
@@ -147,269 +123,223 @@ def dataset_options(config: Config) -> dict:
     return options
 
 
-def train(config: Config, *, resume: str | bool | None = None, stop_at: int | None = None) -> dict:
-    """Train as ``config`` says; returns a summary. ``resume``: True (the run's last.pt) or a checkpoint path.
-
-    stop_at: stop (with a checkpoint) after this iteration, e.g. to fit a job's time limit; the schedule still
-    runs to ``train.iterations`` when resumed.
-    """
-    info = distributed.init_distributed(config.train.device)
-    _check(config, info.world_size)
-    torch.manual_seed(config.train.seed + info.rank)  # the model's init is rank 0's: DDP broadcasts it
-    run_dir, device = config.run_dir, info.device
-    say = print if info.is_main else (lambda *args, **kwargs: None)
-
-    # ---- model, data, loss
-    model = model_from_config(config)
-    if config.model.weights:
-        say(load_weights(model, config.model.weights))
-    train_set = build_dataset(
-        config.data.dataset,
-        config.data.root,
-        config.data.train_split,
-        on_error=config.data.on_error,
-        transforms=train_transforms(
-            normalization=model.normalization,
-            crop_size=config.data.crop_size if isinstance(config.data.crop_size, int) else tuple(config.data.crop_size),
-            scale_range=tuple(config.data.scale_range),
-            flip=config.data.flip,
-            photometric=config.data.photometric,
-            blur=config.data.blur,
-        ),
-        **dataset_options(config),
-    )
+def _datasets(config: Config, model: Segmenter) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(train set with the config's augmentation, untransformed val set); their classes must be the model's."""
+    d = config.data
+    crop = d.crop_size if isinstance(d.crop_size, int) else tuple(d.crop_size)
+    augment = train_transforms(normalization=model.normalization, crop_size=crop, scale_range=tuple(d.scale_range),
+                               flip=d.flip, photometric=d.photometric, blur=d.blur)  # fmt: skip
+    train_set = build_dataset(d.dataset, d.root, d.train_split, on_error=d.on_error, transforms=augment,
+                              **dataset_options(config))  # fmt: skip
     if train_set.num_classes != model.num_classes:
         raise ConfigError(
             f"model.num_classes={model.num_classes} but dataset {train_set.name!r} has {train_set.num_classes} "
             f"classes ({', '.join(train_set.class_names[:6])}{', ...' if train_set.num_classes > 6 else ''})"
         )
-    val_set = build_dataset(
-        config.data.dataset,
-        config.data.root,
-        config.data.val_split,
-        transforms=eval_transforms(normalization=model.normalization),
-        **dataset_options(config),
-    )
-    class_weights = None
-    if config.data.class_weights:
-        class_weights = read_class_weights(
-            config.data.class_weights, kind=config.data.class_weights_kind, num_classes=model.num_classes
-        )
-    loss_fn = SegmentationLoss(
-        class_weights=class_weights,
-        aux_weight=config.train.aux_weight,
-        ohem=config.train.ohem,
-        ohem_thresh=config.train.ohem_thresh,
-        ohem_min_kept=config.train.ohem_min_kept,
-    ).to(device)
+    val_set = build_dataset(d.dataset, d.root, d.val_split, **dataset_options(config))
+    return train_set, val_set
 
-    model.backbone.activation_checkpointing = config.train.activation_checkpointing
-    if config.train.sync_bn and info.distributed and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    if config.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on the CPU")
 
-    # ---- schedule
+def _batch_stream(run: TrainingRun, iterations_per_epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's micro-batches from ``run.iteration`` on, epoch after epoch: the same samples and augmentation
+    after a resume as in a straight run."""
+    config, info = run.config, run.dist
     micro_batch = config.data.batch_size // (info.world_size * config.train.grad_accum)
-    samples_per_iteration = micro_batch * config.train.grad_accum  # per rank
-    iterations_per_epoch = (len(train_set) // info.world_size) // samples_per_iteration
-    if iterations_per_epoch < 1:
-        raise ConfigError(
-            f"dataset {train_set.name!r} has {len(train_set)} samples: fewer than one global batch of "
-            f"{config.data.batch_size}"
-        )
-    iterations = config.train.iterations
-    if config.train.epochs is not None:
-        iterations = config.train.epochs * iterations_per_epoch
-    optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        poly_with_warmup(iterations, config.optim.power, config.optim.warmup_iters, config.optim.warmup_ratio),
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
-
-    # ---- resume
-    start, best = 0, -math.inf
-    if resume:
-        path = run_dir / "checkpoints" / LAST if resume is True else Path(resume)
-        state = load_checkpoint(path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, best = state["iteration"], state["best_metric"]
-        rng_states = state["rng"]
-        if len(rng_states) == info.world_size:
-            restore_rng(rng_states[info.rank])
-        else:
-            say(f"resuming on {info.world_size} processes from {len(rng_states)}: random streams restart")
-        say(f"resumed from {path} at iteration {start}")
-
-    train_model: torch.nn.Module = model
-    if info.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(train_model) if config.train.compile else train_model
-
-    sampler = TrainSampler(
-        len(train_set),
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=config.train.seed,
-        samples_per_epoch=iterations_per_epoch * samples_per_iteration,
-    )
+    samples_per_iteration = micro_batch * config.train.grad_accum
+    sampler = TrainSampler(len(run.train_set), rank=info.rank, world_size=info.world_size, seed=config.train.seed,
+                           samples_per_epoch=iterations_per_epoch * samples_per_iteration)  # fmt: skip
     loader = DataLoader(
-        SeededDataset(train_set),
-        batch_size=micro_batch,
-        sampler=sampler,
-        num_workers=config.data.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        persistent_workers=config.data.workers > 0,
+        SeededDataset(run.train_set), batch_size=micro_batch, sampler=sampler, num_workers=config.data.workers,
+        pin_memory=run.device.type == "cuda", drop_last=True, persistent_workers=config.data.workers > 0,
         generator=torch.Generator(),  # the loader never draws from the global RNG (exact resume)
-    )
+    )  # fmt: skip
+    epoch, offset = divmod(run.iteration, iterations_per_epoch)
+    while True:
+        sampler.set_epoch(epoch, start=offset * samples_per_iteration)
+        yield from loader
+        epoch, offset = epoch + 1, 0
 
-    def batches():
-        epoch, offset = divmod(start, iterations_per_epoch)
-        while True:
-            sampler.set_epoch(epoch, start=offset * samples_per_iteration)
-            yield from loader
-            epoch, offset = epoch + 1, 0
 
-    # ---- files (rank 0)
-    log_path = run_dir / "metrics.jsonl"
-    writer = None
+def prepare(config: Config, *, resume: str | Path | bool | None = None) -> TrainingRun:
+    """Build the model, data, loss, optimizer and schedule ``config`` describes, restored from a checkpoint when
+    ``resume`` is True (the run's last.pt) or a path."""
+    info = distributed.init_distributed(config.train.device)
+    t, d = config.train, config.data
+    if d.batch_size % (info.world_size * t.grad_accum):
+        raise ConfigError(f"data.batch_size={d.batch_size} (global) must be divisible by processes x grad_accum = "
+                          f"{info.world_size} x {t.grad_accum}")  # fmt: skip
+    torch.manual_seed(t.seed + info.rank)  # the model's init is rank 0's: DDP broadcasts it
+    model = build_model(config.model)
+    train_set, val_set = _datasets(config, model)
+    model.set_labels(train_set.class_names, train_set.palette)
+    class_weights = None
+    if d.class_weights:
+        class_weights = read_class_weights(d.class_weights, kind=d.class_weights_kind, num_classes=model.num_classes)
+    loss_fn = SegmentationLoss(class_weights=class_weights, aux_weight=t.aux_weight, ohem=t.ohem,
+                               ohem_thresh=t.ohem_thresh, ohem_min_kept=t.ohem_min_kept).to(info.device)  # fmt: skip
+    model.backbone.activation_checkpointing = t.activation_checkpointing
+    if t.sync_bn and info.distributed and info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(info.device)
+    model.to(memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+
+    micro_batch = d.batch_size // (info.world_size * t.grad_accum)
+    iterations_per_epoch = (len(train_set) // info.world_size) // (micro_batch * t.grad_accum)
+    if iterations_per_epoch < 1:
+        raise ConfigError(f"dataset {train_set.name!r} has {len(train_set)} samples: fewer than one global batch of "
+                          f"{d.batch_size}")  # fmt: skip
+    iterations = t.epochs * iterations_per_epoch if t.epochs is not None else t.iterations
+    optimizer = build_optimizer(model, config)
+    factor = poly_with_warmup(iterations, config.optim.power, config.optim.warmup_iters, config.optim.warmup_ratio)
+    run = TrainingRun(
+        config=config, dist=info, model=model, wrapped=model, forward=model, loss_fn=loss_fn, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+        scaler=torch.amp.GradScaler(info.device.type, enabled=t.amp == "fp16"), batches=None, iterations=iterations,
+        train_set=train_set, val_set=val_set,
+    )  # fmt: skip
+    if resume:
+        path = config.run_dir / "checkpoints" / LAST if resume is True else Path(resume)
+        restore_training_state(run, load_checkpoint(path))
+        if info.is_main:
+            log.info("resumed from %s at iteration %d", path, run.iteration)
+    if info.distributed:
+        run.wrapped = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    run.forward = torch.compile(run.wrapped) if t.compile else run.wrapped
+    run.batches = _batch_stream(run, iterations_per_epoch)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        if not resume:
-            log_path.write_text("")
-        try:
+        log.info(
+            "%s: %d images; global batch %d = %d process(es) x %d per process x %d accumulation step(s); %d iterations "
+            "(~%.1f epochs) on %s", train_set.name, len(train_set), d.batch_size, info.world_size, micro_batch,
+            t.grad_accum, iterations, iterations / iterations_per_epoch, info.device,
+        )  # fmt: skip
+    return run
+
+
+def _autocast(amp: str, device: torch.device):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+def train_step(run: TrainingRun) -> torch.Tensor:
+    """One optimizer step over ``grad_accum`` micro-batches (gradients synchronised on the last only); advances the
+    schedule and ``run.iteration``. Returns the step's mean loss, detached, on the run's device."""
+    t, device = run.config.train, run.device
+    run.wrapped.train()
+    total = torch.zeros((), device=device)
+    for micro_step in range(t.grad_accum):
+        images, masks = next(run.batches)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=run.memory_format)
+        masks = masks.to(device, non_blocking=True)
+        syncing = micro_step == t.grad_accum - 1 or not isinstance(run.wrapped, DistributedDataParallel)
+        with contextlib.nullcontext() if syncing else run.wrapped.no_sync():
+            with _autocast(t.amp, device):
+                loss, _ = run.loss_fn(run.forward(images), masks)
+            run.scaler.scale(loss / t.grad_accum).backward()
+        total += loss.detach() / t.grad_accum
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.iteration += 1
+    return total
+
+
+def validate(run: TrainingRun) -> Evaluation:
+    """The confusion matrix of the model on the whole validation set (each rank its shard, summed)."""
+    return evaluate(
+        run.model, run.val_set, device=run.device, rank=run.dist.rank, world_size=run.dist.world_size,
+        batch_size=run.config.data.val_batch_size, channels_last=run.config.train.channels_last, progress=False,
+    )  # fmt: skip
+
+
+class RunLog:
+    """``metrics.jsonl`` (one JSON row per log line or validation) and TensorBoard when installed; rank 0 writes."""
+
+    def __init__(self, run: TrainingRun, *, resumed: bool):
+        self.path = run.config.run_dir / "metrics.jsonl"
+        self.enabled, self.writer = run.dist.is_main, None
+        if not self.enabled:
+            return
+        run.config.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run.config, run.config.run_dir / "config.yaml")
+        if not resumed:
+            self.path.write_text("")
+        with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(run_dir / "tensorboard")
-        except ImportError:
-            pass
-    say(
-        f"{train_set.name}: {len(train_set)} images; global batch {config.data.batch_size} = {info.world_size} "
-        f"process(es) x {micro_batch} per process x {config.train.grad_accum} accumulation step(s); "
-        f"{iterations} iterations (~{iterations / iterations_per_epoch:.1f} epochs) on {device}"
-    )
+            self.writer = SummaryWriter(run.config.run_dir / "tensorboard")
 
-    def log(row: dict) -> None:
-        if info.is_main:
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+    def write(self, row: dict, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        for name, value in scalars.items() if self.writer is not None else ():
+            self.writer.add_scalar(name, value, row["iteration"])
 
-    # ---- the loop
-    stream = batches()
-    end = min(iterations, stop_at) if stop_at is not None else iterations
-    progress = tqdm(range(start, end), initial=start, total=iterations, disable=not info.is_main, desc="train")
-    last_scores: dict | None = None
-    last_matrix = None
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(config: Config, *, resume: str | Path | bool | None = None, stop_at: int | None = None) -> dict:
+    """Train as ``config`` says; returns a summary. ``resume``: True (the run's last.pt) or a checkpoint path.
+
+    stop_at: stop (with a checkpoint) after this iteration, e.g. to fit a job's time limit; the schedule still
+    runs to ``train.iterations`` when resumed.
+    """
+    run = prepare(config, resume=resume)
+    t, info, run_dir = config.train, run.dist, config.run_dir
+    run_log = RunLog(run, resumed=bool(resume))
+    start, end = run.iteration, min(run.iterations, stop_at) if stop_at is not None else run.iterations
+    progress = tqdm(total=run.iterations, initial=start, disable=not info.is_main, desc="train")
+    evaluation: Evaluation | None = None
     started = time.perf_counter()
-    window_loss, window_steps = torch.zeros((), device=device), 0  # mean loss since the last log line
-    for iteration in progress:
-        train_model.train()
-        for micro_step in range(config.train.grad_accum):
-            images, masks = next(stream)
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            masks = masks.to(device, non_blocking=True)
-            syncing = micro_step == config.train.grad_accum - 1 or not info.distributed
-            with contextlib.nullcontext() if syncing else train_model.no_sync():
-                with _autocast(config, device):
-                    output = forward(images)
-                    loss, _ = loss_fn(output, masks)
-                scaler.scale(loss / config.train.grad_accum).backward()
-            window_loss += loss.detach() / config.train.grad_accum
-        window_steps += 1
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        done = iteration + 1
-
-        if done % config.train.log_every == 0 or done == end:
+    window_loss, window_steps = torch.zeros((), device=run.device), 0  # mean loss since the last log line
+    while run.iteration < end:
+        lr = run.optimizer.param_groups[0]["lr"]
+        window_loss += train_step(run)
+        window_steps, done = window_steps + 1, run.iteration
+        progress.update()
+        if done % t.log_every == 0 or done == end:
             mean_loss = distributed.all_reduce_mean(window_loss / window_steps).item()
-            window_loss, window_steps = torch.zeros((), device=device), 0
-            elapsed = time.perf_counter() - started
-            images_per_second = (done - start) * config.data.batch_size / max(elapsed, 1e-9)
+            window_loss, window_steps = torch.zeros((), device=run.device), 0
+            images_per_second = (done - start) * config.data.batch_size / max(time.perf_counter() - started, 1e-9)
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.1f}")
-            log({"iteration": done, "loss": mean_loss, "lr": lr, "images_per_second": images_per_second})
-            if writer is not None:
-                writer.add_scalar("train/loss", mean_loss, done)
-                writer.add_scalar("train/lr", lr, done)
+            run_log.write({"iteration": done, "loss": mean_loss, "lr": lr, "images_per_second": images_per_second},
+                          {"train/loss": mean_loss, "train/lr": lr})  # fmt: skip
 
         improved = False
-        if done % config.train.val_every == 0 or done == iterations:
-            matrix = evaluate(
-                model,
-                val_set,
-                num_classes=model.num_classes,
-                device=device,
-                rank=info.rank,
-                world_size=info.world_size,
-                batch_size=config.data.val_batch_size,
-                channels_last=config.train.channels_last,
-                progress=False,
-            )
-            last_scores, last_matrix = matrix.scores(), matrix.matrix.cpu().numpy()
-            improved = last_scores["mIoU"] > best
-            best = max(best, last_scores["mIoU"])
-            log({"iteration": done, "val": {k: v for k, v in last_scores.items() if not k.startswith("per_class")}})
+        if done % t.val_every == 0 or done == run.iterations:
+            evaluation = validate(run)
+            scores = evaluation.scores
+            improved, run.best = scores["mIoU"] > run.best, max(run.best, scores["mIoU"])
+            summary = {key: value for key, value in scores.items() if not key.startswith("per_class")}
+            run_log.write({"iteration": done, "val": summary}, {"val/mIoU": scores["mIoU"]})
             if info.is_main:
-                progress.write(
-                    f"iteration {done}: mIoU {last_scores['mIoU']:.4f}  pixel accuracy "
-                    f"{last_scores['pixel_accuracy']:.4f}  (best {best:.4f})"
-                )
-            if writer is not None:
-                writer.add_scalar("val/mIoU", last_scores["mIoU"], done)
+                progress.write(f"iteration {done}: mIoU {scores['mIoU']:.4f}  pixel accuracy "
+                               f"{scores['pixel_accuracy']:.4f}  (best {run.best:.4f})")  # fmt: skip
 
-        if done % config.train.save_every == 0 or done == end or improved:
-            rng_states = [capture_rng()]
-            if info.distributed:
-                rng_states = [None] * info.world_size
-                torch.distributed.all_gather_object(rng_states, capture_rng())
+        if done % t.save_every == 0 or done == end or improved:
+            state = training_state(run)  # every rank: the random states are gathered
             if info.is_main:
-                state = {
-                    "model": model.state_dict(),
-                    "spec": model.spec,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "iteration": done,
-                    "best_metric": best,
-                    "rng": rng_states,
-                    "config": config_to_dict(config),
-                    "class_names": list(train_set.class_names),
-                }
-                save_checkpoint(
-                    state, run_dir / "checkpoints", iteration=done, keep_last=config.train.keep_last, is_best=improved
-                )
+                save_checkpoint(state, run_dir / "checkpoints", iteration=done, keep_last=t.keep_last, is_best=improved)
             distributed.barrier()
     progress.close()
-    in_sync = distributed.parameters_in_sync(model)
-    if info.distributed:
-        say(f"parameters identical on all {info.world_size} ranks: {in_sync}")
-
-    if info.is_main and end == iterations:
-        _write_run_report(config, model, val_set, log_path, last_scores, last_matrix, device)
-    if writer is not None:
-        writer.close()
-    summary = {
-        "run_dir": str(run_dir),
-        "iteration": end,
-        "iterations": iterations,
-        "best_mIoU": best if best > -math.inf else None,
-        "last_val": last_scores,
-        "checkpoint": str(run_dir / "checkpoints" / LAST),
-        "class_names": list(train_set.class_names),
-        "world_size": info.world_size,
-        "is_main": info.is_main,
-        "ranks_in_sync": in_sync,
-    }
+    in_sync = distributed.parameters_in_sync(run.model)
+    if info.distributed and info.is_main:
+        log.info("parameters identical on all %d ranks: %s", info.world_size, in_sync)
+    if info.is_main and end == run.iterations and evaluation is not None:
+        write_run_report(run_dir, title=f"atrous training run: {config.name}", class_names=run.val_set.class_names,
+                         palette=run.val_set.palette, evaluation=evaluation, training_log=run_log.path,
+                         details=config_to_dict(config))  # fmt: skip
+    run_log.close()
     distributed.barrier()
-    return summary
+    return {
+        "run_dir": str(run_dir), "iteration": end, "iterations": run.iterations, "world_size": info.world_size,
+        "best_mIoU": run.best if run.best > -math.inf else None,
+        "last_val": evaluation.scores if evaluation is not None else None,
+        "checkpoint": str(run_dir / "checkpoints" / LAST), "class_names": list(run.train_set.class_names),
+        "is_main": info.is_main, "ranks_in_sync": in_sync,
+    }  # fmt: skip

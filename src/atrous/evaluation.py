@@ -1,131 +1,206 @@
-"""Evaluating a model on a dataset into a confusion matrix, exact under DDP (no sample counted twice)."""
+"""The one evaluation core (training validation, ``atrous eval`` and the demo all use ``evaluate``) and the one
+report writer (``write_run_report``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .errors import DataError
+from .inference import InferenceOptions, model_input, predict
 from .metrics import ConfusionMatrix
 
 REPORT_SAMPLES = 8  # images shown in a report's prediction grid
 
 
-def shard(dataset, rank: int, world_size: int) -> Subset:
-    """Every ``world_size``-th sample from ``rank``: each sample on exactly one rank, no padding duplicates."""
-    return Subset(dataset, list(range(rank, len(dataset), world_size)))
+@dataclass
+class ReportSample:
+    """One row of a report's prediction grid: (H, W, 3) uint8 image, (H, W) ground truth and prediction."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+
+
+@dataclass
+class Evaluation:
+    """A confusion matrix summed over every process, and the first samples of rank 0 for the report."""
+
+    matrix: ConfusionMatrix
+    samples: list[ReportSample] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict:
+        return self.matrix.scores()
+
+
+def shard(length: int, rank: int, world_size: int) -> list[int]:
+    """Every ``world_size``-th index from ``rank``: each sample on exactly one rank, no padding duplicates."""
+    return list(range(rank, length, world_size))
+
+
+def _sample_name(dataset, index: int) -> str:
+    """The image file's name for ``SegmentationDataset``s; the index for other datasets."""
+    samples = getattr(dataset, "samples", None)
+    return Path(samples[index][0]).name if samples is not None else f"sample {index}"
+
+
+def _as_batch(items: list) -> list:
+    return items  # (image, mask) arrays of any size; ``model_input`` stacks them
 
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module,
+    model,
     dataset,
     *,
-    num_classes: int,
     device: torch.device,
+    options: InferenceOptions | None = None,
     rank: int = 0,
     world_size: int = 1,
     batch_size: int = 1,
     workers: int = 0,
-    predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
     channels_last: bool = False,
     progress: bool = True,
-) -> ConfusionMatrix:
-    """Confusion matrix of ``model`` on ``dataset`` (items: normalised image, int64 mask), summed over ranks.
+    keep_samples: int = REPORT_SAMPLES,
+    on_prediction: Callable[[int, np.ndarray], None] | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` on this rank's shard of ``dataset`` and sum the confusion matrix over ranks.
 
-    predict(model, images) -> (N, H, W) class indices; default: argmax of the full-resolution logits.
+    dataset: items are untransformed ``(image, mask)`` arrays ((H, W, 3) uint8 RGB, (H, W) uint8 class indices with
+    255 ignored), as ``build_dataset(..., transforms=None)`` gives them; the model's own normalisation is applied here.
+    options: whole image by default; multi-scale, flip, sliding window and CRF as ``InferenceOptions`` says.
+    batch_size > 1 needs images of one size. on_prediction(index, labels) is called for every prediction
+    ((H, W) int64), e.g. to save it.
     """
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    indices = shard(len(dataset), rank, world_size)
     loader = DataLoader(
-        shard(dataset, rank, world_size),
-        batch_size=batch_size,
-        num_workers=workers,
+        Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=_as_batch,
         generator=torch.Generator(),  # never draws from the global RNG (exact resume)
-    )
-    matrix = ConfusionMatrix(num_classes, device=device)
-    for images, masks in tqdm(loader, desc="eval", disable=not progress, unit="batch", leave=False):
-        images = images.to(device, non_blocking=True)
+    )  # fmt: skip
+    matrix = ConfusionMatrix(model.num_classes, device=device)
+    samples: list[ReportSample] = []
+    position = 0
+    for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, unit="batch", leave=False):
+        images, masks = [image for image, _ in batch], [mask for _, mask in batch]
+        if len({image.shape for image in images}) > 1:
+            raise DataError(f"a validation batch of {batch_size} needs images of one size, got "
+                            f"{sorted({image.shape[:2] for image in images})}: set data.val_batch_size=1")  # fmt: skip
+        inputs = model_input(images, model, device)
         if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        prediction = predict(model, images) if predict is not None else model(images).logits.argmax(dim=1)
-        matrix.update(prediction, masks.to(device, non_blocking=True))
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        labels = predict(model, inputs, options, raw_images=images)
+        matrix.update(labels, torch.from_numpy(np.stack(masks)).to(device).long())
+        for image, mask, label in zip(images, masks, labels):
+            index = indices[position]
+            position += 1
+            if len(samples) < keep_samples or on_prediction is not None:
+                label = label.cpu().numpy()
+            if len(samples) < keep_samples:
+                samples.append(ReportSample(_sample_name(dataset, index), image, mask, label))
+            if on_prediction is not None:
+                on_prediction(index, label)
     matrix.all_reduce()
-    model.train(was_training)
-    return matrix
+    if isinstance(model, torch.nn.Module):
+        model.train(was_training)
+    return Evaluation(matrix, samples)
 
 
 def run_evaluation(
     model,
     dataset,
     *,
-    options,
-    out_dir,
+    out_dir: str | Path,
     device: torch.device,
-    class_names: list[str],
+    options: InferenceOptions | None = None,
     save_predictions: bool = False,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
-    report_config: dict | None = None,
-    training_log=None,
-) -> dict:
-    """Evaluate with any inference options (TTA, sliding window, CRF) on a raw dataset (uint8 images), and write
-    ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png``, ``report.html`` (and coloured predictions)
-    to ``out_dir``."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
+    report: dict | None = None,
+    training_log: str | Path | None = None,
+) -> Evaluation:
+    """``evaluate`` and write ``metrics.json``, the figures and ``report.html`` (and coloured predictions) to
+    ``out_dir`` on rank 0. ``report``: what the report states about the run (weights, mode, configuration)."""
     from PIL import Image
 
-    from .inference import model_input, predict
-    from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
-    from .report import write_report
     from .visualize import colorize
 
     out_dir = Path(out_dir)
-    matrix = ConfusionMatrix(len(class_names), device=device)
-    indices = list(range(rank, len(dataset), world_size))
-    samples = []
-    for index in tqdm(indices, desc="eval", disable=not progress or rank != 0, unit="img"):
-        image, mask = dataset[index]
-        labels = predict(model, model_input([image], model, device), options, raw_images=[image])[0]
-        matrix.update(labels, torch.from_numpy(np.ascontiguousarray(mask)).to(device))
-        if len(samples) < REPORT_SAMPLES:
-            samples.append((Path(dataset.samples[index][0]).name, image, mask, labels.cpu().numpy()))
-        if save_predictions:
-            stem = Path(dataset.samples[index][0]).stem
-            (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(colorize(labels.cpu().numpy(), dataset.palette)).save(out_dir / "predictions" / f"{stem}.png")
-    matrix.all_reduce()
-    scores = matrix.scores()
+    predictions = out_dir / "predictions"
+
+    def save(index: int, labels: np.ndarray) -> None:
+        predictions.mkdir(parents=True, exist_ok=True)
+        stem = Path(dataset.samples[index][0]).stem
+        Image.fromarray(colorize(labels, dataset.palette)).save(predictions / f"{stem}.png")
+
+    result = evaluate(
+        model, dataset, device=device, options=options, rank=rank, world_size=world_size, progress=progress,
+        on_prediction=save if save_predictions else None,
+    )  # fmt: skip
     if rank == 0:
+        scores = result.scores
         out_dir.mkdir(parents=True, exist_ok=True)
-        report = {**scores, "class_names": class_names, "confusion_matrix": matrix.matrix.cpu().tolist()}
-        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        figures = {}
-        if training_log is not None and Path(training_log).is_file():  # the run that produced the weights
-            figures["training curves"] = plot_training_curves(training_log, out_dir / "curves.png")
-        figures |= {
-            "per-class IoU": plot_per_class_iou(class_names, scores["per_class_iou"], out_dir / "per_class_iou.png"),
-            "confusion matrix": plot_confusion_matrix(
-                class_names, matrix.matrix.cpu().numpy(), out_dir / "confusion_matrix.png"
-            ),
-        }
-        write_report(
-            out_dir, title=f"atrous evaluation: {dataset.name}", class_names=class_names, palette=dataset.palette,
-            scores=scores, figures=figures, samples=samples, config=report_config,
+        metrics = {**scores, "class_names": dataset.class_names, "confusion_matrix": result.matrix.matrix.cpu().tolist()}
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_run_report(
+            out_dir, title=f"atrous evaluation: {dataset.name}", class_names=dataset.class_names,
+            palette=dataset.palette, evaluation=result, training_log=training_log, details=report,
         )  # fmt: skip
-    return scores
+    return result
+
+
+def write_run_report(
+    directory: str | Path,
+    *,
+    title: str,
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    evaluation: Evaluation | None = None,
+    training_log: str | Path | None = None,
+    details: dict | None = None,
+) -> Path:
+    """The report of a run or an evaluation: training curves (when ``training_log`` exists), the scores table,
+    per-class IoU chart, confusion matrix and prediction grid (when ``evaluation`` is given), and ``details`` (the
+    weights, the inference mode, the resolved configuration), in ``directory/report.html`` beside its PNGs."""
+    from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
+    from .report import write_report
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = list(class_names)
+    figures = {}
+    if training_log is not None and Path(training_log).is_file():
+        figures["training curves (loss, learning rate, validation mIoU)"] = plot_training_curves(
+            training_log, directory / "curves.png"
+        )
+    scores = evaluation.scores if evaluation is not None else None
+    if evaluation is not None:
+        figures["per-class IoU"] = plot_per_class_iou(names, scores["per_class_iou"], directory / "per_class_iou.png")
+        figures["confusion matrix"] = plot_confusion_matrix(
+            names, evaluation.matrix.matrix.cpu().numpy(), directory / "confusion_matrix.png"
+        )
+    samples = [(s.name, s.image, s.truth, s.prediction) for s in evaluation.samples] if evaluation else None
+    return write_report(
+        directory, title=title, class_names=names, palette=palette, config=details, scores=scores, figures=figures,
+        samples=samples,
+    )  # fmt: skip
 
 
 def format_scores(scores: dict, class_names: list[str]) -> str:
     """The per-class table printed in the terminal."""
-    import math
-
     width = max(len(name) for name in [*class_names, "class", "mean_class_accuracy"])
     lines = [f"{'class'.ljust(width)}  {'IoU':>7}  {'acc':>7}  {'dice':>7}", "-" * (width + 27)]
     for i, name in enumerate(class_names):

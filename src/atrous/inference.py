@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError, MissingDependencyError
+
 
 def model_input(images: Sequence[np.ndarray], model: torch.nn.Module, device: torch.device) -> torch.Tensor:
     """Equal-sized (H, W, 3) uint8 RGB arrays -> the model's normalised (N, 3, H, W) float32 batch on ``device``."""
@@ -36,7 +38,7 @@ def slide_logits(
     evaluated ``window_batch`` at a time; overlapping logits are averaged. Images smaller than ``crop`` along
     a side use one window of the image's size there."""
     if stride < 1 or crop < 1:
-        raise ValueError(f"crop and stride must be >= 1, got crop={crop}, stride={stride}")
+        raise ConfigError(f"crop and stride must be >= 1, got crop={crop}, stride={stride}")
     batch, _, height, width = images.shape
     rows = max(height - crop + stride - 1, 0) // stride + 1
     cols = max(width - crop + stride - 1, 0) // stride + 1
@@ -132,7 +134,7 @@ def _densecrf_module():
     try:
         from pydensecrf import densecrf
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependencyError(
             "DenseCRF post-processing needs pydensecrf2: pip install 'atrous[crf]' (or pip install pydensecrf2)"
         ) from error
     return densecrf
@@ -146,7 +148,7 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, **params) -> np.ndar
     densecrf = _densecrf_module()
     unknown = set(params) - set(CRF_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown CRF parameters {sorted(unknown)}; choose from {sorted(CRF_DEFAULTS)}")
+        raise ConfigError(f"unknown CRF parameters {sorted(unknown)}; choose from {sorted(CRF_DEFAULTS)}")
     p = {**CRF_DEFAULTS, **params}
     classes, height, width = probabilities.shape
     crf = densecrf.DenseCRF2D(width, height, classes)

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .data.labels import IGNORE_INDEX
+from .errors import DataError
 
 
 class ConfusionMatrix:
@@ -38,7 +39,7 @@ class ConfusionMatrix:
         low, high = (int(v) for v in torch.aminmax(target))
         if low < 0 or high > 255:
             bad = torch.unique(target[(target < 0) | (target > 255)])[:10].tolist()
-            raise ValueError(f"ground-truth values {bad} are outside [0, {n}) and not the ignore label {self.ignore_index}")
+            raise DataError(f"ground-truth values {bad} are outside [0, {n}) and not the ignore label {self.ignore_index}")
         low, high = (int(v) for v in torch.aminmax(prediction))
         if low < 0 or high >= n:
             raise ValueError(f"predictions must lie in [0, {n}), got values in [{low}, {high}]")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt
+# The object-oriented API (Figure, not pyplot) renders to files without choosing a backend: importing atrous never
+# changes the backend of a notebook or an application.
+from matplotlib.figure import Figure
 
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -24,7 +23,8 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
 def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
     """Loss, learning rate and validation mIoU against the iteration, side by side."""
     train_rows, val_rows = read_log(log_path)
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure = Figure(figsize=(13, 3.6))
+    axes = figure.subplots(1, 3)
     axes[0].plot([r["iteration"] for r in train_rows], [r["loss"] for r in train_rows], color="tab:blue")
     axes[0].set(title="training loss", xlabel="iteration")
     axes[1].plot([r["iteration"] for r in train_rows], [r["lr"] for r in train_rows], color="tab:orange")
@@ -36,7 +36,6 @@ def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
     figure.tight_layout()
     out = Path(out)
     figure.savefig(out, dpi=100)
-    plt.close(figure)
     return out
 
 
@@ -45,7 +44,8 @@ def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path
     import math
 
     height = max(3.0, 0.28 * len(class_names) + 1)
-    figure, axis = plt.subplots(figsize=(7, height))
+    figure = Figure(figsize=(7, height))
+    axis = figure.subplots()
     values = [0.0 if math.isnan(v) else v for v in iou]
     positions = list(range(len(class_names)))
     axis.barh(positions, values, color="tab:blue")
@@ -57,7 +57,6 @@ def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path
     axis.set(xlim=(0, 1), xlabel="IoU", title="per-class IoU")
     figure.tight_layout()
     figure.savefig(out, dpi=100)
-    plt.close(figure)
     return Path(out)
 
 
@@ -68,7 +67,8 @@ def plot_confusion_matrix(class_names: list[str], matrix, out: str | Path) -> Pa
     counts = np.asarray(matrix, dtype=np.float64)
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.35 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axis = figure.subplots()
     image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ticks = list(range(len(class_names)))
     axis.set_xticks(ticks, class_names, rotation=90, fontsize=7)
@@ -77,5 +77,4 @@ def plot_confusion_matrix(class_names: list[str], matrix, out: str | Path) -> Pa
     figure.colorbar(image, fraction=0.046, pad=0.04)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
-    plt.close(figure)
     return Path(out)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from .data.folder import IMAGE_EXTENSIONS
 from .data.io import read_image, save_mask
+from .errors import MissingFileError
 from .inference import InferenceOptions, model_input, predict
 from .visualize import overlay
 
@@ -29,7 +30,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             matches = [Path(m) for m in glob.glob(item, recursive=True)]
             if not matches:
-                raise FileNotFoundError(f"no such file, folder or matching glob: {item}")
+                raise MissingFileError(f"no such file, folder or matching glob: {item}")
             found.update(m for m in matches if m.is_file())
     return sorted(found)
 

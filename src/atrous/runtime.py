@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
 from .models.segmenter import SegmentationOutput, Segmenter
 
 RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16")
@@ -35,6 +36,7 @@ class InferenceModel:
         self.runtime = runtime
         self.num_classes = model.num_classes
         self.normalization = model.normalization
+        self.class_names, self.palette = model.class_names, model.palette
         self._logits = logits
 
     def __call__(self, images: torch.Tensor) -> SegmentationOutput:
@@ -61,13 +63,13 @@ def prepare_inference(
     device = device or next(model.parameters()).device
     runtime = default_runtime(device) if runtime == "auto" else runtime
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose from {['auto', *RUNTIMES]}")
+        raise ConfigError(f"unknown runtime {runtime!r}; choose from {['auto', *RUNTIMES]}")
     model = model.to(device).eval()
     if runtime == "eager":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(images).logits)
     if runtime == "onnxruntime":
         if device.type != "cpu":
-            raise ValueError(f"the onnxruntime runtime runs on the CPU; got device {device}")
+            raise ConfigError(f"the onnxruntime runtime runs on the CPU; got device {device}")
         from .export import onnxruntime_logits
 
         return InferenceModel(model, runtime, onnxruntime_logits(cached_onnx(model, cache_dir)))
@@ -79,10 +81,10 @@ def prepare_inference(
         return InferenceModel(
             model, runtime, lambda images: _no_grad(model)(_channels_last(images).to(torch.bfloat16)).logits
         )
-    from .export import LogitsOnly
+    from .export import ExportedGraph
 
     # Freezing folds BatchNorm into the convolutions and pre-packs weights for oneDNN: it needs no_grad.
-    compiled = torch.compile(LogitsOnly(model).eval(), options={"freezing": True})
+    compiled = torch.compile(ExportedGraph(model, normalized_input=True).eval(), options={"freezing": True})
     return InferenceModel(model, runtime, lambda images: _no_grad(compiled)(_channels_last(images)))
 
 
@@ -112,7 +114,8 @@ def model_fingerprint(model: Segmenter) -> str:
     from . import __version__
 
     digest = hashlib.sha256()
-    header = {"spec": model.spec, "atrous": __version__, "torch": torch.__version__, "ort": onnxruntime.__version__}
+    spec = model.spec.to_dict() if model.spec is not None else repr(model)  # a hand-composed Segmenter: its modules
+    header = {"spec": spec, "graph": "normalized_input", "atrous": __version__, "torch": torch.__version__, "ort": onnxruntime.__version__}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -132,7 +135,7 @@ def cached_onnx(model: Segmenter, cache_dir: str | Path | None = None) -> Path:
         handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".onnx.partial")
         os.close(handle)
         try:
-            export_model(model, temporary, format="onnx")
+            export_model(model, temporary, format="onnx", normalized_input=True)
             os.replace(temporary, path)  # a concurrent or killed export never leaves a half-written cache entry
         finally:
             Path(temporary).unlink(missing_ok=True)

@@ -8,13 +8,17 @@ peak memory against torchvision, activation checkpointing). Each prints its tabl
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
+
+from ..errors import ConfigError
 
 # The pipeline section first: its single-threaded, memory-bound measures read 15-20% slower in a process that
 # has already run the networks (measured: 264 against 315 images/s, 0.67 against 0.56 ms).
@@ -151,13 +155,15 @@ def _pipeline(report: Report, rounds: int) -> None:
     ])  # fmt: skip
 
 
-def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None] = print) -> str:
-    """Run the chosen sections, printing as it goes; returns the Markdown report."""
+def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None] | None = None) -> str:
+    """Run the chosen sections, reporting each line as it is measured (``echo``, default: the ``atrous.bench``
+    logger, which the command line prints); returns the Markdown report."""
+    echo = echo or log.info
     from .timing import conv_ceiling
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"unknown bench sections {sorted(unknown)}; choose from {list(SECTIONS)}")
+        raise ConfigError(f"unknown bench sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     start = time.perf_counter()
     report = Report(echo)
     ceiling = conv_ceiling()
@@ -173,7 +179,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     for name in SECTIONS:
         if name in sections:
             run, duration = runs[name]
-            print(f"[bench] measuring {name} ({duration} here)...", file=sys.stderr, flush=True)
+            log.info("[bench] measuring %s (%s here)...", name, duration)
             run()
     report(f"bench finished in {(time.perf_counter() - start) / 60:.1f} min")
     return "\n".join(report.lines) + "\n"

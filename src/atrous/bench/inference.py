@@ -51,7 +51,7 @@ def compare_deeplabv3(output_stride: int, *, ceiling: float, rounds: int, runtim
     theirs, ours = model_pair(output_stride, torch.cat([images, images.flip(-1)]))
     _, flops = count_flops(513, name="deeplabv3", backbone="resnet50", output_stride=output_stride,
                            atrous_rates=RATES, num_classes=21)  # fmt: skip
-    baseline = lambda: _no_grad_call(theirs, images)["out"]  # noqa: E731
+    baseline = lambda: _no_grad_call(theirs, images)["out"]
     return _compare(BASELINE, baseline, ours, images, runtimes, flops=flops, ceiling=ceiling, rounds=rounds)
 
 
@@ -62,7 +62,7 @@ def compare_deeplabv3plus(*, ceiling: float, rounds: int, runtimes: tuple[str, .
     model = build_model("deeplabv3plus", backbone="resnet50", num_classes=21, output_stride=16)
     model = randomise_batchnorm(model, images=torch.cat([images, images.flip(-1)]))
     _, flops = count_flops(513, name="deeplabv3plus", backbone="resnet50", output_stride=16, num_classes=21)
-    baseline = lambda: _no_grad_call(model, images).logits  # noqa: E731
+    baseline = lambda: _no_grad_call(model, images).logits
     return _compare("atrous eager NCHW", baseline, model, images, runtimes, flops=flops, ceiling=ceiling, rounds=rounds)
 
 

@@ -1,5 +1,6 @@
-"""Training speed and memory: one SGD step (forward, loss, backward, update) of torchvision's DeepLabV3-ResNet50
-against atrous holding the same weights; peak memory of each in its own process; activation checkpointing.
+"""Training speed and memory: one SGD step (forward, loss, backward, update) of torchvision's DeepLabV3-ResNet50 in a
+plain PyTorch loop against ``atrous.engine.train_step`` (the step ``atrous train`` runs) on atrous holding the same
+weights; peak memory of each in its own process; activation checkpointing.
 
     python -m atrous.bench.training '{"model": "atrous", "size": 513, "output_stride": 16}'   (one child run)
 """
@@ -32,8 +33,40 @@ def _model_pair(output_stride: int):
     return model_pair(output_stride, torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1)))
 
 
+def _training_run(model, images: torch.Tensor, masks: torch.Tensor):
+    """An ``atrous.engine.TrainingRun`` around ``model`` that trains on one batch forever, with the optimizer and
+    constant learning rate of ``_stepper``; channels_last, as ``train.channels_last`` runs it."""
+    import itertools
+
+    from ..config import Config, TrainConfig
+    from ..distributed import DistInfo
+    from ..engine import TrainingRun
+    from ..losses import SegmentationLoss
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    return TrainingRun(
+        config=Config(train=TrainConfig(channels_last=True)), dist=DistInfo(0, 1, 0, torch.device("cpu")),
+        model=model, wrapped=model, forward=model, loss_fn=SegmentationLoss(aux_weight=0.0), optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False), batches=itertools.repeat((images, masks)), iterations=10**9,
+    )  # fmt: skip
+
+
+def _engine_stepper(model, images, masks):
+    """``atrous.engine.train_step`` per call; returns the losses it has seen."""
+    from ..engine import train_step
+
+    run = _training_run(model, images, masks)
+    losses = []
+
+    def step():
+        losses.append(train_step(run).item())
+
+    return step, losses
+
+
 def _stepper(model, logits_of, images, masks):
-    """One plain training step per call; returns the losses it has seen."""
+    """One plain training step per call (torchvision's side); returns the losses it has seen."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
     losses = []
@@ -58,9 +91,8 @@ def compare_training_step(size: int, *, rounds: int) -> dict:
             if isinstance(module, torch.nn.Dropout):
                 module.eval()
     ours = ours.to(memory_format=torch.channels_last)
-    ours_images = images.contiguous(memory_format=torch.channels_last)
     step_theirs, losses_theirs = _stepper(theirs, lambda x: theirs(x)["out"], images, masks)
-    step_ours, losses_ours = _stepper(ours, lambda x: ours(x).logits, ours_images, masks)
+    step_ours, losses_ours = _engine_stepper(ours, images, masks)
     seconds = ab_medians({"torchvision": step_theirs, "atrous": step_ours}, rounds=rounds)
     drift = max(abs(a - b) / abs(b) for a, b in zip(losses_ours, losses_theirs))
     return {
@@ -115,7 +147,7 @@ def _child(task: dict) -> dict:
         del theirs
         model = ours.train().to(memory_format=torch.channels_last)
         model.backbone.activation_checkpointing = task.get("checkpointing", False)
-        logits_of = lambda x: ours(x.contiguous(memory_format=torch.channels_last)).logits  # noqa: E731
+        logits_of = lambda x: ours(x.contiguous(memory_format=torch.channels_last)).logits
     images, masks = _batch(task["size"])
     torch.manual_seed(0)
     step, losses = _stepper(model, logits_of, images, masks)

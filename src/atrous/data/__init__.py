@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..errors import ConfigError, MissingFileError
 from .ade20k import ade20k_dataset
 from .base import SegmentationDataset
 from .cityscapes import cityscapes_dataset, gta5_dataset
@@ -48,10 +49,10 @@ def build_dataset(
     options: family-specific, e.g. ``label_mapping={0: 0, 255: 1}`` and ``num_classes`` for ``folder``.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {list_datasets()}")
+        raise ConfigError(f"unknown dataset {name!r}; choose from {list_datasets()}")
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"dataset root {root} does not exist (dataset {name!r})")
+        raise MissingFileError(f"dataset root {root} does not exist (dataset {name!r})")
     return DATASETS[name](root, split, transforms=transforms, on_error=on_error, **options)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import SegmentationDataset, jpg_png_pairs
 from .classes import ADE20K_CLASSES
 from .labels import lookup_table, voc_palette
@@ -20,7 +21,7 @@ ADE20K_VALID[:151] = True
 def ade20k_dataset(root: str | Path, split: str, **options) -> SegmentationDataset:
     """``images/{training,validation}/ADE_*.jpg`` with ``annotations/.../ADE_*.png`` (0..150)."""
     if split not in ADE20K_SPLITS:
-        raise ValueError(f"unknown ADE20K split {split!r}; choose from {sorted(ADE20K_SPLITS)}")
+        raise ConfigError(f"unknown ADE20K split {split!r}; choose from {sorted(ADE20K_SPLITS)}")
     root = Path(root)
     if (root / "ADEChallengeData2016").is_dir():
         root = root / "ADEChallengeData2016"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, MissingFileError
 from .io import DataError, read_image, read_mask
 from .labels import IGNORE_INDEX
 
@@ -22,7 +23,7 @@ def jpg_png_pairs(image_dir: Path, mask_dir: Path, *, missing: str) -> list[tupl
     """Every ``image_dir/*.jpg`` with ``mask_dir/<same stem>.png`` (the ADE20K and COCO-Stuff layouts);
     ``FileNotFoundError(missing)`` when either folder is absent."""
     if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(missing)
+        raise MissingFileError(missing)
     return [(image, mask_dir / f"{image.stem}.png") for image in sorted(image_dir.glob("*.jpg"))]
 
 
@@ -51,7 +52,7 @@ class SegmentationDataset(Dataset):
         name: str = "dataset",
     ):
         if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"unknown on_error {on_error!r}; choose from {list(ON_ERROR_CHOICES)}")
+            raise ConfigError(f"unknown on_error {on_error!r}; choose from {list(ON_ERROR_CHOICES)}")
         if not samples:
             raise DataError(f"{name}: no samples found")
         self.samples = list(samples)

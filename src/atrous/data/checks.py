@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from .base import SegmentationDataset
 from .io import DataError
 
@@ -81,7 +82,7 @@ def read_class_weights(path: str | Path, *, kind: str = "median_frequency", num_
     stats = json.loads(Path(path).read_text())
     weights = stats["weights"].get(kind)
     if weights is None:
-        raise ValueError(f"{path}: no weights {kind!r}; choose from {sorted(stats['weights'])}")
+        raise ConfigError(f"{path}: no weights {kind!r}; choose from {sorted(stats['weights'])}")
     if len(weights) != num_classes:
-        raise ValueError(f"{path}: {len(weights)} class weights, but the model has {num_classes} classes")
+        raise ConfigError(f"{path}: {len(weights)} class weights, but the model has {num_classes} classes")
     return weights

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, MissingFileError
 from .base import SegmentationDataset
 from .classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, CITYSCAPES_LABEL_TO_TRAIN
 from .io import DataError
@@ -35,12 +36,12 @@ def cityscapes_dataset(root: str | Path, split: str, **options) -> SegmentationD
     Pre-generated ``*_gtFine_labelTrainIds.png`` are used instead when every sample has one.
     """
     if split not in CITYSCAPES_SPLITS:
-        raise ValueError(f"unknown Cityscapes split {split!r}; choose from {list(CITYSCAPES_SPLITS)}")
+        raise ConfigError(f"unknown Cityscapes split {split!r}; choose from {list(CITYSCAPES_SPLITS)}")
     root = Path(root)
     image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
     for directory in (image_dir, label_dir):
         if not directory.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no Cityscapes layout under {root}: missing {directory} (from leftImg8bit_trainvaltest.zip and "
                 "gtFine_trainvaltest.zip)"
             )
@@ -68,7 +69,7 @@ def gta5_dataset(root: str | Path, split: str = "all", **options) -> Segmentatio
     """
     root = Path(root)
     if not (root / "images").is_dir() or not (root / "labels").is_dir():
-        raise FileNotFoundError(f"no GTA5 layout under {root}: expected images/ and labels/")
+        raise MissingFileError(f"no GTA5 layout under {root}: expected images/ and labels/")
     list_file = root / f"{split}.txt"
     if list_file.is_file():
         stems = [line.split()[0].rsplit(".", 1)[0] for line in list_file.read_text().splitlines() if line.strip()]

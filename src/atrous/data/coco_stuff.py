@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import SegmentationDataset, jpg_png_pairs
 from .classes import COCO_STUFF_CLASSES, COCO_STUFF_ID_TO_TRAIN, COCO_STUFF_IDS
 from .labels import IGNORE_INDEX, lookup_table, voc_palette
@@ -21,7 +22,7 @@ COCO_STUFF_VALID[IGNORE_INDEX] = True
 def coco_stuff_dataset(root: str | Path, split: str, **options) -> SegmentationDataset:
     """``images/{train2017,val2017}/*.jpg`` with ``annotations/{...}/*.png`` from stuffthingmaps_trainval2017."""
     if split not in COCO_STUFF_SPLITS:
-        raise ValueError(f"unknown COCO-Stuff split {split!r}; choose from {sorted(COCO_STUFF_SPLITS)}")
+        raise ConfigError(f"unknown COCO-Stuff split {split!r}; choose from {sorted(COCO_STUFF_SPLITS)}")
     root = Path(root)
     folder = COCO_STUFF_SPLITS[split]
     samples = jpg_png_pairs(

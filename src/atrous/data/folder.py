@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, MissingFileError
 from .base import SegmentationDataset
 from .io import DataError
 from .labels import IGNORE_INDEX, identity_table, lookup_table, voc_palette
@@ -31,15 +32,15 @@ def folder_dataset(
     base = Path(root) / split if split else Path(root)
     image_dir, mask_dir = base / "images", base / "masks"
     if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(f"no folder dataset under {base}: expected images/ and masks/ side by side")
+        raise MissingFileError(f"no folder dataset under {base}: expected images/ and masks/ side by side")
     if class_names is None:
         if num_classes is None:
             num_classes = max(label_mapping.values()) + 1 if label_mapping else None
         if num_classes is None:
-            raise ValueError("folder datasets need num_classes, class_names or a label_mapping")
+            raise ConfigError("folder datasets need num_classes, class_names or a label_mapping")
         class_names = [f"class_{i}" for i in range(num_classes)]
     elif num_classes is not None and num_classes != len(class_names):
-        raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
+        raise ConfigError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
     num_classes = len(class_names)
 
     masks = {path.stem: path for path in mask_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS}
@@ -53,7 +54,7 @@ def folder_dataset(
         mapping = {int(raw): int(mapped) for raw, mapped in label_mapping.items()}
         for raw, mapped in mapping.items():
             if not (0 <= mapped < num_classes or mapped == IGNORE_INDEX):
-                raise ValueError(f"label_mapping {raw} -> {mapped} is outside 0..{num_classes - 1} and not 255")
+                raise ConfigError(f"label_mapping {raw} -> {mapped} is outside 0..{num_classes - 1} and not 255")
         valid[list(mapping)] = True
         table = lookup_table(mapping)
     else:

@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import DataError
+
 # Pillow's decompression-bomb limit stays at its default on purpose: never set Image.MAX_IMAGE_PIXELS = None.
-
-
-class DataError(ValueError):
-    """A file of a dataset that cannot be used: unreadable, truncated, wrong size, bad label values."""
 
 
 def read_image(path: str | Path) -> np.ndarray:

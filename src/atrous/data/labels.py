@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..errors import ConfigError
+
 # The one ignore label of atrous: void pixels in the data, padding in augmentation, ignored by losses/metrics.
 IGNORE_INDEX = 255
 
@@ -15,7 +17,7 @@ def lookup_table(mapping: Mapping[int, int], *, default: int = IGNORE_INDEX) -> 
     table = np.full(256, default, dtype=np.uint8)
     for raw, mapped in mapping.items():
         if not (0 <= raw <= 255 and (0 <= mapped < IGNORE_INDEX or mapped == IGNORE_INDEX)):
-            raise ValueError(f"label mapping {raw} -> {mapped} is outside 0..255")
+            raise ConfigError(f"label mapping {raw} -> {mapped} is outside 0..255")
         table[raw] = mapped
     table[IGNORE_INDEX] = mapping.get(IGNORE_INDEX, IGNORE_INDEX)
     return table

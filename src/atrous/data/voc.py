@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, MissingFileError
 from .base import SegmentationDataset
 from .classes import VOC_CLASSES
 from .io import DataError
@@ -21,7 +22,7 @@ def find_voc_root(root: str | Path) -> Path:
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "JPEGImages").is_dir() and (candidate / "ImageSets" / "Segmentation").is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no PASCAL VOC layout under {root}: expected VOCdevkit/VOC2012/JPEGImages and "
         "VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt (from VOCtrainval_11-May-2012.tar)"
     )
@@ -29,7 +30,7 @@ def find_voc_root(root: str | Path) -> Path:
 
 def read_split(path: Path) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise MissingFileError(f"split file not found: {path}")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -44,7 +45,7 @@ def find_sbd_root(voc_root: Path) -> Path | None:
 
 def voc_samples(voc_root: Path, split: str) -> list[tuple[Path, Path]]:
     if split not in VOC_SPLITS:
-        raise ValueError(f"unknown VOC split {split!r}; choose from {list(VOC_SPLITS)}")
+        raise ConfigError(f"unknown VOC split {split!r}; choose from {list(VOC_SPLITS)}")
     if split == "trainaug":
         return trainaug_samples(voc_root)
     ids = read_split(voc_root / "ImageSets" / "Segmentation" / f"{split}.txt")
@@ -58,7 +59,7 @@ def trainaug_samples(voc_root: Path) -> list[tuple[Path, Path]]:
     """
     sbd = find_sbd_root(voc_root)
     if sbd is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"split 'trainaug' needs SBD: put benchmark_RELEASE/dataset (cls/, img/, train.txt, val.txt from "
             f"benchmark.tgz) beside {voc_root.parent}"
         )

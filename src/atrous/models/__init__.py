@@ -1,89 +1,74 @@
-"""Model construction: ``build_model(name, *, backbone, num_classes, ...)`` and ``list_models()``."""
+"""Model construction: ``build_model(spec or name, **fields)``, the architectures and the named presets."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import ConfigError
 from .backbones import BACKBONES, Backbone, build_backbone
 from .heads import DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, FCNHead
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
 from .segmenter import SegmentationOutput, Segmenter
+from .spec import ModelSpec
 
-FROZEN_BN_CHOICES = ("none", "affine", "all")
+log = logging.getLogger(__name__)
 
 
-def _default_rates(output_stride: int) -> tuple[int, int, int]:
+def _scaled_rates(output_stride: int) -> tuple[int, ...]:
     # The paper's (6, 12, 18) are for OS16; the rates scale with the feature resolution (doubled at OS8).
-    return tuple(rate * 16 // output_stride for rate in (6, 12, 18))  # type: ignore[return-value]
+    return tuple(rate * 16 // output_stride for rate in (6, 12, 18))
 
 
-def _deeplabv2_heads(backbone: Backbone, num_classes: int, aux: bool, atrous_rates, separable: bool):
-    if separable:
-        raise ValueError("separable convs are a DeepLabV3/V3+ option; deeplabv2's classifier has none")
-    rates = tuple(atrous_rates) if atrous_rates is not None else (6, 12, 18, 24)
-    head = DeepLabV2Head(in_channels=backbone.channels["out"], num_classes=num_classes, atrous_rates=rates)
+@dataclass(frozen=True)
+class Architecture:
+    """A head layout and its defaults.
+
+    head(*, channels, num_classes, atrous_rates[, separable]) -> the main head; aux_head(*, channels, num_classes,
+    atrous_rates) -> the auxiliary head. ``channels`` is the backbone's feature name -> channel count.
+    """
+
+    head: Callable[..., nn.Module]
+    aux_head: Callable[..., nn.Module]
+    backbone: str
+    output_stride: int
+    default_rates: Callable[[int], tuple[int, ...]] = _scaled_rates
+    frozen_bn: str = "none"
+    head_lr_mult: float = 1.0
+    separable: bool = True  # whether the head has the atrous-separable option
+
+
+def _deeplabv2_aux(**kwargs) -> DeepLabV2Head:
     # The port's auxiliary classifier ("layer5") is the same summed classifier on layer3.
-    aux_head = DeepLabV2Head(in_channels=backbone.channels["aux"], num_classes=num_classes, atrous_rates=rates)
-    return head, (aux_head if aux else None)
+    return DeepLabV2Head(**kwargs, feature="aux")
 
 
-def _deeplabv3_heads(backbone: Backbone, num_classes: int, aux: bool, atrous_rates, separable: bool):
-    rates = tuple(atrous_rates) if atrous_rates is not None else _default_rates(backbone.output_stride)
-    head = DeepLabV3Head(
-        in_channels=backbone.channels["out"], num_classes=num_classes, atrous_rates=rates, separable=separable
-    )
-    return head, _fcn_aux(backbone, num_classes, aux)
-
-
-def _deeplabv3plus_heads(backbone: Backbone, num_classes: int, aux: bool, atrous_rates, separable: bool):
-    rates = tuple(atrous_rates) if atrous_rates is not None else _default_rates(backbone.output_stride)
-    head = DeepLabV3PlusHead(
-        in_channels=backbone.channels["out"],
-        low_channels=backbone.channels["low"],
-        num_classes=num_classes,
-        atrous_rates=rates,
-        separable=separable,
-    )
-    return head, _fcn_aux(backbone, num_classes, aux)
-
-
-def _fcn_aux(backbone: Backbone, num_classes: int, aux: bool) -> nn.Module | None:
-    return FCNHead(in_channels=backbone.channels["aux"], num_classes=num_classes) if aux else None
-
-
-class _Architecture:
-    def __init__(self, heads: Callable, *, output_stride: int, frozen_bn: str, head_lr_mult: float, backbone: str):
-        self.heads = heads
-        self.output_stride = output_stride
-        self.frozen_bn = frozen_bn
-        self.head_lr_mult = head_lr_mult
-        self.backbone = backbone
-
-
-MODELS: dict[str, _Architecture] = {
-    "deeplabv2": _Architecture(
-        _deeplabv2_heads, output_stride=8, frozen_bn="all", head_lr_mult=10.0, backbone="resnet101_caffe"
+MODELS: dict[str, Architecture] = {
+    "deeplabv2": Architecture(
+        DeepLabV2Head, _deeplabv2_aux, backbone="resnet101_caffe", output_stride=8,
+        default_rates=lambda output_stride: (6, 12, 18, 24), frozen_bn="all", head_lr_mult=10.0, separable=False,
     ),
-    "deeplabv3": _Architecture(_deeplabv3_heads, output_stride=16, frozen_bn="none", head_lr_mult=1.0, backbone="resnet50"),
-    "deeplabv3plus": _Architecture(
-        _deeplabv3plus_heads, output_stride=16, frozen_bn="none", head_lr_mult=1.0, backbone="resnet50"
+    "deeplabv3": Architecture(DeepLabV3Head, FCNHead, backbone="resnet50", output_stride=16),
+    "deeplabv3plus": Architecture(DeepLabV3PlusHead, FCNHead, backbone="resnet50", output_stride=16),
+}  # fmt: skip
+
+
+# Named specs. The torchvision ones reproduce torchvision's DeepLabV3 models (load their files with load_weights
+# or `--preset NAME --weights FILE`): OS8 for the ResNets, rates (12, 24, 36) at both strides, an aux head.
+PRESETS: dict[str, ModelSpec] = {
+    "deeplabv3_resnet50": ModelSpec(name="deeplabv3", backbone="resnet50", output_stride=8, atrous_rates=(12, 24, 36), aux=True),
+    "deeplabv3_resnet101": ModelSpec(name="deeplabv3", backbone="resnet101", output_stride=8, atrous_rates=(12, 24, 36), aux=True),
+    "deeplabv3_mobilenet_v3_large": ModelSpec(
+        name="deeplabv3", backbone="mobilenet_v3_large", output_stride=16, atrous_rates=(12, 24, 36), aux=True
     ),
-}
-
-
-# build_model arguments that reproduce torchvision's DeepLabV3 models (load their weights with load_weights).
-TORCHVISION_DEEPLABV3: dict[str, dict] = {
-    "deeplabv3_resnet50": {"name": "deeplabv3", "backbone": "resnet50", "output_stride": 8, "atrous_rates": (12, 24, 36)},
-    "deeplabv3_resnet101": {
-        "name": "deeplabv3", "backbone": "resnet101", "output_stride": 8, "atrous_rates": (12, 24, 36)
-    },
-    "deeplabv3_mobilenet_v3_large": {
-        "name": "deeplabv3", "backbone": "mobilenet_v3_large", "output_stride": 16, "atrous_rates": (12, 24, 36)
-    },
-}
+    # DeepLab-v2 as published (Caffe ResNet-101, OS8, rates 6-24) for PASCAL VOC's 21 classes.
+    "deeplabv2_resnet101_caffe": ModelSpec(name="deeplabv2", backbone="resnet101_caffe", num_classes=21),
+}  # fmt: skip
+TORCHVISION_DEEPLABV3: dict[str, ModelSpec] = {name: PRESETS[name] for name in PRESETS if name.startswith("deeplabv3_")}
 
 
 def list_models() -> list[str]:
@@ -96,91 +81,80 @@ def list_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
-def build_model(
-    name: str,
-    *,
-    backbone: str | None = None,
-    num_classes: int,
-    output_stride: int | None = None,
-    aux: bool = False,
-    atrous_rates: Sequence[int] | None = None,
-    multi_grid: Sequence[int] | None = None,
-    separable: bool = False,
-    frozen_bn: str | None = None,
-    head_lr_mult: float | None = None,
-    pretrained_backbone: str | Path | None = None,
-) -> Segmenter:
-    """Build a DeepLab model.
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
 
-    name: ``deeplabv2``, ``deeplabv3`` or ``deeplabv3plus``.
-    backbone: see ``list_backbones()``; default ``resnet101_caffe`` for deeplabv2, ``resnet50`` otherwise.
-    output_stride: 8, 16 or 32; default 8 for deeplabv2, 16 otherwise.
-    atrous_rates: default (6, 12, 18, 24) for deeplabv2; (6, 12, 18) at OS16 for V3/V3+, doubled at OS8.
-        ``TORCHVISION_DEEPLABV3`` holds the arguments that reproduce torchvision's models.
-    multi_grid: per-block dilation multipliers of the last ResNet stage, e.g. (1, 2, 4).
-    separable: atrous-separable (depthwise + pointwise) convs in ASPP and decoder (V3/V3+).
-    frozen_bn: "none", "affine" (BN affine parameters not trained) or "all" (affine and running
-        statistics frozen: BN stays in eval mode). Default "all" for deeplabv2, "none" otherwise.
-    head_lr_mult: learning-rate multiplier of the heads in ``optim_parameters``; default 10 for deeplabv2.
-    pretrained_backbone: None, "imagenet" (torchvision's weights API; downloads when online), or a path
-        to any backbone weights file ``load_weights`` reads.
+
+def preset(name: str) -> ModelSpec:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {list_presets()}")
+    return PRESETS[name]
+
+
+def make_spec(spec: ModelSpec | str | None = None, /, **fields) -> ModelSpec:
+    """``spec`` (a ``ModelSpec``, or an architecture name) with ``fields`` replaced; see ``ModelSpec``."""
+    if isinstance(spec, str):
+        spec, fields = None, {"name": spec, **fields}
+    try:
+        return dataclasses.replace(spec, **fields) if spec is not None else ModelSpec(**fields)
+    except TypeError as error:  # an unknown field name
+        names = [f.name for f in dataclasses.fields(ModelSpec)]
+        raise ConfigError(f"{error}; the model fields are {names}") from error
+
+
+def build_model(spec: ModelSpec | str | None = None, /, **fields) -> Segmenter:
+    """Build a DeepLab model from a ``ModelSpec``, or from its fields.
+
+        build_model("deeplabv3plus", backbone="resnet18", num_classes=7)
+        build_model(PRESETS["deeplabv3_resnet50"], num_classes=19)
+
+    The fields and their defaults are ``ModelSpec``'s. The returned model's ``spec`` is the architecture with
+    every default written in and the init fields (``pretrained_backbone``, ``weights``) cleared.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {list_models()}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    arch = MODELS[name]
-    backbone_name = backbone or arch.backbone
-    output_stride = output_stride or arch.output_stride
-    frozen_bn = frozen_bn or arch.frozen_bn
-    if frozen_bn not in FROZEN_BN_CHOICES:
-        raise ValueError(f"unknown frozen_bn {frozen_bn!r}; choose from {list(FROZEN_BN_CHOICES)}")
-
-    body = build_backbone(backbone_name, output_stride=output_stride, multi_grid=multi_grid)
-    head, aux_head = arch.heads(body, num_classes, aux, atrous_rates, separable)
-    spec = {
-        "name": name,
-        "backbone": backbone_name,
-        "num_classes": num_classes,
-        "output_stride": output_stride,
-        "aux": aux,
-        "atrous_rates": list(atrous_rates) if atrous_rates is not None else None,
-        "multi_grid": list(multi_grid) if multi_grid is not None else None,
-        "separable": separable,
-        "frozen_bn": frozen_bn,
-        "head_lr_mult": head_lr_mult if head_lr_mult is not None else arch.head_lr_mult,
-    }
+    spec = make_spec(spec, **fields).resolved()
+    arch = MODELS[spec.name]
+    body = build_backbone(spec.backbone, output_stride=spec.output_stride, multi_grid=spec.multi_grid)
+    rates = spec.atrous_rates if spec.atrous_rates is not None else arch.default_rates(spec.output_stride)
+    common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}
+    head = arch.head(**common, **({"separable": spec.separable} if arch.separable else {}))
     model = Segmenter(
         backbone=body,
         head=head,
-        aux_head=aux_head,
-        num_classes=num_classes,
-        head_lr_mult=spec["head_lr_mult"],
-        spec=spec,
+        aux_head=arch.aux_head(**common) if spec.aux else None,
+        num_classes=spec.num_classes,
+        head_lr_mult=spec.head_lr_mult,
+        spec=spec.architecture(),
     )
-    if pretrained_backbone is not None:
+    if spec.pretrained_backbone is not None:
         from .weights import load_pretrained_backbone
 
-        load_pretrained_backbone(model, pretrained_backbone)
-    if frozen_bn != "none":
-        model.freeze_batchnorm(stats=frozen_bn == "all")
+        log.info("%s", load_pretrained_backbone(model, spec.pretrained_backbone))
+    if spec.weights is not None:
+        from .weights import load_weights
+
+        log.info("%s", load_weights(model, spec.weights))
+    if spec.frozen_bn != "none":
+        model.freeze_batchnorm(stats=spec.frozen_bn == "all")
     return model
 
 
-def build_model_from_spec(spec: dict) -> Segmenter:
-    """Rebuild a model from ``model.spec`` (as stored in atrous checkpoints)."""
-    return build_model(**spec)
-
-
 __all__ = [
+    "BACKBONES",
     "CAFFE_BGR",
     "IMAGENET_RGB",
+    "MODELS",
+    "PRESETS",
     "TORCHVISION_DEEPLABV3",
+    "Architecture",
+    "Backbone",
     "InputNormalization",
+    "ModelSpec",
     "SegmentationOutput",
     "Segmenter",
     "build_model",
-    "build_model_from_spec",
     "list_backbones",
     "list_models",
+    "list_presets",
+    "make_spec",
+    "preset",
 ]

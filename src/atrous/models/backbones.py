@@ -1,37 +1,31 @@
-"""Feature extractors. Each backbone returns a dict of three feature maps and says what they are.
+"""Feature extractors and the registry that knows each one's facts.
 
 Every backbone returns ``{"low": ..., "aux": ..., "out": ...}``:
 - ``low``: the last stride-4 feature map (DeepLabV3+ decoder input),
-- ``aux``: the stride-8/16 feature map the auxiliary head reads (ResNet ``layer3``),
+- ``aux``: the feature map the auxiliary head reads (ResNet ``layer3``),
 - ``out``: the last feature map (ASPP / classifier input), at the backbone's output stride.
-``backbone.channels`` and ``backbone.strides`` give the channel count and stride of each, so heads
-never hard-code ``in_channels``.
+``backbone.channels`` and ``backbone.strides`` give the channel count and stride of each, so heads never hard-code
+``in_channels``. A new backbone is one ``BACKBONES`` entry: its builder, the input normalisation its weights expect
+and where its ImageNet weights come from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torchvision
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.models.mobilenetv3 import InvertedResidual
-from torchvision.models.resnet import BasicBlock
 
+from ..errors import ConfigError
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
-
-FEATURE_NAMES = ("low", "aux", "out")
-OUTPUT_STRIDES = (8, 16, 32)
-
-
-def check_output_stride(output_stride: int) -> None:
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"unsupported output_stride {output_stride!r}; choose from {list(OUTPUT_STRIDES)}")
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``channels``, ``strides`` (per feature name), ``normalization``, ``output_stride``.
+    """Base class: subclasses set ``channels`` and ``strides`` (per feature name) and ``output_stride``;
+    ``build_backbone`` sets ``normalization`` from the registry entry.
 
     ``activation_checkpointing = True`` recomputes each stage's activations in the backward pass instead of
     keeping them: less training memory for one more forward of the backbone. (Stages whose BatchNorm trains
@@ -50,6 +44,71 @@ class Backbone(nn.Module):
         return stage(x)
 
 
+# ------------------------------------------------------------------------------------------------ dilation
+
+
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
+    conv.dilation = (dilation, dilation)
+    conv.padding = ((conv.kernel_size[0] - 1) // 2 * dilation, (conv.kernel_size[1] - 1) // 2 * dilation)
+
+
+def dilate(
+    stages: Sequence[Sequence[nn.Module]],
+    *,
+    input_stride: int,
+    output_stride: int,
+    multi_grid: Sequence[int] | None = None,
+    first_block: str = "stage",
+) -> list[int]:
+    """Trade the strides that would take the network past ``output_stride`` for dilation, in place.
+
+    stages: the network's blocks grouped by stage; a stage's first block holds its stride (every conv with
+        stride > 1 in it, shortcut included). input_stride: the stride before the first stage.
+    multi_grid: per-block multipliers of the last stage's dilation (the DeepLabV3 paper's Multi-Grid).
+    first_block: the dilation of a dilated stage's first block: "stage" (the stage's own, as DeepLab-v2's Caffe
+        model and torchvision's dilated MobileNetV3) or "previous" (torchvision's ``replace_stride_with_dilation``).
+    Returns the output stride of each stage.
+    """
+    stride, dilation, strides = input_stride, 1, []
+    for index, blocks in enumerate(stages):
+        strided = [conv for conv in _convs(blocks[0]) if conv.stride[0] > 1]
+        stage_stride = max((conv.stride[0] for conv in strided), default=1)
+        previous = dilation
+        if stride * stage_stride > output_stride:
+            dilation *= stage_stride
+            for conv in strided:
+                conv.stride = (1, 1)
+        else:
+            stride *= stage_stride
+        grid = multi_grid if index == len(stages) - 1 else None
+        if grid is not None and len(grid) != len(blocks):
+            raise ConfigError(f"multi_grid {tuple(grid)} needs one value per block of the last stage ({len(blocks)})")
+        for block_index, block in enumerate(blocks):
+            if grid is not None:
+                block_dilation = dilation * grid[block_index]
+            elif block_index == 0 and first_block == "previous":
+                block_dilation = previous
+            else:
+                block_dilation = dilation
+            if block_dilation > 1:
+                for conv in _convs(block):
+                    if conv.kernel_size[0] > 1:
+                        _set_dilation(conv, block_dilation)
+        strides.append(stride)
+    return strides
+
+
+def _out_channels(module: nn.Module) -> int:
+    return _convs(module)[-1].out_channels
+
+
+# -------------------------------------------------------------------------------------------------- ResNets
+
+
 class ResNetBackbone(Backbone):
     """A torchvision ResNet (or the Caffe-style variant) without ``avgpool``/``fc``.
 
@@ -57,15 +116,18 @@ class ResNetBackbone(Backbone):
     which are also the keys of the DeepLab-v2 Caffe file once its ``Scale.`` prefix is dropped.
     """
 
-    def __init__(self, resnet: nn.Module, *, output_stride: int, normalization: InputNormalization) -> None:
+    def __init__(self, resnet: nn.Module, *, output_stride: int, multi_grid: Sequence[int] | None, first_block: str):
         super().__init__()
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
-        final_channels = [m for m in self.layer4.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-        self.channels = {"low": final_channels // 8, "aux": final_channels // 2, "out": final_channels}
-        self.strides = {"low": 4, "aux": min(16, output_stride), "out": output_stride}
+        layers = [self.layer1, self.layer2, self.layer3, self.layer4]
+        strides = dilate(
+            [list(layer) for layer in layers], input_stride=4, output_stride=output_stride, multi_grid=multi_grid,
+            first_block=first_block,
+        )  # fmt: skip
+        self.channels = {"low": _out_channels(self.layer1), "aux": _out_channels(self.layer3), "out": _out_channels(self.layer4)}
+        self.strides = {"low": strides[0], "aux": strides[2], "out": strides[3]}
         self.output_stride = output_stride
-        self.normalization = normalization
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images: (N, 3, H, W) float32, normalised -> {"low", "aux", "out"} feature maps."""
@@ -76,59 +138,9 @@ class ResNetBackbone(Backbone):
         return {"low": low, "aux": aux, "out": out}
 
 
-def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
-    conv.dilation = (dilation, dilation)
-    conv.padding = ((conv.kernel_size[0] - 1) // 2 * dilation, (conv.kernel_size[1] - 1) // 2 * dilation)
-
-
-def _stage_dilations(output_stride: int) -> list[bool]:
-    """Which of layer2..layer4 trade their stride for dilation (torchvision's replace_stride_with_dilation)."""
-    return {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
-
-
-def dilate_torchvision_resnet(resnet: nn.Module, output_stride: int, multi_grid: Sequence[int] | None) -> None:
-    """Turn strides into dilation in place, exactly as ``replace_stride_with_dilation`` would.
-
-    Done after construction because torchvision's BasicBlock refuses dilation in its constructor.
-    torchvision gives the first block of a dilated stage the previous dilation; with ``multi_grid``
-    the last stage follows the paper instead: block i gets ``stage_dilation * multi_grid[i]``.
-    """
-    dilation = 1
-    layers = [resnet.layer2, resnet.layer3, resnet.layer4]
-    for index, (layer, dilate) in enumerate(zip(layers, _stage_dilations(output_stride))):
-        previous_dilation = dilation
-        if dilate:
-            dilation *= 2
-        grid = multi_grid if (index == 2 and multi_grid is not None) else None
-        if grid is not None and len(grid) != len(layer):
-            raise ValueError(f"multi_grid {tuple(grid)} needs one value per block of the last stage ({len(layer)})")
-        for block_index, block in enumerate(layer):
-            if grid is not None:
-                block_dilation = dilation * grid[block_index]
-            else:
-                block_dilation = previous_dilation if block_index == 0 else dilation
-            spatial = [block.conv1, block.conv2] if isinstance(block, BasicBlock) else [block.conv2]
-            if dilate and block_index == 0:
-                spatial[0].stride = (1, 1)
-                if block.downsample is not None:
-                    block.downsample[0].stride = (1, 1)
-            for conv in spatial:
-                _set_dilation(conv, block_dilation)
-
-
-TORCHVISION_RESNETS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-    "resnet152": torchvision.models.resnet152,
-}
-
-
 def torchvision_resnet(name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None) -> ResNetBackbone:
-    resnet = TORCHVISION_RESNETS[name](weights=None)
-    dilate_torchvision_resnet(resnet, output_stride, multi_grid)
-    return ResNetBackbone(resnet, output_stride=output_stride, normalization=IMAGENET_RGB)
+    resnet = getattr(torchvision.models, name)(weights=None)
+    return ResNetBackbone(resnet, output_stride=output_stride, multi_grid=multi_grid, first_block="previous")
 
 
 class CaffeBottleneck(nn.Module):
@@ -136,11 +148,11 @@ class CaffeBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, *, stride: int, dilation: int, downsample: nn.Module | None) -> None:
+    def __init__(self, inplanes: int, planes: int, *, stride: int, downsample: nn.Module | None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -155,99 +167,66 @@ class CaffeBottleneck(nn.Module):
 
 
 class _CaffeResNet(nn.Module):
-    """The ResNet-101 of the DeepLab-v2 Caffe model ("ResNetMulti" port) without its classifiers."""
+    """The ResNet-101 of the DeepLab-v2 Caffe model ("ResNetMulti" port) without its classifiers, undilated."""
 
-    def __init__(self, blocks: Sequence[int], stage_settings: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, blocks: Sequence[int]) -> None:
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
-        planes = (64, 128, 256, 512)
+        planes, strides = (64, 128, 256, 512), (1, 2, 2, 2)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            self._make_layer(p, n, stride=s, dilation=d) for p, n, (s, d) in zip(planes, blocks, stage_settings)
+            self._make_layer(p, n, stride=s) for p, n, s in zip(planes, blocks, strides)
         )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.01)
 
-    def _make_layer(self, planes: int, blocks: int, *, stride: int, dilation: int) -> nn.Sequential:
+    def _make_layer(self, planes: int, blocks: int, *, stride: int) -> nn.Sequential:
         # The port gives every stage's first block a projection shortcut (also where only dilation changes).
         downsample = nn.Sequential(
             nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
         )
-        layers = [CaffeBottleneck(self.inplanes, planes, stride=stride, dilation=dilation, downsample=downsample)]
+        layers = [CaffeBottleneck(self.inplanes, planes, stride=stride, downsample=downsample)]
         self.inplanes = planes * 4
-        layers += [
-            CaffeBottleneck(self.inplanes, planes, stride=1, dilation=dilation, downsample=None) for _ in range(1, blocks)
-        ]
+        layers += [CaffeBottleneck(self.inplanes, planes, stride=1, downsample=None) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
 
-def caffe_resnet101(*, output_stride: int = 8, multi_grid: Sequence[int] | None = None) -> ResNetBackbone:
-    """(stride, dilation) of layer1..layer4: at OS8 layer3 dilation 2 and layer4 dilation 4, as DeepLab-v2."""
-    settings = {
-        8: [(1, 1), (2, 1), (1, 2), (1, 4)],
-        16: [(1, 1), (2, 1), (2, 1), (1, 2)],
-        32: [(1, 1), (2, 1), (2, 1), (2, 1)],
-    }[output_stride]
-    resnet = _CaffeResNet((3, 4, 23, 3), settings)
-    if multi_grid is not None:
-        last_dilation = settings[3][1]
-        if len(multi_grid) != len(resnet.layer4):
-            raise ValueError(f"multi_grid {tuple(multi_grid)} needs one value per block of layer4 ({len(resnet.layer4)})")
-        for block, grid in zip(resnet.layer4, multi_grid):
-            _set_dilation(block.conv2, last_dilation * grid)
-    return ResNetBackbone(resnet, output_stride=output_stride, normalization=CAFFE_BGR)
+def caffe_resnet101(*, output_stride: int, multi_grid: Sequence[int] | None = None) -> ResNetBackbone:
+    """At OS8 layer3 has dilation 2 and layer4 dilation 4 in every block, first included, as DeepLab-v2."""
+    return ResNetBackbone(_CaffeResNet((3, 4, 23, 3)), output_stride=output_stride, multi_grid=multi_grid,
+                          first_block="stage")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- MobileNetV3
 
 
 class MobileNetV3Backbone(Backbone):
-    """torchvision's MobileNetV3-Large ``features`` (stages 0-16, 960 channels out), dilated to the output stride.
+    """torchvision's MobileNetV3-Large ``features`` (blocks 0-16, 960 channels out), dilated to the output stride.
 
     The aux feature is torchvision's choice for its DeepLabV3 model: the first block of the stride-8 stage (40 ch).
     """
 
-    def __init__(self, *, output_stride: int) -> None:
+    def __init__(self, *, output_stride: int, multi_grid: Sequence[int] | None = None) -> None:
         super().__init__()
         self.features = torchvision.models.mobilenet_v3_large(weights=None).features
-        strides = self._dilate(output_stride)
-        stage_starts = [0] + [i for i, block in enumerate(self.features) if getattr(block, "_is_cn", False)]
-        self.aux_index = stage_starts[-3]
-        self.low_index = max(i for i, stride in enumerate(strides) if stride == 4)
+        # Stages of the inverted residuals (the stem conv before them, the final 1x1 conv after): a block with a
+        # strided conv starts one.
+        blocks = list(self.features)[1:-1]
+        starts = [i for i, block in enumerate(blocks) if i == 0 or any(c.stride[0] > 1 for c in _convs(block))]
+        stages = [blocks[a:b] for a, b in zip(starts, [*starts[1:], len(blocks)])]
+        strides = dilate(stages, input_stride=2, output_stride=output_stride, multi_grid=multi_grid)
+        low_stage = max(i for i, stride in enumerate(strides) if stride == 4)
+        self.low_index = 1 + starts[low_stage + 1] - 1  # the stage's last block, in `features` numbering
+        self.aux_index = 1 + starts[low_stage + 1]  # the next stage's first block
         self.out_index = len(self.features) - 1
-        out_channels = [self._out_channels(block) for block in self.features]
         indices = {"low": self.low_index, "aux": self.aux_index, "out": self.out_index}
-        self.channels = {name: out_channels[i] for name, i in indices.items()}
-        self.strides = {name: strides[i] for name, i in indices.items()}
+        self.channels = {name: _out_channels(self.features[i]) for name, i in indices.items()}
+        self.strides = {"low": strides[low_stage], "aux": strides[low_stage + 1], "out": strides[-1]}
         self.output_stride = output_stride
-        self.normalization = IMAGENET_RGB
-
-    @staticmethod
-    def _out_channels(block: nn.Module) -> int:
-        return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-
-    def _dilate(self, output_stride: int) -> list[int]:
-        """Replace strides past ``output_stride`` by dilation (torchvision's ``dilated=True`` at OS16).
-
-        Returns the stride of each block's output.
-        """
-        stride, dilation, strides = 1, 1, []
-        for block in self.features:
-            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-            spatial = [c for c in convs if c.kernel_size[0] > 1]
-            block_stride = max((c.stride[0] for c in spatial), default=1)
-            if block_stride > 1 and stride * block_stride > output_stride:
-                dilation *= block_stride
-                for conv in spatial:
-                    conv.stride = (1, 1)
-            else:
-                stride *= block_stride
-            if dilation > 1 and isinstance(block, InvertedResidual):
-                for conv in spatial:
-                    _set_dilation(conv, dilation)
-            strides.append(stride)
-        return strides
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images: (N, 3, H, W) float32, normalised -> {"low", "aux", "out"} feature maps."""
@@ -263,22 +242,92 @@ class MobileNetV3Backbone(Backbone):
         return features
 
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {
-    **{name: (lambda name=name, **kw: torchvision_resnet(name, **kw)) for name in TORCHVISION_RESNETS},
-    "resnet101_caffe": caffe_resnet101,
-    "mobilenet_v3_large": lambda *, output_stride, multi_grid=None: _mobilenet(output_stride, multi_grid),
+# ------------------------------------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class ImageNetFormat:
+    """The key layout of one family's ImageNet classification checkpoints.
+
+    recognise(state) -> whether a state dict is in this layout; translate(state) -> the backbone's keys (the
+    classifier dropped).
+    """
+
+    name: str
+    recognise: Callable[[Mapping[str, torch.Tensor]], bool]
+    translate: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+TORCHVISION_RESNET = ImageNetFormat(
+    "torchvision_resnet",
+    recognise=lambda state: "conv1.weight" in state and any(key.startswith("layer1.") for key in state),
+    translate=lambda state: {key: value for key, value in state.items() if not key.startswith("fc.")},
+)
+TORCHVISION_MOBILENET_V3 = ImageNetFormat(
+    "torchvision_mobilenet_v3_large",
+    recognise=lambda state: "features.0.0.weight" in state,
+    translate=lambda state: {key: value for key, value in state.items() if key.startswith("features.")},
+)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """What atrous knows about one backbone.
+
+    build(*, output_stride, multi_grid) -> a randomly initialised ``Backbone``.
+    normalization: the input its weights expect. imagenet_format: the layout of its ImageNet file.
+    imagenet_weights: torchvision's weights name (downloaded for ``pretrained_backbone="imagenet"``), or None with
+    ``imagenet_hint`` saying where the weights come from instead.
+    """
+
+    build: Callable[..., Backbone]
+    normalization: InputNormalization
+    imagenet_format: ImageNetFormat | None = None
+    imagenet_weights: str | None = None
+    imagenet_hint: str = "no ImageNet weights are known for it"
+
+
+def _torchvision_resnet_entry(name: str, weights: str) -> BackboneEntry:
+    return BackboneEntry(
+        build=lambda **kwargs: torchvision_resnet(name, **kwargs), normalization=IMAGENET_RGB,
+        imagenet_format=TORCHVISION_RESNET, imagenet_weights=weights,
+    )  # fmt: skip
+
+
+CAFFE_IMAGENET_FILE = "DeepLab_resnet_pretrained_imagenet.pth"
+
+BACKBONES: dict[str, BackboneEntry] = {
+    "resnet18": _torchvision_resnet_entry("resnet18", "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": _torchvision_resnet_entry("resnet34", "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": _torchvision_resnet_entry("resnet50", "ResNet50_Weights.IMAGENET1K_V1"),
+    "resnet101": _torchvision_resnet_entry("resnet101", "ResNet101_Weights.IMAGENET1K_V1"),
+    "resnet152": _torchvision_resnet_entry("resnet152", "ResNet152_Weights.IMAGENET1K_V1"),
+    # Its ImageNet file is DeepLab-v2's own (Caffe-converted, keys "Scale.*"), read by atrous.models.weights.
+    "resnet101_caffe": BackboneEntry(
+        build=caffe_resnet101, normalization=CAFFE_BGR,
+        imagenet_hint=f"torchvision does not distribute the Caffe ImageNet weights of resnet101_caffe: download "
+        f"{CAFFE_IMAGENET_FILE} (DeepLab-v2's init file) and pass its path as pretrained_backbone",
+    ),
+    "mobilenet_v3_large": BackboneEntry(
+        build=MobileNetV3Backbone, normalization=IMAGENET_RGB, imagenet_format=TORCHVISION_MOBILENET_V3,
+        imagenet_weights="MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+    ),
 }
 
 
-def _mobilenet(output_stride: int, multi_grid: Sequence[int] | None) -> MobileNetV3Backbone:
-    if multi_grid is not None:
-        raise ValueError("multi_grid applies to ResNet backbones only, not mobilenet_v3_large")
-    return MobileNetV3Backbone(output_stride=output_stride)
+def backbone_entry(name: str) -> BackboneEntry:
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def build_backbone(name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None) -> Backbone:
-    """Build a randomly initialised backbone by name; see ``BACKBONES`` for the names."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    check_output_stride(output_stride)
-    return BACKBONES[name](output_stride=output_stride, multi_grid=multi_grid)
+    """Build a randomly initialised backbone by name (see ``BACKBONES``), dilated to ``output_stride``."""
+    entry = backbone_entry(name)
+    from .spec import OUTPUT_STRIDES
+
+    if output_stride not in OUTPUT_STRIDES:
+        raise ConfigError(f"unsupported output_stride {output_stride!r}; choose from {list(OUTPUT_STRIDES)}")
+    backbone = entry.build(output_stride=output_stride, multi_grid=multi_grid)
+    backbone.normalization = entry.normalization
+    return backbone

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from ..errors import ConfigError
 from . import build_model
 from .segmenter import Segmenter
-from .weights import load_weights
+
+log = logging.getLogger(__name__)
 
 
 def get_deeplab_v2(
@@ -23,10 +26,8 @@ def get_deeplab_v2(
     Unlike the port, the model returns full-resolution logits (``SegmentationOutput``); its
     ``optim_parameters(lr)`` gives the same 1x backbone / 10x classifier groups.
     """
-    model = build_model("deeplabv2", backbone="resnet101_caffe", num_classes=num_classes, aux=multi_level)
-    if pretrain:
-        if pretrain_model_path is None:
-            raise ValueError("pretrain=True needs pretrain_model_path (e.g. DeepLab_resnet_pretrained_imagenet.pth)")
-        report = load_weights(model, pretrain_model_path)
-        print(report)
-    return model
+    if pretrain and pretrain_model_path is None:
+        raise ConfigError("pretrain=True needs pretrain_model_path (e.g. DeepLab_resnet_pretrained_imagenet.pth)")
+    weights = str(pretrain_model_path) if pretrain else None
+    # build_model logs what it loaded (atrous.models.weights.WeightsReport) at INFO level.
+    return build_model("deeplabv2", backbone="resnet101_caffe", num_classes=num_classes, aux=multi_level, weights=weights)

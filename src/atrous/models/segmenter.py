@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone
 from .normalization import InputNormalization
+from .spec import ModelSpec
 
 
 class SegmentationOutput(NamedTuple):
@@ -27,7 +30,9 @@ class Segmenter(nn.Module):
     """A DeepLab model: ``backbone`` features -> ``head`` (+ ``aux_head``) -> logits upsampled to the input size.
 
     ``head_lr_mult`` is the learning-rate multiplier of the heads in ``optim_parameters`` (10 for DeepLab-v2).
-    ``spec`` holds the ``build_model`` arguments, so checkpoints can rebuild the model.
+    ``spec``: the ``ModelSpec`` that builds this architecture, so checkpoints can rebuild the model.
+    ``class_names`` and ``palette`` ((K, 3) uint8 RGB, K >= num_classes, usually 256): the labels of the data it was trained on, or
+    None; checkpoints keep them, and predictions are named and coloured with them.
     """
 
     def __init__(
@@ -38,7 +43,9 @@ class Segmenter(nn.Module):
         aux_head: nn.Module | None = None,
         num_classes: int,
         head_lr_mult: float = 1.0,
-        spec: dict[str, Any] | None = None,
+        spec: ModelSpec | None = None,
+        class_names: Sequence[str] | None = None,
+        palette: np.ndarray | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -46,8 +53,22 @@ class Segmenter(nn.Module):
         self.aux_head = aux_head
         self.num_classes = num_classes
         self.head_lr_mult = head_lr_mult
-        self.spec = dict(spec or {})
+        self.spec = spec
         self.bn_stats_frozen = False
+        self.class_names: list[str] | None = None
+        self.palette: np.ndarray | None = None
+        self.set_labels(class_names, palette)
+
+    def set_labels(self, class_names: Sequence[str] | None, palette: np.ndarray | None) -> None:
+        """Name and colour the classes (both optional; the palette may list more colours than classes)."""
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model of {self.num_classes} classes")
+        if palette is not None:
+            palette = np.asarray(palette, dtype=np.uint8)
+            if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) < self.num_classes:
+                raise ValueError(f"palette must be (>= {self.num_classes}, 3) RGB values, got shape {palette.shape}")
+        self.class_names = list(class_names) if class_names is not None else None
+        self.palette = palette
 
     def freeze_batchnorm(self, *, stats: bool = True) -> None:
         """Stop training every BatchNorm: affine parameters always, running statistics too when ``stats``.
@@ -82,15 +103,10 @@ class Segmenter(nn.Module):
         """images: (N, 3, H, W) float32, normalised with ``self.normalization`` -> ``SegmentationOutput``."""
         size = images.shape[-2:]
         features = self.backbone(images)
-        if self.head.uses_low_level:
-            logits = self.head(features["out"], features["low"])
-        else:
-            logits = self.head(features["out"])
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
         aux_logits = None
         if self.aux_head is not None:
-            aux_logits = self.aux_head(features["aux"])
-            aux_logits = F.interpolate(aux_logits, size=size, mode="bilinear", align_corners=False)
+            aux_logits = F.interpolate(self.aux_head(features), size=size, mode="bilinear", align_corners=False)
         return SegmentationOutput(logits, aux_logits)
 
     def optim_parameters(self, lr: float) -> list[dict[str, Any]]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import MODELS, build_model, list_backbones, list_models
+from . import MODELS, ModelSpec, build_model, list_backbones, list_models
 
 
-def count_flops(size: int, **build_kwargs) -> tuple[int, int]:
-    """(parameters, FLOPs) of ``build_model(**build_kwargs)`` on one (1, 3, size, size) image, in eval mode.
+def count_flops(size: int, spec: ModelSpec | None = None, /, **fields) -> tuple[int, int]:
+    """(parameters, FLOPs) of ``build_model(spec, **fields)`` on one (1, 3, size, size) image, in eval mode.
 
     FLOPs = 2 x multiply-accumulates (torchvision's and mmseg's tables quote multiply-accumulates as "FLOPs").
     """
     with torch.device("meta"):
-        model = build_model(**build_kwargs).eval()
+        model = build_model(spec, **fields).eval()
         images = torch.empty(1, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

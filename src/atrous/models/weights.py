@@ -1,8 +1,9 @@
 """Reading weights from every format DeepLab users hold, recognised by their keys.
 
-This is the one place that knows foreign key layouts: torchvision's DeepLabV3 models and ImageNet
-backbones, the Caffe-converted DeepLab-v2 ResNet-101 file (keys prefixed ``Scale.``), checkpoints of the
-DeepLab-v2 PyTorch port (``layer5``/``layer6`` classifiers) and atrous's own files.
+This is the one place that knows foreign DeepLab layouts: torchvision's DeepLabV3 models, the Caffe-converted
+DeepLab-v2 ResNet-101 file (keys prefixed ``Scale.``), checkpoints of the DeepLab-v2 PyTorch port
+(``layer5``/``layer6`` classifiers) and atrous's own files. ImageNet backbone files are each backbone's own fact:
+their layouts come from ``atrous.models.backbones.BACKBONES``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .normalization import CAFFE_BGR, IMAGENET_RGB
+from ..errors import MissingFileError, WeightsError
+from .backbones import BACKBONES, ImageNetFormat, backbone_entry
+from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
 from .segmenter import Segmenter
 
 BACKBONE_SCOPE = "backbone."
 _FIRST_KEYS_SHOWN = 5
-
-
-class WeightsError(ValueError):
-    """A weights file or state dict that cannot be read or does not fit the model."""
 
 
 @dataclass
@@ -78,7 +77,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -115,19 +114,21 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 
 # ------------------------------------------------------------------------------------------ recognising
 
-FORMATS = (
-    "atrous",
-    "torchvision_deeplabv3_resnet",
-    "torchvision_deeplabv3_mobilenet_v3_large",
-    "torchvision_resnet",
-    "torchvision_mobilenet_v3_large",
-    "deeplabv2_caffe",
-    "deeplabv2_port",
-)
+DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
+                   "deeplabv2_caffe", "deeplabv2_port")  # fmt: skip
+
+
+def imagenet_formats() -> dict[str, tuple[ImageNetFormat, InputNormalization]]:
+    """The ImageNet backbone layouts the registry's backbones declare, with the input their weights expect."""
+    return {e.imagenet_format.name: (e.imagenet_format, e.normalization) for e in BACKBONES.values() if e.imagenet_format}
+
+
+def formats() -> list[str]:
+    return [*DEEPLAB_FORMATS, *imagenet_formats()]
 
 
 def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state dict>") -> str:
-    """Name the layout of a state dict from its keys; see ``FORMATS``."""
+    """Name the layout of a state dict from its keys; see ``formats()``."""
     keys = list(state)
     if all(key.startswith("Scale.") for key in keys):
         return "deeplabv2_caffe"
@@ -139,13 +140,10 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
         return "torchvision_deeplabv3_mobilenet_v3_large"
     if any(key.startswith(("head.", "aux_head.")) for key in keys) or all(key.startswith("backbone.") for key in keys):
         return "atrous"
-    if "conv1.weight" in state and any(key.startswith("layer1.") for key in keys):
-        return "torchvision_resnet"
-    if "features.0.0.weight" in state:
-        return "torchvision_mobilenet_v3_large"
-    raise WeightsError(
-        f"{source}: unrecognised weights layout (first keys: {_first(keys)}); atrous reads {list(FORMATS)}"
-    )
+    for name, (imagenet, _) in imagenet_formats().items():
+        if imagenet.recognise(state):
+            return name
+    raise WeightsError(f"{source}: unrecognised weights layout (first keys: {_first(keys)}); atrous reads {formats()}")
 
 
 # ----------------------------------------------------------------------------------------- translating
@@ -199,11 +197,9 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         return dict(state), ""
     if fmt in ("torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large"):
         return {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in state.items()}, ""
-    if fmt == "torchvision_resnet":
-        return {f"backbone.{key}": value for key, value in state.items() if not key.startswith("fc.")}, BACKBONE_SCOPE
-    if fmt == "torchvision_mobilenet_v3_large":
-        kept = {key: value for key, value in state.items() if key.startswith("features.")}
-        return {f"backbone.{key}": value for key, value in kept.items()}, BACKBONE_SCOPE
+    if fmt in imagenet_formats():
+        imagenet, _ = imagenet_formats()[fmt]
+        return {f"{BACKBONE_SCOPE}{key}": value for key, value in imagenet.translate(state).items()}, BACKBONE_SCOPE
     if fmt in ("deeplabv2_caffe", "deeplabv2_port"):
         state = {key.removeprefix("Scale."): value for key, value in state.items()}
         targets = _port_classifier_targets(state, model)
@@ -217,14 +213,12 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         # A file with classifiers fills the heads; the bare ImageNet init file only the backbone.
         has_head = any(key.startswith("head.") for key in translated)
         return translated, ("" if has_head else BACKBONE_SCOPE)
-    raise WeightsError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+    raise WeightsError(f"unknown format {fmt!r}; choose from {formats()}")
 
 
 _EXPECTED_NORMALIZATION = {
     "deeplabv2_caffe": CAFFE_BGR,
     "deeplabv2_port": CAFFE_BGR,
-    "torchvision_resnet": IMAGENET_RGB,
-    "torchvision_mobilenet_v3_large": IMAGENET_RGB,
     "torchvision_deeplabv3_resnet": IMAGENET_RGB,
     "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
 }
@@ -232,9 +226,10 @@ _EXPECTED_NORMALIZATION = {
 
 def _architecture_problem(fmt: str, model: Segmenter) -> str | None:
     """Mismatches that keys and shapes cannot show (a Caffe ResNet and torchvision's have identical shapes)."""
-    expected = _EXPECTED_NORMALIZATION.get(fmt)
+    expected = _EXPECTED_NORMALIZATION.get(fmt) or imagenet_formats().get(fmt, (None, None))[1]
     if expected is not None and model.normalization != expected:
-        wanted = "resnet101_caffe" if expected is CAFFE_BGR else "a torchvision backbone (resnet*, mobilenet_v3_large)"
+        fitting = sorted(name for name, entry in BACKBONES.items() if entry.normalization == expected)
+        wanted = f"one of {fitting}"
         return (
             f"the file is {fmt} (weights for {expected.name} input) but the model's backbone expects "
             f"{model.normalization.name} input; build the model with backbone {wanted}"
@@ -334,40 +329,24 @@ def _rate_hints(fmt: str, model: Segmenter) -> list[str]:
         return []
     hint = (
         f"torchvision's model runs at output stride {torchvision_stride} with ASPP rates (12, 24, 36); this one at "
-        f"{model.output_stride} with {rates}, so its outputs differ from torchvision's (atrous.models."
-        "TORCHVISION_DEEPLABV3 has the build_model arguments that reproduce them)"
+        f"{model.output_stride} with {rates}, so its outputs differ from torchvision's (build it from the preset of "
+        "the same name, atrous.models.PRESETS or --preset, to reproduce them)"
     )
     return [hint]
 
 
 # ------------------------------------------------------------------------------------ ImageNet backbones
 
-_IMAGENET_WEIGHTS = {
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
-    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
-    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
-    "resnet152": "ResNet152_Weights.IMAGENET1K_V1",
-    "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
-}
-CAFFE_IMAGENET_FILE = "DeepLab_resnet_pretrained_imagenet.pth"
-
 
 def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights for ``backbone`` through its weights API (torch hub cache, then download).
-
-    These are the backbone weights torchvision's own DeepLabV3 models start from (``IMAGENET1K_V1``).
-    """
-    if backbone == "resnet101_caffe":
-        raise WeightsError(
-            f"the Caffe ImageNet weights of resnet101_caffe are not distributed by torchvision: download "
-            f"{CAFFE_IMAGENET_FILE} (DeepLab-v2's init file) and pass its path as pretrained_backbone"
-        )
-    if backbone not in _IMAGENET_WEIGHTS:
-        raise WeightsError(f"no ImageNet weights known for backbone {backbone!r}; choose from {sorted(_IMAGENET_WEIGHTS)}")
+    """The ImageNet weights the registry names for ``backbone``, through torchvision's weights API (torch hub cache,
+    then download). For torchvision's backbones these are the ones its own DeepLabV3 models start from."""
+    entry = backbone_entry(backbone)
+    if entry.imagenet_weights is None:
+        raise WeightsError(f"backbone {backbone!r}: {entry.imagenet_hint}")
     import torchvision
 
-    weights = torchvision.models.get_weight(_IMAGENET_WEIGHTS[backbone])
+    weights = torchvision.models.get_weight(entry.imagenet_weights)
     filename = weights.url.rsplit("/", 1)[-1]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     try:
@@ -380,7 +359,7 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained_backbone(model: Segmenter, source: str | Path) -> WeightsReport:
-    """``source``: "imagenet" (torchvision's weights for the model's backbone) or a path to a weights file."""
+    """``source``: "imagenet" (the published weights of the model's backbone) or a path to a weights file."""
     if source == "imagenet":
-        return load_weights(model, imagenet_state_dict(model.spec.get("backbone", "")))
+        return load_weights(model, imagenet_state_dict(model.spec.backbone))
     return load_weights(model, source)

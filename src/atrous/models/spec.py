@@ -1,0 +1,117 @@
+"""``ModelSpec``: the one description of a model. It is ``build_model``'s arguments, ``Config.model``, what every
+checkpoint stores (as a plain dict) and what the command line edits with ``dataclasses.replace``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+ModelName = Literal["deeplabv2", "deeplabv3", "deeplabv3plus"]
+OutputStride = Literal[8, 16, 32]
+FrozenBN = Literal["none", "affine", "all"]
+
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+FROZEN_BN_CHOICES: tuple[str, ...] = ("none", "affine", "all")
+# Where the starting weights come from: not part of the architecture. A built model's ``spec`` has them cleared,
+# since from then on its state dict holds the weights (and a checkpoint must not download anything to rebuild).
+INIT_FIELDS = ("pretrained_backbone", "weights")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A DeepLab model. ``None`` fields take the architecture's default (see ``atrous.models.MODELS``).
+
+    name: the head layout, ``deeplabv2`` | ``deeplabv3`` | ``deeplabv3plus``.
+    backbone: a name from ``atrous.list_backbones()``; default ``resnet101_caffe`` for deeplabv2, else ``resnet50``.
+    output_stride: 8, 16 or 32; default 8 for deeplabv2, 16 otherwise.
+    atrous_rates: default (6, 12, 18, 24) for deeplabv2; (6, 12, 18) at OS16 for V3/V3+, scaled with the stride.
+    multi_grid: per-block dilation multipliers of the backbone's last stage, e.g. (1, 2, 4).
+    separable: atrous-separable (depthwise + pointwise) convs in ASPP and decoder (V3/V3+).
+    frozen_bn: "none", "affine" (BN affine parameters not trained) or "all" (statistics frozen too: BN stays in
+        eval mode in training). Default "all" for deeplabv2, "none" otherwise.
+    head_lr_mult: learning-rate multiplier of the heads; default 10 for deeplabv2, 1 otherwise.
+    pretrained_backbone: None, "imagenet" (the backbone's published ImageNet weights) or a weights file.
+    weights: a weights file of any format ``load_weights`` reads, loaded into the whole model after building.
+    """
+
+    name: ModelName = "deeplabv3"
+    backbone: str | None = None
+    num_classes: int = 21
+    output_stride: OutputStride | None = None
+    aux: bool = False
+    atrous_rates: tuple[int, ...] | None = None
+    multi_grid: tuple[int, ...] | None = None
+    separable: bool = False
+    frozen_bn: FrozenBN | None = None
+    head_lr_mult: float | None = None
+    pretrained_backbone: str | None = None
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        from . import MODELS  # the registries import this module
+        from .backbones import BACKBONES
+
+        for name in ("atrous_rates", "multi_grid"):  # lists from YAML or JSON; frozen: set through object
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        for name in INIT_FIELDS:
+            if isinstance(getattr(self, name), Path):
+                object.__setattr__(self, name, str(getattr(self, name)))
+        if self.name not in MODELS:
+            raise ConfigError(f"unknown model {self.name!r}; choose from {sorted(MODELS)}")
+        if self.backbone is not None and self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONES)}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES:
+            raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from {list(OUTPUT_STRIDES)}")
+        if self.frozen_bn is not None and self.frozen_bn not in FROZEN_BN_CHOICES:
+            raise ConfigError(f"unknown frozen_bn {self.frozen_bn!r}; choose from {list(FROZEN_BN_CHOICES)}")
+        for name in ("atrous_rates", "multi_grid"):
+            values = getattr(self, name)
+            if values is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
+                raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {list(values)}")
+        if self.head_lr_mult is not None and self.head_lr_mult <= 0:
+            raise ConfigError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
+        if self.separable and not MODELS[self.name].separable:
+            raise ConfigError(f"separable convs are a DeepLabV3/V3+ option; {self.name}'s classifier has none")
+
+    def resolved(self) -> ModelSpec:
+        """The same spec with the architecture's defaults written in (what a built model reports)."""
+        from . import MODELS
+
+        defaults = MODELS[self.name]
+        return dataclasses.replace(
+            self,
+            backbone=self.backbone or defaults.backbone,
+            output_stride=self.output_stride or defaults.output_stride,
+            frozen_bn=self.frozen_bn or defaults.frozen_bn,
+            head_lr_mult=self.head_lr_mult if self.head_lr_mult is not None else defaults.head_lr_mult,
+        )
+
+    def architecture(self) -> ModelSpec:
+        """The spec without where its starting weights came from (``INIT_FIELDS`` cleared)."""
+        return dataclasses.replace(self, **{name: None for name in INIT_FIELDS})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (lists, not tuples): YAML- and ``torch.load(weights_only=True)``-safe."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "model spec") -> ModelSpec:
+        """The inverse of ``to_dict``; unknown keys are an error naming them and the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model spec key {unknown[0]!r}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> ModelSpec:
+        """``dataclasses.replace`` with the fields whose value is not None: an unset command-line flag never
+        overwrites a saved value."""
+        return dataclasses.replace(self, **{key: value for key, value in overrides.items() if value is not None})
