@@ -315,8 +315,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
     _add_flag(parser, "output-stride", type=int, choices=[8, 16, 32])
     _add_flag(parser, "atrous-rates", type=_int_list, help="e.g. 12,24,36")
     parser.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None, help="build the aux head")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    if runtime:
+    if runtime:  # export always traces on the CPU
+        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         parser.add_argument(
             "--runtime", choices=["auto", *RUNTIMES], default="auto",
             help="auto: ONNX Runtime on the CPU (exported once, cached), eager on GPUs; bf16: fastest, a few pixels "

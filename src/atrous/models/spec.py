@@ -76,7 +76,7 @@ class ModelSpec:
             values = getattr(self, name)
             if values is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
                 raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {list(values)}")
-        if self.head_lr_mult is not None and self.head_lr_mult <= 0:
+        if self.head_lr_mult is not None and (not isinstance(self.head_lr_mult, (int, float)) or self.head_lr_mult <= 0):
             raise ConfigError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
         if self.separable and not MODELS[self.name].separable:
             raise ConfigError(f"separable convs are a DeepLabV3/V3+ option; {self.name}'s classifier has none")
