@@ -72,16 +72,16 @@ def test_spec_round_trip_through_training_and_checkpoint(synthetic, tmp_path):
     assert differing == {"output_stride"}
 
 
-def test_foreign_files_need_an_architecture_and_presets_give_one(tmp_path, capsys):
+def test_overrides_on_foreign_files_are_applied_and_presets_reproduce_them(tmp_path, capsys):
     from torchvision.models import segmentation
 
     reference = segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=True)
     randomise_batchnorm(reference).eval()
     path = tmp_path / "deeplabv3_mobilenet_v3_large_coco.pth"
     torch.save(reference.state_dict(), path)
-    # --backbone without --model or --preset is refused, not ignored.
+    # --backbone changes the architecture the file describes: weights that then do not fit are an error, not ignored.
     assert main(["export", "--weights", str(path), "--backbone", "resnet18", "--format", "torchscript"]) == 2
-    assert "--preset NAME, or --model" in capsys.readouterr().err
+    assert "does not fit the model" in capsys.readouterr().err
     model = atrous.load_trained_model(path, spec=PRESETS["deeplabv3_mobilenet_v3_large"])
     images = torch.randn(1, 3, 65, 81)
     with torch.no_grad():

@@ -182,19 +182,6 @@ def test_corrupt_and_truncated_files_raise_naming_the_file(tmp_path):
         atrous.load_weights(model, tmp_path / "missing.pth")
 
 
-class _Payload:
-    def __reduce__(self):
-        return (print, ("code from a weights file ran",))
-
-
-def test_files_holding_code_are_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"conv1.weight": torch.zeros(1), "payload": _Payload()}, path)
-    model = atrous.build_model("deeplabv3", backbone="resnet18", num_classes=2)
-    with pytest.raises(WeightsError, match="evil.pth: refused to load.*weights_only=True"):
-        atrous.load_weights(model, path)
-
-
 def test_unrecognised_layout_lists_the_formats():
     with pytest.raises(WeightsError, match="unrecognised weights layout.*first keys: foo.weight"):
         atrous.load_weights(atrous.build_model("deeplabv3", backbone="resnet18", num_classes=2), {"foo.weight": torch.ones(1)})

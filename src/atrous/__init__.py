@@ -14,6 +14,7 @@ from .models import (
     list_presets,
 )
 from .models.deeplabv2_port import get_deeplab_v2
+from .models.pretrained import from_pretrained
 from .models.weights import WeightsReport, load_weights
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "WeightsReport",
     "build_dataset",
     "build_model",
+    "from_pretrained",
     "get_deeplab_v2",
     "list_backbones",
     "list_models",

@@ -180,32 +180,14 @@ def restore_training_state(run: TrainingRun, state: dict[str, Any]) -> None:
 
 
 def load_trained_model(
-    path: str | Path, *, spec: ModelSpec | None = None, overrides: dict[str, Any] | None = None, map_location="cpu"
+    path: str | Path, *, spec: ModelSpec | None = None, overrides: dict[str, Any] | None = None
 ) -> Segmenter:
     """The model in eval mode, with its class names and palette when the file has them.
 
-    path: an atrous checkpoint (it says which model it holds), or any weights file ``load_weights`` reads.
-    spec: the architecture to build instead of the file's own (required when the file holds none, e.g. a preset
-        for a torchvision file). overrides: ``ModelSpec`` fields to change; None values change nothing.
+    path: an atrous checkpoint (it says which model it holds), or any weights file ``from_pretrained`` reads.
+    spec: the architecture to build instead of the one the file describes. overrides: ``ModelSpec`` fields to
+    change; None values change nothing.
     """
-    from .models import ModelSpec, build_model
-    from .models.weights import load_weights, read_state_dict, unwrap_state_dict
+    from .models.pretrained import from_pretrained
 
-    path = Path(path)
-    raw = {} if path.suffix == ".safetensors" else load_checkpoint(path, map_location=map_location)
-    raw = raw if isinstance(raw, dict) else {}
-    if spec is None and raw.get("spec") is not None:
-        spec = ModelSpec.from_dict(raw["spec"], source=str(path))
-    if spec is None:
-        raise WeightsError(
-            f"{path} holds no model description (not an atrous checkpoint): pass --preset NAME, or --model, "
-            "--backbone and --num-classes to say which architecture the weights are for"
-        )
-    model = build_model(spec.with_overrides(**(overrides or {})))
-    state = read_state_dict(path) if path.suffix == ".safetensors" else unwrap_state_dict(raw, source=str(path))
-    log.info("%s", load_weights(model, state))
-    class_names, palette = raw.get("class_names"), raw.get("palette")
-    if class_names is not None and len(class_names) != model.num_classes:
-        class_names = None  # the classifier was replaced: the file's names describe other classes
-    model.set_labels(class_names, np.asarray(palette, dtype=np.uint8) if palette is not None else None)
-    return model.eval()
+    return from_pretrained(path, spec=spec, **(overrides or {}))

@@ -8,7 +8,6 @@ their layouts come from ``atrous.models.backbones.BACKBONES``.
 
 from __future__ import annotations
 
-import pickle
 import re
 import urllib.error
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from torch import nn
 from ..errors import MissingFileError, WeightsError
 from .backbones import BACKBONES, ImageNetFormat, backbone_entry
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
+from .safe_load import module_state_dict, read_checkpoint
 from .segmenter import Segmenter
 
 BACKBONE_SCOPE = "backbone."
@@ -70,38 +70,42 @@ def _first(items: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.pt``/``.pth`` (never executing code: ``weights_only=True``) or ``.safetensors`` file.
-
-    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` containers and the ``module.`` prefix of DDP.
-    """
+def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
+    """(what a ``.pt``/``.pth``/``.pth.tar``/``.bin`` or ``.safetensors`` file holds, the names in it that were read as
+    inert placeholders). Never runs code from the file (see ``atrous.models.safe_load``)."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_checkpoint(path)
     if not path.is_file():
         raise MissingFileError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"{path}: refused to load: the file holds Python objects other than tensors, and atrous never runs "
-            f"code from a weights file (weights_only=True). Details: {error}"
-        ) from error
-    except Exception as error:  # torch/zipfile/safetensors each raise their own types for damaged files
+    try:
+        return load_file(str(path)), []
+    except Exception as error:  # safetensors raises its own types for damaged files
         raise WeightsError(f"{path}: cannot read weights (truncated or corrupt file?): {error}") from error
-    return unwrap_state_dict(state, source=str(path))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model tensors in a weights file, unwrapped as ``unwrap_state_dict`` says."""
+    return unwrap_state_dict(read_weights_file(path)[0], source=str(path))
+
+
+# The keys training runs keep the model under: atrous/detectron2 ("model"), mmseg/jfzhang95/Lightning
+# ("state_dict"), VainF ("model_state").
+CONTAINERS = ("model", "state_dict", "model_state")
 
 
 def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[str, torch.Tensor]:
-    """The tensor mapping inside a checkpoint: ``state["model"]``, ``state["state_dict"]`` or ``state`` itself."""
+    """The tensor mapping inside a checkpoint: ``state[c]`` for the first container key ``c`` of ``CONTAINERS`` that
+    holds one, the state dict of a whole pickled model, or ``state`` itself; without DDP's ``module.`` prefix."""
     if isinstance(state, Mapping):
-        for container in ("model", "state_dict"):
-            if isinstance(state.get(container), Mapping):
+        for container in CONTAINERS:
+            if isinstance(state.get(container), Mapping) or module_state_dict(state.get(container)):
                 state = state[container]
                 break
+    if module_state_dict(state):
+        state = module_state_dict(state)
     if not isinstance(state, Mapping) or not state:
         raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors")
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
@@ -115,7 +119,7 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 # ------------------------------------------------------------------------------------------ recognising
 
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
-                   "deeplabv2_caffe", "deeplabv2_port")  # fmt: skip
+                   "vainf_deeplabv3", "deeplabv2_caffe", "deeplabv2_port")  # fmt: skip
 
 
 def imagenet_formats() -> dict[str, tuple[ImageNetFormat, InputNormalization]]:
@@ -134,6 +138,8 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
         return "deeplabv2_caffe"
     if any(re.match(r"layer[56]\.conv2d_list\.", key) for key in keys):
         return "deeplabv2_port"
+    if any(key.startswith("classifier.classifier.0.convs.") for key in keys):
+        return "vainf_deeplabv3"  # VainF/DeepLabV3Plus-Pytorch: torchvision's head kept one level deeper
     if any(key.startswith("classifier.0.convs.") for key in keys):
         if "backbone.conv1.weight" in state:
             return "torchvision_deeplabv3_resnet"
@@ -197,6 +203,9 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         return dict(state), ""
     if fmt in ("torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large"):
         return {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in state.items()}, ""
+    if fmt == "vainf_deeplabv3":
+        unwrapped = {key.replace("classifier.classifier.", "classifier.", 1): value for key, value in state.items()}
+        return {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in unwrapped.items()}, ""
     if fmt in imagenet_formats():
         imagenet, _ = imagenet_formats()[fmt]
         return {f"{BACKBONE_SCOPE}{key}": value for key, value in imagenet.translate(state).items()}, BACKBONE_SCOPE
@@ -221,6 +230,7 @@ _EXPECTED_NORMALIZATION = {
     "deeplabv2_port": CAFFE_BGR,
     "torchvision_deeplabv3_resnet": IMAGENET_RGB,
     "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
+    "vainf_deeplabv3": IMAGENET_RGB,
 }
 
 
@@ -250,21 +260,31 @@ def _head_of(key: str) -> str:
 
 
 def load_weights(
-    model: Segmenter, source: str | Path | Mapping[str, torch.Tensor], *, strict: bool = True
+    model: Segmenter,
+    source: str | Path | Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    name: str | None = None,
+    inert: list[str] | tuple[str, ...] = (),
 ) -> WeightsReport:
     """Load weights of any supported format into ``model`` and report what happened.
 
-    source: a ``.pt``/``.pth``/``.safetensors`` path, or a state dict. The format is recognised by its keys.
+    source: a weights file path (``read_weights_file``), or what one holds (a state dict or a training-run dict);
+    ``name`` and ``inert`` then say, for the report, where it was read and which of its objects were placeholders.
+    The format is recognised by its keys.
     A classifier whose class count differs from the model's is skipped (keeps its fresh init), as are aux-head
     weights when the model has no aux head (and vice versa). Anything else missing, unexpected or
     shape-mismatched raises ``WeightsError`` naming the first offending keys, unless ``strict=False``.
     """
     if isinstance(source, (str, Path)):
-        name, state = str(source), read_state_dict(source)
-    else:
-        name, state = "<state dict>", unwrap_state_dict(source)
+        name, (source, inert) = str(source), read_weights_file(source)
+    name = name or "<state dict>"
+    state = unwrap_state_dict(source, source=name)
     fmt = detect_format(state, source=name)
     report = WeightsReport(source=name, format=fmt)
+    if inert:
+        report.messages.append(f"other objects in the file were read as inert placeholders, nothing of them ran: "
+                               f"{_first(sorted(set(inert)))}")  # fmt: skip
     problem = _architecture_problem(fmt, model)
     if problem is not None:
         if strict:

@@ -1,0 +1,136 @@
+"""``from_pretrained``: a model built from what a weights file says about itself.
+
+Each DeepLab format the weights module recognises gets a *describe* step here: the ``ModelSpec`` its keys, shapes
+and embedded description imply, and what had to be assumed because the file cannot tell.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WeightsError
+from . import PRESETS, build_model
+from .segmenter import Segmenter
+from .spec import ModelSpec
+from .weights import detect_format, load_weights, read_weights_file, unwrap_state_dict
+
+log = logging.getLogger(__name__)
+
+# torchvision ResNets by the number of blocks in layer3 (ResNet-18/34 have 2/6 BasicBlocks: no conv3).
+_RESNET_BY_LAYER3 = {(6, True): "resnet50", (23, True): "resnet101", (36, True): "resnet152", (2, False): "resnet18",
+                     (6, False): "resnet34"}  # fmt: skip
+
+
+def _resnet(state: Mapping[str, torch.Tensor], prefix: str = "backbone.") -> str:
+    blocks = {int(m[1]) for key in state if (m := re.match(rf"{re.escape(prefix)}layer3\.(\d+)\.", key))}
+    bottleneck = f"{prefix}layer1.0.conv3.weight" in state
+    name = _RESNET_BY_LAYER3.get((len(blocks), bottleneck))
+    if name is None:
+        raise WeightsError(f"a ResNet with {len(blocks)} blocks in layer3 is not one atrous builds (ResNet-18 to 152)")
+    return name
+
+
+def _classes(state: Mapping[str, torch.Tensor], key: str) -> int:
+    return state[key].shape[0]
+
+
+def _from_filename(source: str, pattern: str) -> str | None:
+    match = re.search(pattern, Path(source).name)
+    return match[1] if match else None
+
+
+# (the spec, [(the field it assumed, what and why)]).
+Description = tuple[ModelSpec, list[tuple[str, str]]]
+_TORCHVISION_ASSUMED = [
+    ("output_stride", ("torchvision's output stride and ASPP rates (12, 24, 36): the file does not record them"))
+]
+
+
+def _atrous(state, contents, source) -> Description:
+    if isinstance(contents, Mapping) and isinstance(contents.get("spec"), Mapping):
+        return ModelSpec.from_dict(dict(contents["spec"]), source=source), []
+    raise WeightsError(f"{source} holds no model description (a bare state dict): pass --preset NAME, or --model, "
+                       "--backbone and --num-classes to say which architecture the weights are for")  # fmt: skip
+
+
+def _torchvision_resnet(state, contents, source) -> Description:
+    backbone = _resnet(state)
+    base = PRESETS.get(f"deeplabv3_{backbone}") or ModelSpec(name="deeplabv3", backbone=backbone, output_stride=8,
+                                                              atrous_rates=(12, 24, 36))  # fmt: skip
+    aux = any(key.startswith("aux_classifier.") for key in state)
+    return base.with_overrides(num_classes=_classes(state, "classifier.4.weight"), aux=aux), _TORCHVISION_ASSUMED
+
+
+def _torchvision_mobilenet(state, contents, source) -> Description:
+    aux = any(key.startswith("aux_classifier.") for key in state)
+    preset = PRESETS["deeplabv3_mobilenet_v3_large"]
+    return preset.with_overrides(num_classes=_classes(state, "classifier.4.weight"), aux=aux), _TORCHVISION_ASSUMED
+
+
+def _vainf_deeplabv3(state, contents, source) -> Description:
+    stride, assumed = _from_filename(source, r"_os(8|16)\b"), []
+    if stride is None:
+        stride = "16"
+        assumed.append(("output_stride", "output stride 16, VainF's default (its file names say _os8 or _os16)"))
+    spec = ModelSpec(name="deeplabv3", backbone=_resnet(state), output_stride=int(stride),
+                     num_classes=_classes(state, "classifier.classifier.4.weight"))  # fmt: skip
+    return spec, assumed  # VainF's rates are atrous's defaults: (6, 12, 18) at OS16, doubled at OS8
+
+
+def _deeplabv2(state, contents, source) -> Description:
+    found = {m[1] for key in state if (m := re.match(r"(?:Scale\.)?(layer[56])\.conv2d_list\.0\.weight", key))}
+    if not found:
+        raise WeightsError(f"{source}: DeepLab-v2's ImageNet init file (no classifier): pass it as "
+                           "pretrained_backbone, e.g. build_model('deeplabv2', num_classes=N, pretrained_backbone=path)")  # fmt: skip
+    prefix = "Scale." if any(key.startswith("Scale.") for key in state) else ""
+    main = max(found)  # the port's multi-level model: layer5 reads layer3 (the aux head), layer6 layer4
+    classes = _classes(state, f"{prefix}{main}.conv2d_list.0.weight")
+    return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=classes, aux=len(found) == 2), []
+
+
+DESCRIBE: dict[str, Callable[..., Description]] = {
+    "atrous": _atrous,
+    "torchvision_deeplabv3_resnet": _torchvision_resnet,
+    "torchvision_deeplabv3_mobilenet_v3_large": _torchvision_mobilenet,
+    "vainf_deeplabv3": _vainf_deeplabv3,
+    "deeplabv2_caffe": _deeplabv2,
+    "deeplabv2_port": _deeplabv2,
+}
+
+
+def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = None, **overrides) -> Segmenter:
+    """A model in eval mode with the weights of ``source`` (a weights file, a state dict or a training-run dict),
+    built as the file describes itself, with its class names and palette when it has them.
+
+    The architecture is read from the keys, the shapes and any description the file carries, or is ``spec`` when
+    given; ``overrides`` are ``ModelSpec`` fields for what a file cannot tell (e.g. ``output_stride=8``; None values
+    change nothing). What was recognised and assumed is logged at INFO level with the loading report.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
+    contents, inert = read_weights_file(source) if isinstance(source, (str, Path)) else (source, [])
+    assumed: list[tuple[str, str]] = []
+    fmt = "the given spec"
+    if spec is None:
+        fmt = detect_format(unwrap_state_dict(contents, source=name), source=name)
+        if fmt not in DESCRIBE:
+            raise WeightsError(f"{name}: {fmt} weights hold a backbone only, not a segmentation model: pass the file "
+                               "as build_model(..., pretrained_backbone=path)")  # fmt: skip
+        spec, assumed = DESCRIBE[fmt](unwrap_state_dict(contents, source=name), contents, name)
+    model = build_model(spec.with_overrides(**overrides))
+    report = load_weights(model, contents, name=name, inert=inert)
+    report.messages.append(f"architecture from {fmt}: {model.spec}")
+    report.messages += [f"assumed {text}; pass {field}=... if it was trained otherwise" for field, text in assumed
+                        if overrides.get(field) is None]  # fmt: skip
+    log.info("%s", report)
+    labels = contents if isinstance(contents, Mapping) else {}
+    names, palette = labels.get("class_names"), labels.get("palette")
+    if names is not None and len(names) != model.num_classes:
+        names = None  # the classifier was replaced: the file's names describe other classes
+    model.set_labels(names, np.asarray(palette, dtype=np.uint8) if palette is not None else None)
+    return model.eval()

@@ -1,0 +1,114 @@
+"""Reading checkpoints written by other projects' training runs without running any code from them.
+
+``torch.load(weights_only=True)`` refuses a file that holds any object it does not know: a numpy score
+(VainF, jfzhang95), mmengine's ``HistoryBuffer`` (mmseg), a whole pickled model (some smp users). The tensors in
+such files are still plain tensors. ``read_checkpoint`` lists the classes and functions a file names (without
+unpickling it), lets the harmless ones through (numpy scalars and dtypes) and stands an ``Inert`` placeholder in
+for every other one, then loads with torch's own weights-only unpickler: a class in the file is never imported,
+a function in it never called.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MissingFileError, WeightsError
+
+
+class Inert:
+    """What a class or function named in a weights file becomes: it keeps what the file passed to it (``args``,
+    ``state``) and does nothing. ``qualified_name`` says what the file asked for."""
+
+    qualified_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        instance = object.__new__(cls)
+        instance.args, instance.state = args, None
+        return instance
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {self.qualified_name}>"
+
+
+def _harmless(name: str):
+    """numpy scalars and dtypes (a training run's best score): rebuilt from bytes, no code of the file's choosing."""
+    import numpy as np
+
+    if name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
+        return np._core.multiarray.scalar
+    if name == "numpy.dtype":
+        return np.dtype
+    if name.startswith("numpy.dtypes.") and name.endswith("DType"):
+        return getattr(np.dtypes, name.rsplit(".", 1)[1], None)
+    return None
+
+
+def _numpy_dtype_classes() -> list[tuple[type, str]]:
+    import numpy as np
+
+    classes = [value for value in vars(np.dtypes).values() if isinstance(value, type) and issubclass(value, np.dtype)]
+    return [(cls, f"numpy.dtypes.{cls.__name__}") for cls in classes]
+
+
+def _placeholder(name: str) -> type[Inert]:
+    return type(name.rsplit(".", 1)[-1], (Inert,), {"qualified_name": name, "__module__": "atrous.inert"})
+
+
+def read_checkpoint(path: str | Path) -> tuple[Any, list[str]]:
+    """(what the file holds, the names that were read as ``Inert`` placeholders). Tensors come back as tensors, on
+    the CPU; numpy scalars as numpy scalars."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"weights file not found: {path}")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (ValueError, RuntimeError):  # the pre-1.6 format, or a damaged file: torch.load decides, and says which
+        names = []
+    allowed, inert = [], []
+    if "numpy.dtype" in names:  # unpickling a dtype builds an instance of its class, which the file does not name
+        allowed += _numpy_dtype_classes()
+    for name in names:
+        harmless = _harmless(name)
+        if harmless is not None:
+            allowed.append((harmless, name))
+        else:
+            allowed.append((_placeholder(name), name))
+            inert.append(name)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True), inert
+    except pickle.UnpicklingError as error:
+        raise WeightsError(
+            f"{path}: refused to load: the file holds Python objects atrous cannot read without running code from it "
+            f"(it loads with weights_only=True only). Details: {error}"
+        ) from error
+    except Exception as error:  # torch/zipfile raise their own types for damaged files
+        raise WeightsError(f"{path}: cannot read weights (truncated or corrupt file?): {error}") from error
+
+
+def module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The state dict of a whole pickled ``nn.Module`` read as ``Inert`` placeholders (``_parameters``, persistent
+    ``_buffers`` and ``_modules``, recursively); empty when ``obj`` is not one."""
+    state = obj.state if isinstance(obj, Inert) else None
+    if not isinstance(state, dict) or "_modules" not in state:
+        return {}
+    tensors: dict[str, torch.Tensor] = {}
+    non_persistent = state.get("_non_persistent_buffers_set")
+    skipped = set(non_persistent.args[0]) if isinstance(non_persistent, Inert) and non_persistent.args else set()
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if isinstance(value, torch.Tensor) and name not in skipped:
+                tensors[f"{prefix}{name}"] = value.detach() if isinstance(value, torch.nn.Parameter) else value
+    for name, child in (state.get("_modules") or {}).items():
+        tensors.update(module_state_dict(child, f"{prefix}{name}."))
+    return tensors
