@@ -208,3 +208,95 @@ def torchvision_resnet_state():
     import torchvision
 
     return torchvision.models.resnet18(weights=None).state_dict()
+
+
+# --------------------------------------------------------------------------------- kazuto1011 DeepLabV2 (MSC)
+
+
+class _KazutoConvBnReLU(nn.Sequential):
+    def __init__(self, in_ch, out_ch, kernel, stride, padding, dilation, relu=True):
+        super().__init__()
+        self.add_module("conv", nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.001))
+        if relu:
+            self.add_module("relu", nn.ReLU())
+
+
+class _KazutoBottleneck(nn.Module):
+    def __init__(self, in_ch, out_ch, stride, dilation, downsample):
+        super().__init__()
+        mid = out_ch // 4
+        self.reduce = _KazutoConvBnReLU(in_ch, mid, 1, stride, 0, 1)
+        self.conv3x3 = _KazutoConvBnReLU(mid, mid, 3, 1, dilation, dilation)
+        self.increase = _KazutoConvBnReLU(mid, out_ch, 1, 1, 0, 1, relu=False)
+        self.shortcut = _KazutoConvBnReLU(in_ch, out_ch, 1, stride, 0, 1, relu=False) if downsample else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.increase(self.conv3x3(self.reduce(x))) + self.shortcut(x))
+
+
+class _KazutoDeepLabV2(nn.Sequential):
+    """kazuto1011's DeepLabV2: layer1 = stem (7x7/2 conv, 3x3/2 ceil-mode pool), layer2-5 = stages of blocks
+    block1..; strides (1, 2, 1, 1), dilations (1, 1, 2, 4); four summed 3x3 classifiers with bias. Stride-8 logits."""
+
+    def __init__(self, num_classes, rates=(6, 12, 18, 24)):
+        super().__init__()
+        stem = nn.Sequential()
+        stem.add_module("conv1", _KazutoConvBnReLU(3, 64, 7, 2, 3, 1))
+        stem.add_module("pool", nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+        self.add_module("layer1", stem)
+        channels = [64, 256, 512, 1024, 2048]
+        for index, (blocks, stride, dilation) in enumerate(zip((3, 4, 23, 3), (1, 2, 1, 1), (1, 1, 2, 4))):
+            layer = nn.Sequential()
+            for b in range(blocks):
+                in_ch = channels[index] if b == 0 else channels[index + 1]
+                layer.add_module(f"block{b + 1}", _KazutoBottleneck(in_ch, channels[index + 1], stride if b == 0 else 1,
+                                                                    dilation, downsample=b == 0))  # fmt: skip
+            self.add_module(f"layer{index + 2}", layer)
+        aspp = _KazutoASPP(2048, num_classes, rates)
+        self.add_module("aspp", aspp)
+
+
+class _KazutoASPP(nn.Module):
+    def __init__(self, in_ch, num_classes, rates):
+        super().__init__()
+        for i, rate in enumerate(rates):
+            self.add_module(f"c{i}", nn.Conv2d(in_ch, num_classes, 3, 1, padding=rate, dilation=rate, bias=True))
+
+    def forward(self, x):
+        return sum(stage(x) for stage in self.children())
+
+
+class _KazutoMSC(nn.Module):
+    """The wrapper its released files are saved from (keys "base."); eval at scale 1 is the base's logits."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+
+def test_kazuto_deeplabv2_msc_file_gives_its_logits_after_its_resize(tmp_path):
+    torch.manual_seed(5)
+    reference = _KazutoMSC(_KazutoDeepLabV2(num_classes=21))
+    calibration = atrous.models.CAFFE_BGR(torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(2)))
+    randomise_batchnorm(reference.base, 5, images=calibration).eval()
+    for module in reference.modules():  # its summed classifier: give it a scale that shows in the logits
+        if isinstance(module, _KazutoASPP):
+            for conv in module.children():
+                nn.init.normal_(conv.bias, 0.0, 0.5)
+    path = tmp_path / "deeplabv2_resnet101_msc-vocaug-20000.pth"
+    torch.save(reference.state_dict(), path)
+    model = atrous.from_pretrained(path)
+    assert (model.spec.name, model.spec.backbone, model.num_classes) == ("deeplabv2", "resnet101_caffe", 21)
+    assert model.normalization.name == "caffe_bgr"
+    images = calibration[:1, :, :57, :49]
+    with torch.no_grad():
+        logits = reference.base(images)
+        assert logits.shape[-2:] == (8, 7)  # stride 8, as the peer returns it
+        expected = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+    state = reference.state_dict()
+    key = "base.layer4.block7.conv3x3.bn.running_var"
+    state[key] = state[key][torch.randperm(state[key].numel(), generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        assert _relative_difference(atrous.from_pretrained(state)(images).logits, expected) > 1e-3

@@ -94,6 +94,15 @@ def _deeplabv2(state, contents, source) -> Description:
     return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=classes, aux=len(found) == 2), []
 
 
+def _kazuto_deeplabv2(state, contents, source) -> Description:
+    prefix = "base." if any(key.startswith("base.") for key in state) else ""
+    rates = sorted(int(m[1]) for key in state if (m := re.match(rf"{re.escape(prefix)}aspp\.c(\d)\.weight$", key)))
+    classes = _classes(state, f"{prefix}aspp.c0.weight")
+    guess = (f"rates (6, 12, 18, 24) of DeepLabV2 (DeepLabV2S uses (3, 6, 9, 12)); the file does not record them "
+             f"({len(rates)} branches)")  # fmt: skip
+    return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=classes), [("atrous_rates", guess)]
+
+
 DESCRIBE: dict[str, Callable[..., Description]] = {
     "atrous": _atrous,
     "torchvision_deeplabv3_resnet": _torchvision_resnet,
@@ -101,6 +110,7 @@ DESCRIBE: dict[str, Callable[..., Description]] = {
     "vainf_deeplabv3": _vainf_deeplabv3,
     "deeplabv2_caffe": _deeplabv2,
     "deeplabv2_port": _deeplabv2,
+    "kazuto_deeplabv2": _kazuto_deeplabv2,
 }
 
 

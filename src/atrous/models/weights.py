@@ -119,7 +119,8 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 # ------------------------------------------------------------------------------------------ recognising
 
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
-                   "vainf_deeplabv3", "deeplabv2_caffe", "deeplabv2_port")  # fmt: skip
+                   "vainf_deeplabv3", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2")  # fmt: skip
+_KAZUTO_BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 
 
 def imagenet_formats() -> dict[str, tuple[ImageNetFormat, InputNormalization]]:
@@ -136,6 +137,11 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
     keys = list(state)
     if all(key.startswith("Scale.") for key in keys):
         return "deeplabv2_caffe"
+    if any(_KAZUTO_BLOCK.match(key) for key in keys):
+        if any(re.match(r"^(?:base\.)?aspp\.c\d\.weight$", key) for key in keys):
+            return "kazuto_deeplabv2"
+        raise WeightsError(f"{source}: kazuto1011/deeplab-pytorch's DeepLabV3/V3+ layout (aspp.stages, fc1, fc2) is not "
+                           "read yet; its DeepLabV2 (MSC) files are")  # fmt: skip
     if any(re.match(r"layer[56]\.conv2d_list\.", key) for key in keys):
         return "deeplabv2_port"
     if any(key.startswith("classifier.classifier.0.convs.") for key in keys):
@@ -222,12 +228,35 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         # A file with classifiers fills the heads; the bare ImageNet init file only the backbone.
         has_head = any(key.startswith("head.") for key in translated)
         return translated, ("" if has_head else BACKBONE_SCOPE)
+    if fmt == "kazuto_deeplabv2":
+        return {_kazuto_key(key): value for key, value in state.items()}, ""
     raise WeightsError(f"unknown format {fmt!r}; choose from {formats()}")
+
+
+# kazuto1011/deeplab-pytorch's ResNet: layer1 is the stem (conv1 = conv + bn), layer2-5 are the stages with blocks
+# block1.. of reduce (1x1, strided) / conv3x3 / increase / shortcut, each a conv + bn; the summed classifier
+# aspp.c0-c3. Its released files are the MSC wrapper's state dict (prefix "base.").
+_KAZUTO_PARTS = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
+                 "shortcut": ("downsample.0", "downsample.1")}  # fmt: skip
+
+
+def _kazuto_key(key: str) -> str:
+    key = key.removeprefix("base.")
+    if match := re.match(r"layer1\.conv1\.(conv|bn)\.(.+)$", key):
+        return f"backbone.{'conv1' if match[1] == 'conv' else 'bn1'}.{match[2]}"
+    if match := re.match(r"layer([2-5])\.block(\d+)\.(\w+)\.(conv|bn)\.(.+)$", key):
+        layer, block, part, kind, rest = match.groups()
+        conv, bn = _KAZUTO_PARTS[part]
+        return f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{conv if kind == 'conv' else bn}.{rest}"
+    if match := re.match(r"aspp\.c(\d)\.(weight|bias)$", key):
+        return f"head.classifiers.{match[1]}.{match[2]}"
+    return key  # anything else is reported as unexpected
 
 
 _EXPECTED_NORMALIZATION = {
     "deeplabv2_caffe": CAFFE_BGR,
     "deeplabv2_port": CAFFE_BGR,
+    "kazuto_deeplabv2": CAFFE_BGR,
     "torchvision_deeplabv3_resnet": IMAGENET_RGB,
     "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
     "vainf_deeplabv3": IMAGENET_RGB,
