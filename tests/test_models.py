@@ -12,7 +12,7 @@ ALL_BACKBONES = atrous.list_backbones()
 
 
 def test_registries_list_the_documented_names():
-    assert atrous.list_models() == ["deeplabv2", "deeplabv3", "deeplabv3plus"]
+    assert atrous.list_models() == ["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_pair"]
     assert ALL_BACKBONES == sorted(
         ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet101_caffe", "mobilenet_v3_large"]
     )
@@ -34,7 +34,7 @@ def test_backbone_reports_its_real_strides_and_channels(backbone, output_stride)
     assert body.strides["low"] == 4
 
 
-@pytest.mark.parametrize("name", ["deeplabv2", "deeplabv3", "deeplabv3plus"])
+@pytest.mark.parametrize("name", atrous.list_models())
 @pytest.mark.parametrize("backbone", ALL_BACKBONES)
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_every_model_gives_full_resolution_logits_and_backpropagates(name, backbone, output_stride):

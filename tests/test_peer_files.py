@@ -300,3 +300,120 @@ def test_kazuto_deeplabv2_msc_file_gives_its_logits_after_its_resize(tmp_path):
     state[key] = state[key][torch.randperm(state[key].numel(), generator=torch.Generator().manual_seed(0))]
     with torch.no_grad():
         assert _relative_difference(atrous.from_pretrained(state)(images).logits, expected) > 1e-3
+
+
+# --------------------------------------------------------------------------- segmentation_models_pytorch (smp)
+
+
+class _SmpSeparableConv(nn.Sequential):
+    """smp's SeparableConv2d: depthwise, then pointwise, nothing between."""
+
+    def __init__(self, in_ch, out_ch, dilation=1):
+        super().__init__(nn.Conv2d(in_ch, in_ch, 3, padding=dilation, dilation=dilation, groups=in_ch, bias=False),
+                         nn.Conv2d(in_ch, out_ch, 1, bias=False))  # fmt: skip
+
+
+class _SmpPooling(nn.Sequential):
+    def __init__(self, in_ch):
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_ch, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU())
+
+    def forward(self, x):
+        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class _SmpASPP(nn.Module):
+    def __init__(self, in_ch, rates, separable):
+        super().__init__()
+
+        def atrous(rate):
+            conv = _SmpSeparableConv(in_ch, 256, rate) if separable else nn.Conv2d(in_ch, 256, 3, padding=rate,
+                                                                                   dilation=rate, bias=False)  # fmt: skip
+            return nn.Sequential(conv, nn.BatchNorm2d(256), nn.ReLU())
+
+        branches = [nn.Sequential(nn.Conv2d(in_ch, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU())]
+        self.convs = nn.ModuleList(branches + [atrous(rate) for rate in rates] + [_SmpPooling(in_ch)])
+        self.project = nn.Sequential(nn.Conv2d(5 * 256, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.5))
+
+    def forward(self, x):
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+def _smp_encoder(depth: int, output_stride: int) -> nn.Module:
+    """torchvision's ResNet without fc/avgpool; every conv of a dilated stage loses its stride and gets the stage's
+    rate (padding (k // 2) x rate), first block included."""
+    import torchvision
+
+    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    del resnet.fc, resnet.avgpool
+    for stage, stage_stride in ((resnet.layer3, 16), (resnet.layer4, 32)):
+        if stage_stride > output_stride:
+            rate = stage_stride // output_stride
+            for conv in (m for m in stage.modules() if isinstance(m, nn.Conv2d)):
+                conv.stride, conv.dilation = (1, 1), (rate, rate)
+                conv.padding = ((conv.kernel_size[0] // 2) * rate, (conv.kernel_size[1] // 2) * rate)
+    return resnet
+
+
+class _SmpDeepLab(nn.Module):
+    """smp's DeepLabV3 (plus=False: aspp, 3x3 conv, bn, relu) or DeepLabV3+ (separable ASPP, separable conv after it,
+    x4 up, 48-channel projection of layer1, ASPP first in the concat, one separable conv); a 1x1 head upsampled with
+    align_corners=True."""
+
+    def __init__(self, depth, classes, output_stride, plus):
+        super().__init__()
+        self.plus, self.output_stride = plus, output_stride
+        self.encoder = _smp_encoder(depth, output_stride)
+        top, low = (2048, 256) if depth >= 50 else (512, 64)
+        self.decoder = nn.Module()
+        if plus:
+            self.decoder.aspp = nn.Sequential(_SmpASPP(top, (12, 24, 36), True), _SmpSeparableConv(256, 256),
+                                              nn.BatchNorm2d(256), nn.ReLU())  # fmt: skip
+            self.decoder.block1 = nn.Sequential(nn.Conv2d(low, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+            self.decoder.block2 = nn.Sequential(_SmpSeparableConv(304, 256), nn.BatchNorm2d(256), nn.ReLU())
+        else:
+            self.decoder.aspp = _SmpASPP(top, (12, 24, 36), False)
+            self.decoder.conv, self.decoder.bn = nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256)
+        self.segmentation_head = nn.Sequential(nn.Conv2d(256, classes, 1))
+
+    def forward(self, x):
+        e = self.encoder
+        layer1 = e.layer1(e.maxpool(e.relu(e.bn1(e.conv1(x)))))
+        top = e.layer4(e.layer3(e.layer2(layer1)))
+        if self.plus:
+            up = 4 if self.output_stride == 16 else 2  # to stride 4
+            context = F.interpolate(self.decoder.aspp(top), scale_factor=up, mode="bilinear", align_corners=True)
+            decoded = self.decoder.block2(torch.cat([context, self.decoder.block1(layer1)], dim=1))
+            scale = 4
+        else:
+            decoded = F.relu(self.decoder.bn(self.decoder.conv(self.decoder.aspp(top))))
+            scale = self.output_stride
+        return F.interpolate(self.segmentation_head(decoded), scale_factor=scale, mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize("depth, output_stride, plus", [(50, 8, False), (34, 16, True), (50, 8, True)])
+def test_smp_files_and_folders_give_smps_logits(depth, output_stride, plus, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(depth + output_stride)
+    reference = randomise_batchnorm(_SmpDeepLab(depth, 5, output_stride, plus), depth).eval()
+    state = reference.state_dict()
+    folder = tmp_path / "smp_model"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "_model_class": "DeepLabV3Plus" if plus else "DeepLabV3", "encoder_name": f"resnet{depth}", "classes": 5,
+        "encoder_output_stride": output_stride, "decoder_atrous_rates": [12, 24, 36], "decoder_aspp_separable": plus,
+    }))  # fmt: skip
+    images = torch.randn(1, 3, 64, 96)  # smp wants sides divisible by the output stride
+    with torch.no_grad():
+        expected = reference(images)
+        for source in (folder, {"state_dict": state}):
+            model = atrous.from_pretrained(source, output_stride=None if source is folder else output_stride)
+            assert model.spec.align_corners and model.spec.first_block_dilation == "stage"
+            assert _relative_difference(model(images).logits, expected) < 1e-5
+        key = "encoder.layer2.1.bn1.running_mean"
+        broken = dict(state, **{key: state[key].flip(0)})
+        assert _relative_difference(atrous.from_pretrained(broken, output_stride=output_stride)(images).logits,
+                                    expected) > 1e-3  # fmt: skip

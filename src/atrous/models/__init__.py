@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .backbones import BACKBONES, Backbone, build_backbone
-from .heads import DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from .heads import DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, DeepLabV3PlusPairHead, FCNHead
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
 from .segmenter import SegmentationOutput, Segmenter
 from .spec import ModelSpec
@@ -54,6 +54,9 @@ MODELS: dict[str, Architecture] = {
     ),
     "deeplabv3": Architecture(DeepLabV3Head, FCNHead, backbone="resnet50", output_stride=16),
     "deeplabv3plus": Architecture(DeepLabV3PlusHead, FCNHead, backbone="resnet50", output_stride=16),
+    # segmentation_models_pytorch's layout: pair-separable convs, one decoder conv (its files: from_pretrained).
+    "deeplabv3plus_pair": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
+                                       default_rates=lambda output_stride: (12, 24, 36)),
 }  # fmt: skip
 
 
@@ -113,7 +116,8 @@ def build_model(spec: ModelSpec | str | None = None, /, **fields) -> Segmenter:
     """
     spec = make_spec(spec, **fields).resolved()
     arch = MODELS[spec.name]
-    body = build_backbone(spec.backbone, output_stride=spec.output_stride, multi_grid=spec.multi_grid)
+    body = build_backbone(spec.backbone, output_stride=spec.output_stride, multi_grid=spec.multi_grid,
+                          first_block_dilation=spec.first_block_dilation)  # fmt: skip
     rates = spec.atrous_rates if spec.atrous_rates is not None else arch.default_rates(spec.output_stride)
     common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}
     head = arch.head(**common, **({"separable": spec.separable} if arch.separable else {}))
@@ -124,6 +128,7 @@ def build_model(spec: ModelSpec | str | None = None, /, **fields) -> Segmenter:
         num_classes=spec.num_classes,
         head_lr_mult=spec.head_lr_mult,
         spec=spec.architecture(),
+        align_corners=spec.align_corners,
     )
     if spec.pretrained_backbone is not None:
         from .weights import load_pretrained_backbone

@@ -138,9 +138,11 @@ class ResNetBackbone(Backbone):
         return {"low": low, "aux": aux, "out": out}
 
 
-def torchvision_resnet(name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None) -> ResNetBackbone:
+def torchvision_resnet(
+    name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "previous"
+) -> ResNetBackbone:
     resnet = getattr(torchvision.models, name)(weights=None)
-    return ResNetBackbone(resnet, output_stride=output_stride, multi_grid=multi_grid, first_block="previous")
+    return ResNetBackbone(resnet, output_stride=output_stride, multi_grid=multi_grid, first_block=first_block)
 
 
 class CaffeBottleneck(nn.Module):
@@ -195,10 +197,12 @@ class _CaffeResNet(nn.Module):
         return nn.Sequential(*layers)
 
 
-def caffe_resnet101(*, output_stride: int, multi_grid: Sequence[int] | None = None) -> ResNetBackbone:
+def caffe_resnet101(
+    *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "stage"
+) -> ResNetBackbone:
     """At OS8 layer3 has dilation 2 and layer4 dilation 4 in every block, first included, as DeepLab-v2."""
     return ResNetBackbone(_CaffeResNet((3, 4, 23, 3)), output_stride=output_stride, multi_grid=multi_grid,
-                          first_block="stage")  # fmt: skip
+                          first_block=first_block)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- MobileNetV3
@@ -210,7 +214,7 @@ class MobileNetV3Backbone(Backbone):
     The aux feature is torchvision's choice for its DeepLabV3 model: the first block of the stride-8 stage (40 ch).
     """
 
-    def __init__(self, *, output_stride: int, multi_grid: Sequence[int] | None = None) -> None:
+    def __init__(self, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "stage"):
         super().__init__()
         self.features = torchvision.models.mobilenet_v3_large(weights=None).features
         # Stages of the inverted residuals (the stem conv before them, the final 1x1 conv after): a block with a
@@ -218,7 +222,8 @@ class MobileNetV3Backbone(Backbone):
         blocks = list(self.features)[1:-1]
         starts = [i for i, block in enumerate(blocks) if i == 0 or any(c.stride[0] > 1 for c in _convs(block))]
         stages = [blocks[a:b] for a, b in zip(starts, [*starts[1:], len(blocks)])]
-        strides = dilate(stages, input_stride=2, output_stride=output_stride, multi_grid=multi_grid)
+        strides = dilate(stages, input_stride=2, output_stride=output_stride, multi_grid=multi_grid,
+                         first_block=first_block)  # fmt: skip
         low_stage = max(i for i, stride in enumerate(strides) if stride == 4)
         self.low_index = 1 + starts[low_stage + 1] - 1  # the stage's last block, in `features` numbering
         self.aux_index = 1 + starts[low_stage + 1]  # the next stage's first block
@@ -274,7 +279,8 @@ TORCHVISION_MOBILENET_V3 = ImageNetFormat(
 class BackboneEntry:
     """What atrous knows about one backbone.
 
-    build(*, output_stride, multi_grid) -> a randomly initialised ``Backbone``.
+    build(*, output_stride, multi_grid[, first_block]) -> a randomly initialised ``Backbone``; ``first_block`` ("previous"
+    or "stage", see ``dilate``) is passed only when a spec asks for a rule other than the backbone's own.
     normalization: the input its weights expect. imagenet_format: the layout of its ImageNet file.
     imagenet_weights: torchvision's weights name (downloaded for ``pretrained_backbone="imagenet"``), or None with
     ``imagenet_hint`` saying where the weights come from instead.
@@ -321,13 +327,16 @@ def backbone_entry(name: str) -> BackboneEntry:
     return BACKBONES[name]
 
 
-def build_backbone(name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None) -> Backbone:
+def build_backbone(
+    name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block_dilation: str | None = None
+) -> Backbone:
     """Build a randomly initialised backbone by name (see ``BACKBONES``), dilated to ``output_stride``."""
     entry = backbone_entry(name)
     from .spec import OUTPUT_STRIDES
 
     if output_stride not in OUTPUT_STRIDES:
         raise ConfigError(f"unsupported output_stride {output_stride!r}; choose from {list(OUTPUT_STRIDES)}")
-    backbone = entry.build(output_stride=output_stride, multi_grid=multi_grid)
+    rule = {"first_block": first_block_dilation} if first_block_dilation is not None else {}
+    backbone = entry.build(output_stride=output_stride, multi_grid=multi_grid, **rule)
     backbone.normalization = entry.normalization
     return backbone

@@ -50,7 +50,43 @@ class SeparableConvBNReLU(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False) -> nn.Module:
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise 3x3 (dilated) then pointwise 1x1, nothing between: the separable conv of Xception-style code bases
+    that put BN after the pair (segmentation_models_pytorch, VainF)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1):
+        super().__init__()
+        if dilation > 1:
+            self.depthwise = AtrousConv2d(in_channels, in_channels, dilation=dilation, groups=in_channels)
+        else:
+            self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class PairSeparableConvBNReLU(nn.Module):
+    """``DepthwiseSeparableConv`` -> BN -> ReLU (one BN, after the pair)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1):
+        super().__init__()
+        self.conv = DepthwiseSeparableConv(in_channels, out_channels, dilation=dilation)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+# separable: False (plain 3x3), True (DeepLabV3+'s: BN + ReLU after depthwise and after pointwise), or "pair"
+# (one BN + ReLU after the depthwise-pointwise pair).
+Separable = bool | str
+
+
+def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, separable: Separable = False) -> nn.Module:
+    if separable == "pair":
+        return PairSeparableConvBNReLU(in_channels, out_channels, dilation=dilation)
     if separable:
         return SeparableConvBNReLU(in_channels, out_channels, dilation=dilation)
     return ConvBNReLU(in_channels, out_channels, 3, dilation=dilation)
@@ -87,7 +123,7 @@ class ASPP(nn.Module):
         atrous_rates: Sequence[int],
         out_channels: int = 256,
         dropout: float = 0.5,
-        separable: bool = False,
+        separable: Separable = False,
     ):
         super().__init__()
         self.branch1x1 = ConvBNReLU(in_channels, out_channels, 1)
@@ -209,3 +245,34 @@ class FCNHead(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.dropout(self.conv(features["aux"])))
+
+
+class DeepLabV3PlusPairHead(nn.Module):
+    """The DeepLabV3+ of segmentation_models_pytorch: ASPP (its atrous branches separable as a depthwise-pointwise
+    pair with one BN, when ``separable``) -> separable 3x3 + BN + ReLU; upsampled to stride 4 (``align_corners``) and
+    concatenated before the "low" feature projected to 48 channels; ONE separable 3x3 (256) + BN + ReLU; 1x1
+    classifier. Returns stride-4 logits."""
+
+    def __init__(
+        self,
+        *,
+        channels: Mapping[str, int],
+        num_classes: int,
+        atrous_rates: Sequence[int],
+        separable: bool = True,
+        align_corners: bool = True,
+        low_project_channels: int = 48,
+    ):
+        super().__init__()
+        self.align_corners = align_corners
+        self.aspp = ASPP(in_channels=channels["out"], atrous_rates=atrous_rates, separable="pair" if separable else False)
+        self.aspp_conv = PairSeparableConvBNReLU(256, 256)
+        self.low_project = ConvBNReLU(channels["low"], low_project_channels, 1)
+        self.fuse = PairSeparableConvBNReLU(256 + low_project_channels, 256)
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        low = features["low"]
+        context = self.aspp_conv(self.aspp(features["out"]))
+        context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        return self.classifier(self.fuse(torch.cat([context, self.low_project(low)], dim=1)))

@@ -103,6 +103,33 @@ def _kazuto_deeplabv2(state, contents, source) -> Description:
     return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=classes), [("atrous_rates", guess)]
 
 
+def _smp(state, contents, source) -> Description:
+    """segmentation_models_pytorch: its config.json (``save_pretrained`` folders) says everything; a bare state dict
+    leaves its defaults to assume. Its ResNet encoder dilates every block of a dilated stage, and it upsamples with
+    align_corners=True."""
+    plus = "decoder.block1.0.weight" in state
+    config = contents.get("smp_config") or {} if isinstance(contents, Mapping) else {}
+    aspp = "decoder.aspp.0." if plus else "decoder.aspp."
+    separable = f"{aspp}convs.1.0.0.weight" in state
+    if separable and not plus:
+        raise WeightsError(f"{source}: smp DeepLabV3 with decoder_aspp_separable=True does not read yet (its "
+                           "DeepLabV3+ does)")  # fmt: skip
+    assumed = []
+    stride = config.get("encoder_output_stride")
+    if stride is None:
+        stride = 16 if plus else 8
+        assumed.append(("output_stride", f"output stride {stride}, smp's default (its config.json records it)"))
+    rates = tuple(config.get("decoder_atrous_rates") or (12, 24, 36))
+    if "decoder_atrous_rates" not in config:
+        assumed.append(("atrous_rates", "rates (12, 24, 36), smp's default (its config.json records them)"))
+    spec = ModelSpec(
+        name="deeplabv3plus_pair" if plus else "deeplabv3", backbone=_resnet(state, "encoder."), output_stride=stride,
+        num_classes=_classes(state, "segmentation_head.0.weight"), atrous_rates=rates, separable=separable,
+        first_block_dilation="stage", align_corners=True,
+    )  # fmt: skip
+    return spec, assumed
+
+
 DESCRIBE: dict[str, Callable[..., Description]] = {
     "atrous": _atrous,
     "torchvision_deeplabv3_resnet": _torchvision_resnet,
@@ -111,11 +138,28 @@ DESCRIBE: dict[str, Callable[..., Description]] = {
     "deeplabv2_caffe": _deeplabv2,
     "deeplabv2_port": _deeplabv2,
     "kazuto_deeplabv2": _kazuto_deeplabv2,
+    "smp_deeplabv3": _smp,
+    "smp_deeplabv3plus": _smp,
 }
 
 
+def _read_folder(folder: Path) -> tuple[dict, list[str]]:
+    """An smp ``save_pretrained`` folder: ``model.safetensors`` (or ``pytorch_model.bin``) beside ``config.json``."""
+    import json
+
+    weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).is_file()), None)
+    if weights is None:
+        raise WeightsError(f"{folder}: a folder needs model.safetensors (or pytorch_model.bin), as save_pretrained "
+                           "writes it")  # fmt: skip
+    tensors, inert = read_weights_file(weights)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return {"state_dict": unwrap_state_dict(tensors, source=str(weights)), "smp_config": config}, inert
+
+
 def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = None, **overrides) -> Segmenter:
-    """A model in eval mode with the weights of ``source`` (a weights file, a state dict or a training-run dict),
+    """A model in eval mode with the weights of ``source`` (a weights file, an smp ``save_pretrained`` folder, a state
+    dict or a training-run dict),
     built as the file describes itself, with its class names and palette when it has them.
 
     The architecture is read from the keys, the shapes and any description the file carries, or is ``spec`` when
@@ -123,7 +167,10 @@ def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = No
     change nothing). What was recognised and assumed is logged at INFO level with the loading report.
     """
     name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
-    contents, inert = read_weights_file(source) if isinstance(source, (str, Path)) else (source, [])
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        contents, inert = _read_folder(Path(source))
+    else:
+        contents, inert = read_weights_file(source) if isinstance(source, (str, Path)) else (source, [])
     assumed: list[tuple[str, str]] = []
     fmt = "the given spec"
     if spec is None:

@@ -46,6 +46,7 @@ class Segmenter(nn.Module):
         spec: ModelSpec | None = None,
         class_names: Sequence[str] | None = None,
         palette: np.ndarray | None = None,
+        align_corners: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -54,6 +55,7 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.head_lr_mult = head_lr_mult
         self.spec = spec
+        self.align_corners = align_corners
         self.bn_stats_frozen = False
         self.class_names: list[str] | None = None
         self.palette: np.ndarray | None = None
@@ -103,10 +105,11 @@ class Segmenter(nn.Module):
         """images: (N, 3, H, W) float32, normalised with ``self.normalization`` -> ``SegmentationOutput``."""
         size = images.shape[-2:]
         features = self.backbone(images)
-        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
+        upsample = {"size": size, "mode": "bilinear", "align_corners": self.align_corners}
+        logits = F.interpolate(self.head(features), **upsample)
         aux_logits = None
         if self.aux_head is not None:
-            aux_logits = F.interpolate(self.aux_head(features), size=size, mode="bilinear", align_corners=False)
+            aux_logits = F.interpolate(self.aux_head(features), **upsample)
         return SegmentationOutput(logits, aux_logits)
 
     def optim_parameters(self, lr: float) -> list[dict[str, Any]]:

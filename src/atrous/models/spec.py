@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-ModelName = Literal["deeplabv2", "deeplabv3", "deeplabv3plus"]
+ModelName = Literal["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_pair"]
+FirstBlockDilation = Literal["previous", "stage"]
 OutputStride = Literal[8, 16, 32]
 FrozenBN = Literal["none", "affine", "all"]
 
@@ -34,6 +35,9 @@ class ModelSpec:
     frozen_bn: "none", "affine" (BN affine parameters not trained) or "all" (statistics frozen too: BN stays in
         eval mode in training). Default "all" for deeplabv2, "none" otherwise.
     head_lr_mult: learning-rate multiplier of the heads; default 10 for deeplabv2, 1 otherwise.
+    first_block_dilation: the dilation of a dilated stage's first block, "previous" (torchvision's rule) or "stage"
+        (segmentation_models_pytorch's, DeepLab-v2's); None: the backbone's own rule.
+    align_corners: of the bilinear upsampling of the logits (True in segmentation_models_pytorch and jfzhang95).
     pretrained_backbone: None, "imagenet" (the backbone's published ImageNet weights) or a weights file.
     weights: a weights file of any format ``load_weights`` reads, loaded into the whole model after building.
     """
@@ -48,6 +52,8 @@ class ModelSpec:
     separable: bool = False
     frozen_bn: FrozenBN | None = None
     head_lr_mult: float | None = None
+    first_block_dilation: FirstBlockDilation | None = None
+    align_corners: bool = False
     pretrained_backbone: str | None = None
     weights: str | None = None
 
@@ -76,6 +82,9 @@ class ModelSpec:
             values = getattr(self, name)
             if values is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
                 raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {list(values)}")
+        if self.first_block_dilation not in (None, "previous", "stage"):
+            raise ConfigError(f"unknown first_block_dilation {self.first_block_dilation!r}; choose from ['previous', "
+                              "'stage']")  # fmt: skip
         if self.head_lr_mult is not None and (not isinstance(self.head_lr_mult, (int, float)) or self.head_lr_mult <= 0):
             raise ConfigError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
         if self.separable and not MODELS[self.name].separable:

@@ -119,7 +119,8 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 # ------------------------------------------------------------------------------------------ recognising
 
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
-                   "vainf_deeplabv3", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2")  # fmt: skip
+                   "vainf_deeplabv3", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "smp_deeplabv3",
+                   "smp_deeplabv3plus")  # fmt: skip
 _KAZUTO_BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 
 
@@ -137,6 +138,14 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
     keys = list(state)
     if all(key.startswith("Scale.") for key in keys):
         return "deeplabv2_caffe"
+    if "segmentation_head.0.weight" in state and any(key.startswith("decoder.") for key in keys):
+        if not any(key.startswith("encoder.layer1.") for key in keys):
+            raise WeightsError(f"{source}: a segmentation_models_pytorch file with an encoder atrous does not read yet "
+                               f"(it reads the ResNet encoders); first keys: {_first(keys)}")  # fmt: skip
+        if "decoder.block1.0.weight" in state:
+            return "smp_deeplabv3plus"
+        if "decoder.conv.weight" in state or "decoder.1.weight" in state:  # decoder.1: smp before 0.4
+            return "smp_deeplabv3"
     if any(_KAZUTO_BLOCK.match(key) for key in keys):
         if any(re.match(r"^(?:base\.)?aspp\.c\d\.weight$", key) for key in keys):
             return "kazuto_deeplabv2"
@@ -230,6 +239,9 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         return translated, ("" if has_head else BACKBONE_SCOPE)
     if fmt == "kazuto_deeplabv2":
         return {_kazuto_key(key): value for key, value in state.items()}, ""
+    if fmt in ("smp_deeplabv3", "smp_deeplabv3plus"):
+        kept = {key: value for key, value in state.items() if not key.startswith("classification_head.")}
+        return {_rename(_rename(key, _SMP_OLD_KEYS), _SMP_KEYS): value for key, value in kept.items()}, ""
     raise WeightsError(f"unknown format {fmt!r}; choose from {formats()}")
 
 
@@ -253,6 +265,35 @@ def _kazuto_key(key: str) -> str:
     return key  # anything else is reported as unexpected
 
 
+# segmentation_models_pytorch (0.4-0.6): encoder = torchvision's ResNet names; DeepLabV3 decoder = aspp (torchvision's
+# branch layout; separable branches as a depthwise-pointwise pair "0.0"/"0.1") + conv + bn; DeepLabV3+ decoder =
+# aspp.0 (ASPP), aspp.1/2 (separable conv, BN), block1 (48-channel projection), block2 (separable conv, BN).
+_SMP_ASPP = [
+    (r"convs\.0\.0\.", "branch1x1.conv."), (r"convs\.0\.1\.", "branch1x1.bn."),
+    (r"convs\.([123])\.0\.0\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv.depthwise."),
+    (r"convs\.([123])\.0\.1\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv.pointwise."),
+    (r"convs\.([123])\.0\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv."),
+    (r"convs\.([123])\.1\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.bn."),
+    (r"convs\.4\.1\.", "pooling.conv."), (r"convs\.4\.2\.", "pooling.bn."),
+    (r"project\.0\.", "project.conv."), (r"project\.1\.", "project.bn."),
+]  # fmt: skip
+_SMP_KEYS = [
+    (r"^encoder\.", "backbone."),
+    *[(rf"^decoder\.aspp\.0\.{pattern}", lambda m, r=replacement: "head.aspp." + (r(m) if callable(r) else r))
+      for pattern, replacement in _SMP_ASPP],
+    *[(rf"^decoder\.aspp\.{pattern}", lambda m, r=replacement: "head.aspp." + (r(m) if callable(r) else r))
+      for pattern, replacement in _SMP_ASPP],
+    (r"^decoder\.aspp\.1\.0\.", "head.aspp_conv.conv.depthwise."), (r"^decoder\.aspp\.1\.1\.", "head.aspp_conv.conv.pointwise."),
+    (r"^decoder\.aspp\.2\.", "head.aspp_conv.bn."),
+    (r"^decoder\.block1\.0\.", "head.low_project.conv."), (r"^decoder\.block1\.1\.", "head.low_project.bn."),
+    (r"^decoder\.block2\.0\.0\.", "head.fuse.conv.depthwise."), (r"^decoder\.block2\.0\.1\.", "head.fuse.conv.pointwise."),
+    (r"^decoder\.block2\.1\.", "head.fuse.bn."),
+    (r"^decoder\.conv\.", "head.conv.conv."), (r"^decoder\.bn\.", "head.conv.bn."),
+    (r"^segmentation_head\.0\.", "head.classifier."),
+]  # fmt: skip
+_SMP_OLD_KEYS = [(r"^decoder\.0\.", "decoder.aspp."), (r"^decoder\.1\.", "decoder.conv."), (r"^decoder\.2\.", "decoder.bn.")]
+
+
 _EXPECTED_NORMALIZATION = {
     "deeplabv2_caffe": CAFFE_BGR,
     "deeplabv2_port": CAFFE_BGR,
@@ -260,6 +301,8 @@ _EXPECTED_NORMALIZATION = {
     "torchvision_deeplabv3_resnet": IMAGENET_RGB,
     "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
     "vainf_deeplabv3": IMAGENET_RGB,
+    "smp_deeplabv3": IMAGENET_RGB,
+    "smp_deeplabv3plus": IMAGENET_RGB,
 }
 
 
