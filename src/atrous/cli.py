@@ -16,7 +16,21 @@ from .models.summary import model_rows
 from .runtime import RUNTIMES
 
 
+def _zoo_table() -> int:
+    from .models.zoo import zoo
+
+    for entry in zoo().values():
+        published = entry.published
+        print(f"{entry.name}\n  {entry.publisher}: {entry.spec.name} {entry.spec.backbone} OS{entry.spec.resolved().output_stride} "
+              f"{entry.spec.num_classes} classes ({entry.labels}); {entry.dataset}\n"
+              f"  published mIoU {published['mIoU']} on {published['benchmark']} ({published['source']})\n  {entry.url}")  # fmt: skip
+    print("\nRun one: atrous predict --weights NAME IMAGES --out DIR   (or atrous.from_pretrained(NAME) in Python)")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return _zoo_table()
     rows = model_rows(size=args.size, num_classes=args.num_classes)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -307,7 +321,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> None:
     """The one set of model arguments of eval, predict and export."""
-    parser.add_argument("--weights", required=True, help="an atrous checkpoint, or any weights file with --preset/--model")
+    parser.add_argument("--weights", required=True, help="a zoo name (atrous models --pretrained), an atrous checkpoint, "
+                        "or any weights file atrous reads (--preset/--model for ones that do not say their model)")
     parser.add_argument("--preset", choices=list_presets(), help="the architecture of a file that has no description")
     parser.add_argument("--model", choices=list_models(), help="architecture, for weights files without a description")
     parser.add_argument("--backbone", choices=list_backbones())
@@ -393,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--size", type=int, default=513, help="square input size for the FLOP count (default 513)")
     models.add_argument("--num-classes", type=int, default=21)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--pretrained", action="store_true", help="list the model zoo (published checkpoints)")
     models.set_defaults(run=_models)
     _add_data_commands(commands)
     _add_train_command(commands)

@@ -158,14 +158,22 @@ def _read_folder(folder: Path) -> tuple[dict, list[str]]:
 
 
 def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = None, **overrides) -> Segmenter:
-    """A model in eval mode with the weights of ``source`` (a weights file, an smp ``save_pretrained`` folder, a state
-    dict or a training-run dict),
+    """A model in eval mode with the weights of ``source`` (a zoo name (``atrous models --pretrained``), a weights
+    file, an smp ``save_pretrained`` folder, a state dict or a training-run dict),
     built as the file describes itself, with its class names and palette when it has them.
 
     The architecture is read from the keys, the shapes and any description the file carries, or is ``spec`` when
     given; ``overrides`` are ``ModelSpec`` fields for what a file cannot tell (e.g. ``output_stride=8``; None values
     change nothing). What was recognised and assumed is logged at INFO level with the loading report.
     """
+    from .zoo import zoo, zoo_file
+
+    if isinstance(source, str) and source in zoo() and not Path(source).exists():
+        entry = zoo()[source]
+        model = from_pretrained(zoo_file(entry), spec=spec or entry.spec, **overrides)
+        if model.num_classes == entry.spec.num_classes:
+            model.set_labels(*entry.class_names_and_palette())
+        return model
     name = str(source) if isinstance(source, (str, Path)) else "<state dict>"
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         contents, inert = _read_folder(Path(source))

@@ -1,0 +1,82 @@
+"""The model zoo: ``zoo.yaml`` (shipped in the package) names published checkpoints; ``zoo_file`` fetches one into
+the torch hub cache, checking the publisher's hash, and says offline which file to put where."""
+
+from __future__ import annotations
+
+import functools
+import urllib.error
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..errors import ConfigError, WeightsError
+from .spec import ModelSpec
+
+
+def _labels(name: str) -> tuple[list[str], np.ndarray]:
+    from ..data.classes import COCO_STUFF_IDS, VOC_CLASSES
+    from ..data.labels import voc_palette
+
+    tables = {"voc": (list(VOC_CLASSES), voc_palette()), "coco_stuff_182": (list(COCO_STUFF_IDS), voc_palette())}
+    if name not in tables:
+        raise ConfigError(f"zoo labels {name!r} unknown; choose from {sorted(tables)}")
+    return tables[name]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published checkpoint: where it is, what it is, what it scored and where that was published."""
+
+    name: str
+    publisher: str
+    url: str
+    hash: str | None
+    dataset: str
+    labels: str
+    spec: ModelSpec
+    eval: str
+    published: dict
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def class_names_and_palette(self) -> tuple[list[str], np.ndarray]:
+        return _labels(self.labels)
+
+
+@functools.cache
+def zoo() -> dict[str, ZooEntry]:
+    """Every catalogue entry by name."""
+    from . import PRESETS
+
+    text = (resources.files("atrous") / "models" / "zoo.yaml").read_text()
+    entries = {}
+    for name, values in yaml.safe_load(text).items():
+        spec = values.pop("spec")
+        spec = PRESETS[spec] if isinstance(spec, str) else ModelSpec.from_dict(spec, source=f"zoo entry {name}")
+        entries[name] = ZooEntry(name=name, spec=spec, **values)
+    return entries
+
+
+def zoo_file(entry: ZooEntry) -> Path:
+    """The entry's file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded with a progress bar and
+    checked against the publisher's hash when it is not there yet."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / entry.filename
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=entry.hash, progress=True)
+    except (urllib.error.URLError, OSError) as error:
+        raise WeightsError(
+            f"could not download {entry.url} ({error}). Offline? Put the file {entry.filename} at {path} (the torch "
+            "hub cache; set TORCH_HOME to move it), or pass the file's path instead of the zoo name"
+        ) from error
+    except RuntimeError as error:  # torch.hub's hash check
+        raise WeightsError(f"{entry.url}: the download does not match the published hash {entry.hash}: {error}") from error
+    return path

@@ -1,0 +1,84 @@
+"""The model zoo: every entry builds and takes a file in its publisher's layout; downloads are hash-checked and the
+offline message says which file to put where. Nothing is downloaded here."""
+
+import urllib.error
+
+import pytest
+import torch
+from test_peer_files import _KazutoDeepLabV2, _KazutoMSC
+from torchvision.models import segmentation
+
+import atrous
+from atrous.cli import main
+from atrous.errors import WeightsError
+from atrous.models.zoo import zoo
+
+
+def _published_layout(name: str) -> dict:
+    """A state dict of random tensors as the entry's publisher writes it."""
+    entry = zoo()[name]
+    torch.manual_seed(0)
+    if entry.publisher == "torchvision":
+        builder = getattr(segmentation, f"deeplabv3_{entry.spec.backbone}")
+        return builder(weights=None, weights_backbone=None, aux_loss=True, num_classes=21).state_dict()
+    if entry.publisher == "kazuto1011/deeplab-pytorch":
+        return _KazutoMSC(_KazutoDeepLabV2(num_classes=entry.spec.num_classes)).state_dict()
+    raise AssertionError(f"no layout writer for {entry.publisher}")
+
+
+def test_the_catalogue_says_where_each_score_was_published():
+    assert len(zoo()) >= 6
+    for entry in zoo().values():
+        assert entry.url.startswith("https://") and entry.published["source"] and entry.published["mIoU"] > 0
+        if entry.hash is not None:
+            assert entry.hash in entry.filename  # the sha256 prefix the publisher's file name carries
+
+
+@pytest.mark.parametrize("name", sorted(zoo()))
+def test_every_entry_runs_from_a_file_in_its_publishers_layout(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    entry = zoo()[name]
+    cached = tmp_path / "hub" / "checkpoints" / entry.filename
+    cached.parent.mkdir(parents=True)
+    torch.save(_published_layout(name), cached)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded a cached file"))
+    model = atrous.from_pretrained(name)
+    assert model.num_classes == entry.spec.num_classes and not model.training
+    names, _ = entry.class_names_and_palette()
+    assert model.class_names == names and model.palette is not None
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 33, 41)).logits.shape == (1, entry.spec.num_classes, 33, 41)
+
+
+def test_offline_the_error_names_the_file_and_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    expected = tmp_path / "hub" / "checkpoints" / "deeplabv3_resnet50_coco-cd0a2569.pth"
+    with pytest.raises(WeightsError, match=f"Put the file deeplabv3_resnet50_coco-cd0a2569.pth at {expected}"):
+        atrous.from_pretrained("deeplabv3_resnet50_coco_voc")
+    assert main(["predict", "--weights", "deeplabv3_resnet50_coco_voc", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "Offline?" in capsys.readouterr().err
+
+
+def test_a_download_is_checked_against_the_published_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    calls = []
+
+    def download(url, path, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    with pytest.raises(WeightsError, match="does not match the published hash cd0a2569"):
+        atrous.from_pretrained("deeplabv3_resnet50_coco_voc")
+    assert calls == [(zoo()["deeplabv3_resnet50_coco_voc"].url, "cd0a2569")]
+
+
+def test_models_pretrained_lists_the_zoo(capsys):
+    assert main(["models", "--pretrained"]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in zoo()) and "published mIoU 76.65" in printed
