@@ -417,3 +417,15 @@ def test_smp_files_and_folders_give_smps_logits(depth, output_stride, plus, tmp_
         broken = dict(state, **{key: state[key].flip(0)})
         assert _relative_difference(atrous.from_pretrained(broken, output_stride=output_stride)(images).logits,
                                     expected) > 1e-3  # fmt: skip
+
+
+def test_unknown_layouts_get_hints_only_when_they_are_true():
+    model = _small_model()
+    prefixed = {f"net.{key}": value for key, value in model.state_dict().items()}
+    with pytest.raises(WeightsError, match=r"without the prefix 'net\.' on every key it is atrous"):
+        atrous.load_weights(atrous.build_model(model.spec), prefixed)
+    with pytest.raises(WeightsError, match=r"its tensors are under \['net'\] \(\d+ of them\): pass ckpt\['net'\]"):
+        atrous.load_weights(atrous.build_model(model.spec), {"epoch": 3, "net": model.state_dict()})
+    with pytest.raises(WeightsError) as caught:
+        atrous.load_weights(atrous.build_model(model.spec), {"foo.weight": torch.ones(1), "bar.weight": torch.ones(1)})
+    assert "prefix" not in str(caught.value) and "pass ckpt" not in str(caught.value)

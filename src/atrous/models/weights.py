@@ -96,6 +96,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 CONTAINERS = ("model", "state_dict", "model_state")
 
 
+def _count_tensors(value: object) -> int:
+    return sum(isinstance(item, torch.Tensor) for item in value.values()) if isinstance(value, Mapping) else 0
+
+
 def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[str, torch.Tensor]:
     """The tensor mapping inside a checkpoint: ``state[c]`` for the first container key ``c`` of ``CONTAINERS`` that
     holds one, the state dict of a whole pickled model, or ``state`` itself; without DDP's ``module.`` prefix."""
@@ -110,7 +114,13 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
         raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors")
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not tensors:
-        raise WeightsError(f"{source}: holds no tensors; first keys: {_first([str(k) for k in state])}")
+        nested = {key: _count_tensors(value) for key, value in state.items() if _count_tensors(value)}
+        hint = ""
+        if nested:
+            key = max(nested, key=nested.get)
+            hint = f"; its tensors are under [{key!r}] ({nested[key]} of them): pass ckpt[{key!r}]"
+        raise WeightsError(f"{source}: holds no tensors at the top level; first keys: {_first([str(k) for k in state])}"
+                           f"{hint}")  # fmt: skip
     if all(key.startswith("module.") for key in tensors):
         tensors = {key[len("module.") :]: value for key, value in tensors.items()}
     return tensors
@@ -164,7 +174,22 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
     for name, (imagenet, _) in imagenet_formats().items():
         if imagenet.recognise(state):
             return name
-    raise WeightsError(f"{source}: unrecognised weights layout (first keys: {_first(keys)}); atrous reads {formats()}")
+    raise WeightsError(f"{source}: unrecognised weights layout (first keys: {_first(keys)}){_nearest(state)}; atrous "
+                       f"reads {formats()}")  # fmt: skip
+
+
+def _nearest(state: Mapping[str, torch.Tensor]) -> str:
+    """A true hint for an unrecognised layout: a prefix on every key that hides a known format."""
+    prefixes = {key.split(".", 1)[0] for key in state}
+    if len(prefixes) == 1 and all("." in key for key in state):
+        prefix = f"{prefixes.pop()}."
+        stripped = {key[len(prefix):]: value for key, value in state.items()}
+        try:
+            fmt = detect_format(stripped)
+        except WeightsError:
+            return ""
+        return f"; without the prefix {prefix!r} on every key it is {fmt}: pass {{k.removeprefix({prefix!r}): v}}"
+    return ""
 
 
 # ----------------------------------------------------------------------------------------- translating
