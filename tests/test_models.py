@@ -12,7 +12,7 @@ ALL_BACKBONES = atrous.list_backbones()
 
 
 def test_registries_list_the_documented_names():
-    assert atrous.list_models() == ["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_pair"]
+    assert atrous.list_models() == ["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf"]
     assert ALL_BACKBONES == sorted(
         ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet101_caffe", "mobilenet_v3_large"]
     )

@@ -429,3 +429,79 @@ def test_unknown_layouts_get_hints_only_when_they_are_true():
     with pytest.raises(WeightsError) as caught:
         atrous.load_weights(atrous.build_model(model.spec), {"foo.weight": torch.ones(1), "bar.weight": torch.ones(1)})
     assert "prefix" not in str(caught.value) and "pass ckpt" not in str(caught.value)
+
+
+class _VainFPlusHead(nn.Module):
+    """VainF's ``DeepLabHeadV3Plus``: project (low_level -> 48), ASPP (torchvision's layout), then cat([low, aspp])
+    -> classifier (3x3 conv, BN, ReLU, 1x1)."""
+
+    def __init__(self, num_classes, rates):
+        super().__init__()
+        self.project = nn.Sequential(nn.Conv2d(256, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.aspp = segmentation.deeplabv3.ASPP(2048, rates)
+        self.classifier = nn.Sequential(nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
+                                        nn.Conv2d(256, num_classes, 1))  # fmt: skip
+
+    def forward(self, features):
+        low = self.project(features["low_level"])
+        context = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(torch.cat([low, context], dim=1))
+
+
+class _VainFSeparable(nn.Module):
+    """VainF's ``AtrousSeparableConvolution``: body = depthwise, pointwise (no BN between, no bias)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, padding=conv.padding, dilation=conv.dilation,
+                      groups=conv.in_channels, bias=False),
+            nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _vainf_separable(module: nn.Module) -> None:
+    """Its ``convert_to_separable_conv``: every conv with a kernel over 1 becomes a separable pair, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and child.kernel_size[0] > 1:
+            setattr(module, name, _VainFSeparable(child))
+        else:
+            _vainf_separable(child)
+
+
+class _VainFDeepLabV3Plus(nn.Module):
+    def __init__(self, output_stride, num_classes=21, separable=False):
+        super().__init__()
+        dilation = [False, True, True] if output_stride == 8 else [False, False, True]
+        resnet = resnet50(replace_stride_with_dilation=dilation)
+        self.backbone = IntermediateLayerGetter(resnet, {"layer4": "out", "layer1": "low_level"})
+        self.classifier = _VainFPlusHead(num_classes, [12, 24, 36] if output_stride == 8 else [6, 12, 18])
+        if separable:
+            _vainf_separable(self.classifier)
+
+    def forward(self, images):
+        logits = self.classifier(self.backbone(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("output_stride, separable", [(16, False), (8, True)])
+def test_vainf_deeplabv3plus_file_gives_vainfs_logits(output_stride, separable, tmp_path):
+    torch.manual_seed(output_stride)
+    reference = randomise_batchnorm(_VainFDeepLabV3Plus(output_stride, separable=separable), output_stride).eval()
+    path = tmp_path / f"best_deeplabv3plus_resnet50_voc_os{output_stride}.pth"
+    torch.save({"cur_itrs": 30000, "model_state": reference.state_dict(), "best_score": np.float64(0.78)}, path)
+    model = atrous.from_pretrained(path)
+    assert (model.spec.name, model.output_stride, model.spec.separable) == ("deeplabv3plus_vainf", output_stride,
+                                                                            separable)  # fmt: skip
+    images = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = reference(images)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        state = reference.state_dict()
+        key = "classifier.project.1.running_mean"
+        broken = dict(state, **{key: state[key].flip(0)})
+        assert _relative_difference(atrous.from_pretrained({"model_state": broken}, output_stride=output_stride)(
+            images).logits, expected) > 1e-3  # fmt: skip

@@ -11,7 +11,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from .backbones import BACKBONES, Backbone, build_backbone
-from .heads import DeepLabV2Head, DeepLabV3Head, DeepLabV3PlusHead, DeepLabV3PlusPairHead, FCNHead
+from .heads import (
+    DeepLabV2Head,
+    DeepLabV3Head,
+    DeepLabV3PlusHead,
+    DeepLabV3PlusLowFirstHead,
+    DeepLabV3PlusPairHead,
+    FCNHead,
+)
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
 from .segmenter import SegmentationOutput, Segmenter
 from .spec import ModelSpec
@@ -54,9 +61,11 @@ MODELS: dict[str, Architecture] = {
     ),
     "deeplabv3": Architecture(DeepLabV3Head, FCNHead, backbone="resnet50", output_stride=16),
     "deeplabv3plus": Architecture(DeepLabV3PlusHead, FCNHead, backbone="resnet50", output_stride=16),
-    # segmentation_models_pytorch's layout: pair-separable convs, one decoder conv (its files: from_pretrained).
-    "deeplabv3plus_pair": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
-                                       default_rates=lambda output_stride: (12, 24, 36)),
+    # The DeepLabV3+ decoders of two popular implementations, for their files (from_pretrained):
+    # segmentation_models_pytorch's (pair-separable convs, one decoder conv) and VainF's (low-level first, one conv).
+    "deeplabv3plus_smp": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
+                                      default_rates=lambda output_stride: (12, 24, 36)),
+    "deeplabv3plus_vainf": Architecture(DeepLabV3PlusLowFirstHead, FCNHead, backbone="resnet50", output_stride=16),
 }  # fmt: skip
 
 

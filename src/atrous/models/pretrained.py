@@ -6,6 +6,7 @@ and embedded description imply, and what had to be assumed because the file cann
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -83,6 +84,14 @@ def _vainf_deeplabv3(state, contents, source) -> Description:
     return spec, assumed  # VainF's rates are atrous's defaults: (6, 12, 18) at OS16, doubled at OS8
 
 
+def _vainf_deeplabv3plus(state, contents, source) -> Description:
+    spec, assumed = _vainf_deeplabv3(
+        {**state, "classifier.classifier.4.weight": state["classifier.classifier.3.weight"]}, contents, source
+    )
+    separable = "classifier.classifier.0.body.0.weight" in state  # its --separable_conv
+    return dataclasses.replace(spec, name="deeplabv3plus_vainf", separable=separable), assumed
+
+
 def _deeplabv2(state, contents, source) -> Description:
     found = {m[1] for key in state if (m := re.match(r"(?:Scale\.)?(layer[56])\.conv2d_list\.0\.weight", key))}
     if not found:
@@ -123,7 +132,7 @@ def _smp(state, contents, source) -> Description:
     if "decoder_atrous_rates" not in config:
         assumed.append(("atrous_rates", "rates (12, 24, 36), smp's default (its config.json records them)"))
     spec = ModelSpec(
-        name="deeplabv3plus_pair" if plus else "deeplabv3", backbone=_resnet(state, "encoder."), output_stride=stride,
+        name="deeplabv3plus_smp" if plus else "deeplabv3", backbone=_resnet(state, "encoder."), output_stride=stride,
         num_classes=_classes(state, "segmentation_head.0.weight"), atrous_rates=rates, separable=separable,
         first_block_dilation="stage", align_corners=True,
     )  # fmt: skip
@@ -135,6 +144,7 @@ DESCRIBE: dict[str, Callable[..., Description]] = {
     "torchvision_deeplabv3_resnet": _torchvision_resnet,
     "torchvision_deeplabv3_mobilenet_v3_large": _torchvision_mobilenet,
     "vainf_deeplabv3": _vainf_deeplabv3,
+    "vainf_deeplabv3plus": _vainf_deeplabv3plus,
     "deeplabv2_caffe": _deeplabv2,
     "deeplabv2_port": _deeplabv2,
     "kazuto_deeplabv2": _kazuto_deeplabv2,

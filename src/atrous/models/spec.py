@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-ModelName = Literal["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_pair"]
+ModelName = Literal["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf"]
 FirstBlockDilation = Literal["previous", "stage"]
 OutputStride = Literal[8, 16, 32]
 FrozenBN = Literal["none", "affine", "all"]

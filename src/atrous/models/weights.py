@@ -129,7 +129,7 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 # ------------------------------------------------------------------------------------------ recognising
 
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
-                   "vainf_deeplabv3", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "smp_deeplabv3",
+                   "vainf_deeplabv3", "vainf_deeplabv3plus", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "smp_deeplabv3",
                    "smp_deeplabv3plus")  # fmt: skip
 _KAZUTO_BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 
@@ -163,6 +163,11 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
                            "read yet; its DeepLabV2 (MSC) files are")  # fmt: skip
     if any(re.match(r"layer[56]\.conv2d_list\.", key) for key in keys):
         return "deeplabv2_port"
+    if "classifier.project.0.weight" in state and "classifier.aspp.convs.0.0.weight" in state:
+        if "backbone.layer1.0.conv1.weight" not in state:
+            raise WeightsError(f"{source}: VainF's DeepLabV3+ with a backbone atrous does not read yet (it reads the "
+                               "ResNets)")  # fmt: skip
+        return "vainf_deeplabv3plus"
     if any(key.startswith("classifier.classifier.0.convs.") for key in keys):
         return "vainf_deeplabv3"  # VainF/DeepLabV3Plus-Pytorch: torchvision's head kept one level deeper
     if any(key.startswith("classifier.0.convs.") for key in keys):
@@ -264,6 +269,8 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         return translated, ("" if has_head else BACKBONE_SCOPE)
     if fmt == "kazuto_deeplabv2":
         return {_kazuto_key(key): value for key, value in state.items()}, ""
+    if fmt == "vainf_deeplabv3plus":
+        return {_rename(key, _VAINF_PLUS_KEYS): value for key, value in state.items()}, ""
     if fmt in ("smp_deeplabv3", "smp_deeplabv3plus"):
         kept = {key: value for key, value in state.items() if not key.startswith("classification_head.")}
         return {_rename(_rename(key, _SMP_OLD_KEYS), _SMP_KEYS): value for key, value in kept.items()}, ""
@@ -293,21 +300,30 @@ def _kazuto_key(key: str) -> str:
 # segmentation_models_pytorch (0.4-0.6): encoder = torchvision's ResNet names; DeepLabV3 decoder = aspp (torchvision's
 # branch layout; separable branches as a depthwise-pointwise pair "0.0"/"0.1") + conv + bn; DeepLabV3+ decoder =
 # aspp.0 (ASPP), aspp.1/2 (separable conv, BN), block1 (48-channel projection), block2 (separable conv, BN).
-_SMP_ASPP = [
-    (r"convs\.0\.0\.", "branch1x1.conv."), (r"convs\.0\.1\.", "branch1x1.bn."),
-    (r"convs\.([123])\.0\.0\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv.depthwise."),
-    (r"convs\.([123])\.0\.1\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv.pointwise."),
-    (r"convs\.([123])\.0\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv."),
-    (r"convs\.([123])\.1\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.bn."),
-    (r"convs\.4\.1\.", "pooling.conv."), (r"convs\.4\.2\.", "pooling.bn."),
-    (r"project\.0\.", "project.conv."), (r"project\.1\.", "project.bn."),
-]  # fmt: skip
+def _aspp_keys(depthwise: str, pointwise: str) -> list[tuple[str, object]]:
+    """torchvision's ASPP branch layout (convs.0 1x1, convs.1-3 atrous, convs.4 pooling, project), as smp and VainF
+    keep it, with their spelling of a separable branch's depthwise and pointwise convs."""
+    return [
+        (r"convs\.0\.0\.", "branch1x1.conv."), (r"convs\.0\.1\.", "branch1x1.bn."),
+        (rf"convs\.([123])\.0\.{depthwise}\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv.depthwise."),
+        (rf"convs\.([123])\.0\.{pointwise}\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv.pointwise."),
+        (r"convs\.([123])\.0\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.conv."),
+        (r"convs\.([123])\.1\.", lambda m: f"atrous_branches.{int(m[1]) - 1}.bn."),
+        (r"convs\.4\.1\.", "pooling.conv."), (r"convs\.4\.2\.", "pooling.bn."),
+        (r"project\.0\.", "project.conv."), (r"project\.1\.", "project.bn."),
+    ]  # fmt: skip
+
+
+def _under(prefix: str, table: list[tuple[str, object]], target: str) -> list[tuple[str, object]]:
+    """``table`` with ``prefix`` before each pattern and ``target`` before each replacement."""
+    return [(prefix + pattern, lambda m, r=replacement: target + (r(m) if callable(r) else r)) for pattern, replacement in table]
+
+
+_SMP_ASPP = _aspp_keys(r"0", r"1")
 _SMP_KEYS = [
     (r"^encoder\.", "backbone."),
-    *[(rf"^decoder\.aspp\.0\.{pattern}", lambda m, r=replacement: "head.aspp." + (r(m) if callable(r) else r))
-      for pattern, replacement in _SMP_ASPP],
-    *[(rf"^decoder\.aspp\.{pattern}", lambda m, r=replacement: "head.aspp." + (r(m) if callable(r) else r))
-      for pattern, replacement in _SMP_ASPP],
+    *_under(r"^decoder\.aspp\.0\.", _SMP_ASPP, "head.aspp."),
+    *_under(r"^decoder\.aspp\.", _SMP_ASPP, "head.aspp."),
     (r"^decoder\.aspp\.1\.0\.", "head.aspp_conv.conv.depthwise."), (r"^decoder\.aspp\.1\.1\.", "head.aspp_conv.conv.pointwise."),
     (r"^decoder\.aspp\.2\.", "head.aspp_conv.bn."),
     (r"^decoder\.block1\.0\.", "head.low_project.conv."), (r"^decoder\.block1\.1\.", "head.low_project.bn."),
@@ -315,6 +331,16 @@ _SMP_KEYS = [
     (r"^decoder\.block2\.1\.", "head.fuse.bn."),
     (r"^decoder\.conv\.", "head.conv.conv."), (r"^decoder\.bn\.", "head.conv.bn."),
     (r"^segmentation_head\.0\.", "head.classifier."),
+]  # fmt: skip
+# VainF's DeepLabV3+ head: project (48) / aspp (torchvision's branch layout) / classifier (3x3, BN, ReLU, 1x1);
+# its --separable_conv turns each 3x3 into body.0 (depthwise) + body.1 (pointwise).
+_VAINF_PLUS_KEYS = [
+    *_under(r"^classifier\.aspp\.", _aspp_keys(r"body\.0", r"body\.1"), "head.aspp."),
+    (r"^classifier\.project\.0\.", "head.low_project.conv."), (r"^classifier\.project\.1\.", "head.low_project.bn."),
+    (r"^classifier\.classifier\.0\.body\.0\.", "head.fuse.conv.depthwise."),
+    (r"^classifier\.classifier\.0\.body\.1\.", "head.fuse.conv.pointwise."),
+    (r"^classifier\.classifier\.0\.", "head.fuse.conv."), (r"^classifier\.classifier\.1\.", "head.fuse.bn."),
+    (r"^classifier\.classifier\.3\.", "head.classifier."),
 ]  # fmt: skip
 _SMP_OLD_KEYS = [(r"^decoder\.0\.", "decoder.aspp."), (r"^decoder\.1\.", "decoder.conv."), (r"^decoder\.2\.", "decoder.bn.")]
 
@@ -326,6 +352,7 @@ _EXPECTED_NORMALIZATION = {
     "torchvision_deeplabv3_resnet": IMAGENET_RGB,
     "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
     "vainf_deeplabv3": IMAGENET_RGB,
+    "vainf_deeplabv3plus": IMAGENET_RGB,
     "smp_deeplabv3": IMAGENET_RGB,
     "smp_deeplabv3plus": IMAGENET_RGB,
 }
