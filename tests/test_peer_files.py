@@ -505,3 +505,134 @@ def test_vainf_deeplabv3plus_file_gives_vainfs_logits(output_stride, separable, 
         broken = dict(state, **{key: state[key].flip(0)})
         assert _relative_difference(atrous.from_pretrained({"model_state": broken}, output_stride=output_stride)(
             images).logits, expected) > 1e-3  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- mmsegmentation
+
+_MMSEG_CONFIG = """norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    type='EncoderDecoder',
+    backbone=dict(type='ResNetV1c', depth=50, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
+                  strides=(1, 2, 1, 1), norm_cfg=norm_cfg, norm_eval=False, style='pytorch', contract_dilation=True),
+    decode_head=dict(type='{head}', in_channels=2048, in_index=3, channels=512, dilations=(1, 12, 24, 36),
+                     c1_in_channels=256, c1_channels=48, dropout_ratio=0.1, num_classes=5, align_corners=False),
+    auxiliary_head=dict(type='FCNHead', in_channels=1024, in_index=2, channels=256, num_convs=1, concat_input=False,
+                        dropout_ratio=0.1, num_classes=5, align_corners=False))
+crop_size = (512, 512)
+"""
+
+
+class _ConvModule(nn.Module):
+    """mmcv's ConvModule: conv (no bias before BN), bn, ReLU."""
+
+    def __init__(self, in_ch, out_ch, kernel, dilation=1, groups=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel, padding=(kernel // 2) * dilation, dilation=dilation, groups=groups,
+                              bias=False)  # fmt: skip
+        self.bn = nn.BatchNorm2d(out_ch)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class _DSConvModule(nn.Module):
+    """mmcv's DepthwiseSeparableConvModule: a depthwise ConvModule then a pointwise one, each with BN and ReLU."""
+
+    def __init__(self, in_ch, out_ch, dilation=1):
+        super().__init__()
+        self.depthwise_conv = _ConvModule(in_ch, in_ch, 3, dilation, groups=in_ch)
+        self.pointwise_conv = _ConvModule(in_ch, out_ch, 1)
+
+    def forward(self, x):
+        return self.pointwise_conv(self.depthwise_conv(x))
+
+
+class _MMSegHead(nn.Module):
+    """ASPPHead (plus=False) or DepthwiseSeparableASPPHead: image_pool first, aspp_modules, 3x3 bottleneck (512);
+    the V3+ one adds c1_bottleneck (48) and two separable sep_bottleneck convs; conv_seg."""
+
+    def __init__(self, classes, plus):
+        super().__init__()
+        self.plus = plus
+        self.conv_seg = nn.Conv2d(512, classes, 1)
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _ConvModule(2048, 512, 1))
+        atrous = [(_DSConvModule(2048, 512, d) if plus else _ConvModule(2048, 512, 3, d)) for d in (12, 24, 36)]
+        self.aspp_modules = nn.ModuleList([_ConvModule(2048, 512, 1), *atrous])
+        self.bottleneck = _ConvModule(5 * 512, 512, 3)
+        if plus:
+            self.c1_bottleneck = _ConvModule(256, 48, 1)
+            self.sep_bottleneck = nn.Sequential(_DSConvModule(560, 512), _DSConvModule(512, 512))
+
+    def forward(self, layer1, layer4):
+        pooled = F.interpolate(self.image_pool(layer4), size=layer4.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.bottleneck(torch.cat([pooled] + [branch(layer4) for branch in self.aspp_modules], dim=1))
+        if self.plus:
+            low = self.c1_bottleneck(layer1)
+            out = F.interpolate(out, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            out = self.sep_bottleneck(torch.cat([out, low], dim=1))
+        return self.conv_seg(out)
+
+
+class _MMSegDeepLab(nn.Module):
+    """EncoderDecoder with ResNetV1c-50 D8 (deep stem as stem.0-7, torchvision's dilation rule = mmseg's
+    contract_dilation) and the aux FCNHead; inference resizes the 1/8 (V3) or 1/4 (V3+) logits to the input."""
+
+    def __init__(self, classes, plus, depth=50):
+        super().__init__()
+        import torchvision
+
+        resnet = getattr(torchvision.models, f"resnet{depth}")(replace_stride_with_dilation=[False, True, True])
+        self.backbone = nn.Module()
+        self.backbone.stem = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        )  # fmt: skip
+        for name in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self.backbone, name, getattr(resnet, name))
+        self.decode_head = _MMSegHead(classes, plus)
+        self.auxiliary_head = nn.Module()
+        self.auxiliary_head.convs = nn.ModuleList([_ConvModule(1024, 256, 3)])
+        self.auxiliary_head.conv_seg = nn.Conv2d(256, classes, 1)
+
+    def forward(self, images):
+        b = self.backbone
+        layer1 = b.layer1(b.maxpool(b.stem(images)))
+        layer4 = b.layer4(b.layer3(b.layer2(layer1)))
+        logits = self.decode_head(layer1, layer4)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_mmseg_zoo_and_training_run_files_give_mmsegs_logits(plus, tmp_path, monkeypatch):
+    torch.manual_seed(11)
+    reference = randomise_batchnorm(_MMSegDeepLab(5, plus), 11).eval()
+    classes = ("road", "wall", "tree", "sky", "car")
+    palette = [[128, 64, 128], [102, 102, 156], [107, 142, 35], [70, 130, 180], [0, 0, 142]]
+    config = _MMSEG_CONFIG.replace("{head}", "DepthwiseSeparableASPPHead" if plus else "ASPPHead")
+    zoo_file = tmp_path / "deeplabv3_r50-d8_512x512_20k_voc12aug_20200617_010906-596905ef.pth"
+    torch.save({"meta": {"mmseg_version": "0.5", "config": config, "CLASSES": classes, "PALETTE": palette},
+                "state_dict": reference.state_dict()}, zoo_file)  # fmt: skip
+    module, history_buffer = _mmengine_history_buffer()
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):
+        monkeypatch.setitem(sys.modules, name, module)
+    run_file = tmp_path / "iter_20000.pth"
+    d16 = config.replace("strides=(1, 2, 1, 1)", "strides=(\n        1,\n        2,\n        2,\n        1)")  # pretty_text
+    torch.save({"meta": {"cfg": d16.replace("dilations=(1, 1, 2, 4)", "dilations=(1, 1, 1, 2)"),
+                         "dataset_meta": {"classes": classes}},
+                "state_dict": reference.state_dict(), "message_hub": {"log_scalars": {"loss": history_buffer()}},
+                "optimizer": {}, "param_schedulers": []}, run_file)  # fmt: skip
+    images = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = reference(images)
+        model = atrous.from_pretrained(zoo_file)
+        assert model.spec.name == ("deeplabv3plus_mmseg" if plus else "deeplabv3_mmseg")
+        assert (model.spec.backbone, model.output_stride, model.spec.atrous_rates) == ("resnet50_v1c", 8, (12, 24, 36))
+        assert model.class_names == list(classes) and model.palette[:5].tolist() == palette
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        # The run file's config says d16: the same weights built at output stride 16, as its config text asks.
+        assert atrous.from_pretrained(run_file).output_stride == 16
+        state = reference.state_dict()
+        key = "backbone.stem.4.running_var"
+        broken = {"state_dict": dict(state, **{key: state[key].flip(0)})}
+        assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3

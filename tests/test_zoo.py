@@ -5,7 +5,7 @@ import urllib.error
 
 import pytest
 import torch
-from test_peer_files import _KazutoDeepLabV2, _KazutoMSC
+from test_peer_files import _KazutoDeepLabV2, _KazutoMSC, _MMSegDeepLab
 from torchvision.models import segmentation
 
 import atrous
@@ -23,11 +23,17 @@ def _published_layout(name: str) -> dict:
         return builder(weights=None, weights_backbone=None, aux_loss=True, num_classes=21).state_dict()
     if entry.publisher == "kazuto1011/deeplab-pytorch":
         return _KazutoMSC(_KazutoDeepLabV2(num_classes=entry.spec.num_classes)).state_dict()
+    if entry.publisher == "open-mmlab/mmsegmentation":
+        depth = 101 if entry.spec.backbone == "resnet101_v1c" else 50
+        model = _MMSegDeepLab(entry.spec.num_classes, plus="plus" in entry.spec.name, depth=depth)
+        return {"meta": {"mmseg_version": "0.5.0"}, "state_dict": model.state_dict()}
     raise AssertionError(f"no layout writer for {entry.publisher}")
 
 
 def test_the_catalogue_says_where_each_score_was_published():
-    assert len(zoo()) >= 6
+    assert len(zoo()) >= 14
+    assert {entry.publisher for entry in zoo().values()} == {"torchvision", "kazuto1011/deeplab-pytorch",
+                                                             "open-mmlab/mmsegmentation"}  # fmt: skip
     for entry in zoo().values():
         assert entry.url.startswith("https://") and entry.published["source"] and entry.published["mIoU"] > 0
         if entry.hash is not None:

@@ -13,7 +13,9 @@ from ..errors import ConfigError
 from .backbones import BACKBONES, Backbone, build_backbone
 from .heads import (
     DeepLabV2Head,
+    DeepLabV3BottleneckHead,
     DeepLabV3Head,
+    DeepLabV3PlusBottleneckHead,
     DeepLabV3PlusHead,
     DeepLabV3PlusLowFirstHead,
     DeepLabV3PlusPairHead,
@@ -66,6 +68,12 @@ MODELS: dict[str, Architecture] = {
     "deeplabv3plus_smp": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
                                       default_rates=lambda output_stride: (12, 24, 36)),
     "deeplabv3plus_vainf": Architecture(DeepLabV3PlusLowFirstHead, FCNHead, backbone="resnet50", output_stride=16),
+    # mmsegmentation's ASPPHead / DepthwiseSeparableASPPHead (512 channels, image pooling first, 3x3 bottleneck; the
+    # V3+ one always separable, the V3 one never).
+    "deeplabv3_mmseg": Architecture(DeepLabV3BottleneckHead, FCNHead, backbone="resnet50_v1c", output_stride=8,
+                                    separable=False),
+    "deeplabv3plus_mmseg": Architecture(DeepLabV3PlusBottleneckHead, FCNHead, backbone="resnet50_v1c", output_stride=8,
+                                        separable=False),
 }  # fmt: skip
 
 

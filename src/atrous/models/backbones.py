@@ -129,9 +129,12 @@ class ResNetBackbone(Backbone):
         self.strides = {"low": strides[0], "aux": strides[2], "out": strides[3]}
         self.output_stride = output_stride
 
+    def _stem(self, images: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(images))))
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images: (N, 3, H, W) float32, normalised -> {"low", "aux", "out"} feature maps."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        x = self._stem(images)
         low = self._stage(self.layer1, x)
         aux = self._stage(self.layer3, self._stage(self.layer2, low))
         out = self._stage(self.layer4, aux)
@@ -143,6 +146,45 @@ def torchvision_resnet(
 ) -> ResNetBackbone:
     resnet = getattr(torchvision.models, name)(weights=None)
     return ResNetBackbone(resnet, output_stride=output_stride, multi_grid=multi_grid, first_block=first_block)
+
+
+class DeepStem(nn.Module):
+    """The "V1c" stem (mmsegmentation's ResNetV1c, the Bag-of-Tricks ResNet-C): three 3x3 convs (32, 32, 64 channels,
+    the first with stride 2), each with BN and ReLU, in place of the 7x7 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.conv2, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.conv3, self.bn3 = nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            x = torch.relu(bn(conv(x)))
+        return x
+
+
+class ResNetV1cBackbone(ResNetBackbone):
+    """A torchvision Bottleneck ResNet with the deep stem (``stem``) in place of conv1/bn1: mmsegmentation's
+    ResNetV1c. Its dilation rule (``contract_dilation``) is torchvision's: a dilated stage's first block keeps the
+    previous dilation."""
+
+    def __init__(self, resnet: nn.Module, **kwargs) -> None:
+        super().__init__(resnet, **kwargs)
+        del self.conv1, self.bn1
+        self.stem = DeepStem()
+
+    def _stem(self, images: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.stem(images))
+
+
+def resnet_v1c(
+    name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "previous"
+) -> ResNetV1cBackbone:
+    if multi_grid is not None:  # mmseg's multi-grid sets the dilations themselves (not multiplied): not this one's
+        raise ConfigError(f"multi_grid is not supported on {name}_v1c")
+    resnet = getattr(torchvision.models, name)(weights=None)
+    return ResNetV1cBackbone(resnet, output_stride=output_stride, multi_grid=None, first_block=first_block)
 
 
 class CaffeBottleneck(nn.Module):
@@ -314,6 +356,11 @@ BACKBONES: dict[str, BackboneEntry] = {
         imagenet_hint=f"torchvision does not distribute the Caffe ImageNet weights of resnet101_caffe: download "
         f"{CAFFE_IMAGENET_FILE} (DeepLab-v2's init file) and pass its path as pretrained_backbone",
     ),
+    # mmsegmentation's ResNetV1c (deep stem); ImageNet weights: open-mmlab://resnet50_v1c, not fetched here.
+    **{f"{name}_v1c": BackboneEntry(
+        build=lambda name=name, **kwargs: resnet_v1c(name, **kwargs), normalization=IMAGENET_RGB,
+        imagenet_hint=f"its ImageNet weights are mmsegmentation's open-mmlab://{name}_v1c: pass the file's path",
+    ) for name in ("resnet50", "resnet101")},
     "mobilenet_v3_large": BackboneEntry(
         build=MobileNetV3Backbone, normalization=IMAGENET_RGB, imagenet_format=TORCHVISION_MOBILENET_V3,
         imagenet_weights="MobileNet_V3_Large_Weights.IMAGENET1K_V1",

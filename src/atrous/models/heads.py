@@ -298,3 +298,59 @@ class DeepLabV3PlusPairHead(nn.Module):
         context = self.aspp_conv(self.aspp(features["out"]))
         context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self.classifier(self.fuse(torch.cat([context, self.low_project(low)], dim=1)))
+
+
+class PoolFirstASPP(nn.Module):
+    """mmsegmentation's ASPP: image pooling, 1x1 and atrous 3x3 branches (``channels`` each; separable ones with BN
+    and ReLU after depthwise and pointwise), concatenated in that order -> 3x3 "bottleneck" conv + BN + ReLU."""
+
+    def __init__(self, *, in_channels: int, atrous_rates: Sequence[int], channels: int = 512, separable: bool = False):
+        super().__init__()
+        self.pooling = ImagePooling(in_channels, channels)
+        self.branch1x1 = ConvBNReLU(in_channels, channels, 1)
+        self.atrous_branches = nn.ModuleList(
+            conv3x3_bn_relu(in_channels, channels, dilation=rate, separable=separable) for rate in atrous_rates
+        )
+        self.bottleneck = ConvBNReLU(channels * (len(atrous_rates) + 2), channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = [self.pooling(x), self.branch1x1(x)] + [branch(x) for branch in self.atrous_branches]
+        return self.bottleneck(torch.cat(branches, dim=1))
+
+
+class DeepLabV3BottleneckHead(nn.Module):
+    """mmsegmentation's ``ASPPHead`` (its DeepLabV3): ``PoolFirstASPP`` (512 channels) -> dropout 0.1 -> 1x1
+    classifier, on the "out" feature."""
+
+    def __init__(
+        self, *, channels: Mapping[str, int], num_classes: int, atrous_rates: Sequence[int], separable: bool = False
+    ):
+        super().__init__()
+        self.aspp = PoolFirstASPP(in_channels=channels["out"], atrous_rates=atrous_rates, separable=separable)
+        self.dropout = nn.Dropout2d(0.1)
+        self.classifier = nn.Conv2d(512, num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.dropout(self.aspp(features["out"])))
+
+
+class DeepLabV3PlusBottleneckHead(nn.Module):
+    """mmsegmentation's ``DepthwiseSeparableASPPHead`` (its DeepLabV3+): separable ``PoolFirstASPP`` (512), upsampled
+    to stride 4 and concatenated before the "low" feature projected to 48 channels, two separable 3x3 convs (512),
+    dropout 0.1, 1x1 classifier. Returns stride-4 logits."""
+
+    def __init__(
+        self, *, channels: Mapping[str, int], num_classes: int, atrous_rates: Sequence[int], separable: bool = True
+    ):
+        super().__init__()
+        self.aspp = PoolFirstASPP(in_channels=channels["out"], atrous_rates=atrous_rates, separable=separable)
+        self.low_project = ConvBNReLU(channels["low"], 48, 1)
+        self.fuse1 = SeparableConvBNReLU(512 + 48, 512)
+        self.fuse2 = SeparableConvBNReLU(512, 512)
+        self.dropout = nn.Dropout2d(0.1)
+        self.classifier = nn.Conv2d(512, num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        low = self.low_project(features["low"])
+        context = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.dropout(self.fuse2(self.fuse1(torch.cat([context, low], dim=1)))))

@@ -139,6 +139,52 @@ def _smp(state, contents, source) -> Description:
     return spec, assumed
 
 
+def _mmseg_meta(contents) -> dict:
+    meta = contents.get("meta") if isinstance(contents, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _mmseg(state, contents, source) -> Description:
+    """mmsegmentation: its files carry their config text (``meta["cfg"]`` in 1.x runs, ``meta["config"]`` in 0.x):
+    the backbone strides give the output stride, the decode head's dilations the rates."""
+    text = _mmseg_meta(contents).get("cfg") or _mmseg_meta(contents).get("config") or ""
+    if "multi_grid" in text:
+        raise WeightsError(f"{source}: mmsegmentation's multi-grid (layer4 dilations set, not multiplied) does not read yet")
+    tuples = [tuple(int(v) for v in found.split(",") if v.strip()) for found in re.findall(r"\(([\d,\s]+)\)", text)]
+    assumed = []
+    strides = next((t for t in re.findall(r"strides=\(([\d,\s]+)\)", text)), None)
+    if strides:
+        values = [int(v) for v in strides.split(",") if v.strip()]  # pretty_text spreads tuples over lines
+        stride = 4 * values[1] * values[2] * values[3]
+    else:
+        stride = 8
+        assumed.append(("output_stride", "output stride 8, the d8 of every mmseg DeepLab in its zoo (no config text)"))
+    rates = next((t[1:] for t in tuples if len(t) == 4 and t[0] == 1 and max(t) > 4), None)
+    if rates is None:
+        rates = (12, 24, 36)
+        assumed.append(("atrous_rates", "rates (12, 24, 36), mmseg's (no config text)"))
+    spec = ModelSpec(
+        name="deeplabv3plus_mmseg" if "decode_head.c1_bottleneck.conv.weight" in state else "deeplabv3_mmseg",
+        backbone=f"{_resnet(state)}_v1c", output_stride=stride, atrous_rates=rates,
+        num_classes=_classes(state, "decode_head.conv_seg.weight"),
+        aux=any(key.startswith("auxiliary_head.") for key in state),
+    )  # fmt: skip
+    return spec, assumed
+
+
+def _labels_in(contents) -> tuple[list | None, list | None]:
+    """Class names and palette a file carries: atrous's keys, or mmseg's meta (CLASSES/PALETTE, or dataset_meta)."""
+    if not isinstance(contents, Mapping):
+        return None, None
+    if contents.get("class_names") is not None:
+        return contents.get("class_names"), contents.get("palette")
+    meta = _mmseg_meta(contents)
+    dataset = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
+    names = meta.get("CLASSES") or dataset.get("classes")
+    palette = meta.get("PALETTE") or dataset.get("palette")
+    return (list(names) if names is not None else None), palette
+
+
 DESCRIBE: dict[str, Callable[..., Description]] = {
     "atrous": _atrous,
     "torchvision_deeplabv3_resnet": _torchvision_resnet,
@@ -149,6 +195,8 @@ DESCRIBE: dict[str, Callable[..., Description]] = {
     "deeplabv2_port": _deeplabv2,
     "kazuto_deeplabv2": _kazuto_deeplabv2,
     "smp_deeplabv3": _smp,
+    "mmseg_deeplabv3": _mmseg,
+    "mmseg_deeplabv3plus": _mmseg,
     "smp_deeplabv3plus": _smp,
 }
 
@@ -203,9 +251,10 @@ def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = No
     report.messages += [f"assumed {text}; pass {field}=... if it was trained otherwise" for field, text in assumed
                         if overrides.get(field) is None]  # fmt: skip
     log.info("%s", report)
-    labels = contents if isinstance(contents, Mapping) else {}
-    names, palette = labels.get("class_names"), labels.get("palette")
+    names, palette = _labels_in(contents)
     if names is not None and len(names) != model.num_classes:
         names = None  # the classifier was replaced: the file's names describe other classes
+    if palette is not None and len(palette) < model.num_classes:
+        palette = None
     model.set_labels(names, np.asarray(palette, dtype=np.uint8) if palette is not None else None)
     return model.eval()

@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-ModelName = Literal["deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf"]
+ModelName = Literal[
+    "deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf", "deeplabv3_mmseg",
+    "deeplabv3plus_mmseg",
+]
 FirstBlockDilation = Literal["previous", "stage"]
 OutputStride = Literal[8, 16, 32]
 FrozenBN = Literal["none", "affine", "all"]
@@ -88,7 +91,7 @@ class ModelSpec:
         if self.head_lr_mult is not None and (not isinstance(self.head_lr_mult, (int, float)) or self.head_lr_mult <= 0):
             raise ConfigError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
         if self.separable and not MODELS[self.name].separable:
-            raise ConfigError(f"separable convs are a DeepLabV3/V3+ option; {self.name}'s classifier has none")
+            raise ConfigError(f"separable convs are not an option of {self.name}'s head (DeepLabV3/V3+ have it)")
 
     def resolved(self) -> ModelSpec:
         """The same spec with the architecture's defaults written in (what a built model reports)."""

@@ -130,7 +130,7 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
                    "vainf_deeplabv3", "vainf_deeplabv3plus", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "smp_deeplabv3",
-                   "smp_deeplabv3plus")  # fmt: skip
+                   "smp_deeplabv3plus", "mmseg_deeplabv3", "mmseg_deeplabv3plus")  # fmt: skip
 _KAZUTO_BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 
 
@@ -148,6 +148,11 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
     keys = list(state)
     if all(key.startswith("Scale.") for key in keys):
         return "deeplabv2_caffe"
+    if "decode_head.conv_seg.weight" in state and "decode_head.aspp_modules.0.conv.weight" in state:
+        if "backbone.stem.0.weight" not in state:
+            raise WeightsError(f"{source}: an mmsegmentation file with a backbone atrous does not read yet (it reads "
+                               "ResNetV1c, the deep-stem ResNet of its DeepLab models)")  # fmt: skip
+        return "mmseg_deeplabv3plus" if "decode_head.c1_bottleneck.conv.weight" in state else "mmseg_deeplabv3"
     if "segmentation_head.0.weight" in state and any(key.startswith("decoder.") for key in keys):
         if not any(key.startswith("encoder.layer1.") for key in keys):
             raise WeightsError(f"{source}: a segmentation_models_pytorch file with an encoder atrous does not read yet "
@@ -271,6 +276,8 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         return {_kazuto_key(key): value for key, value in state.items()}, ""
     if fmt == "vainf_deeplabv3plus":
         return {_rename(key, _VAINF_PLUS_KEYS): value for key, value in state.items()}, ""
+    if fmt in ("mmseg_deeplabv3", "mmseg_deeplabv3plus"):
+        return {_rename(key, _MMSEG_KEYS): value for key, value in state.items()}, ""
     if fmt in ("smp_deeplabv3", "smp_deeplabv3plus"):
         kept = {key: value for key, value in state.items() if not key.startswith("classification_head.")}
         return {_rename(_rename(key, _SMP_OLD_KEYS), _SMP_KEYS): value for key, value in kept.items()}, ""
@@ -342,6 +349,25 @@ _VAINF_PLUS_KEYS = [
     (r"^classifier\.classifier\.0\.", "head.fuse.conv."), (r"^classifier\.classifier\.1\.", "head.fuse.bn."),
     (r"^classifier\.classifier\.3\.", "head.classifier."),
 ]  # fmt: skip
+# mmsegmentation (0.x and 1.x files): ResNetV1c's stem as a Sequential; ConvModules (conv, bn); ASPPHead's image_pool
+# / aspp_modules / bottleneck / conv_seg; DepthwiseSeparableASPPHead's depthwise_conv / pointwise_conv, c1_bottleneck,
+# sep_bottleneck; FCNHead's convs.0 / conv_seg.
+_MMSEG_KEYS = [
+    *[(rf"^backbone\.stem\.{index}\.", f"backbone.stem.{name}.") for index, name in
+      ((0, "conv1"), (1, "bn1"), (3, "conv2"), (4, "bn2"), (6, "conv3"), (7, "bn3"))],
+    (r"^decode_head\.image_pool\.1\.(conv|bn)\.", r"head.aspp.pooling.\1."),
+    (r"^decode_head\.aspp_modules\.0\.(conv|bn)\.", r"head.aspp.branch1x1.\1."),
+    (r"^decode_head\.aspp_modules\.(\d)\.(depthwise|pointwise)_conv\.(conv|bn)\.",
+     lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 1}.{m[2]}.{m[3]}."),
+    (r"^decode_head\.aspp_modules\.(\d)\.(conv|bn)\.", lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 1}.{m[2]}."),
+    (r"^decode_head\.bottleneck\.(conv|bn)\.", r"head.aspp.bottleneck.\1."),
+    (r"^decode_head\.c1_bottleneck\.(conv|bn)\.", r"head.low_project.\1."),
+    (r"^decode_head\.sep_bottleneck\.(\d)\.(depthwise|pointwise)_conv\.(conv|bn)\.",
+     lambda m: f"head.fuse{int(m[1]) + 1}.{m[2]}.{m[3]}."),
+    (r"^decode_head\.conv_seg\.", "head.classifier."),
+    (r"^auxiliary_head\.convs\.0\.(conv|bn)\.", r"aux_head.conv.\1."),
+    (r"^auxiliary_head\.conv_seg\.", "aux_head.classifier."),
+]  # fmt: skip
 _SMP_OLD_KEYS = [(r"^decoder\.0\.", "decoder.aspp."), (r"^decoder\.1\.", "decoder.conv."), (r"^decoder\.2\.", "decoder.bn.")]
 
 
@@ -354,6 +380,8 @@ _EXPECTED_NORMALIZATION = {
     "vainf_deeplabv3": IMAGENET_RGB,
     "vainf_deeplabv3plus": IMAGENET_RGB,
     "smp_deeplabv3": IMAGENET_RGB,
+    "mmseg_deeplabv3": IMAGENET_RGB,
+    "mmseg_deeplabv3plus": IMAGENET_RGB,
     "smp_deeplabv3plus": IMAGENET_RGB,
 }
 

@@ -18,10 +18,17 @@ from .spec import ModelSpec
 
 
 def _labels(name: str) -> tuple[list[str], np.ndarray]:
-    from ..data.classes import COCO_STUFF_IDS, VOC_CLASSES
+    from ..data.cityscapes import CITYSCAPES_PALETTE
+    from ..data.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_IDS, VOC_CLASSES
     from ..data.labels import voc_palette
 
-    tables = {"voc": (list(VOC_CLASSES), voc_palette()), "coco_stuff_182": (list(COCO_STUFF_IDS), voc_palette())}
+    tables = {
+        "voc": (list(VOC_CLASSES), voc_palette()),
+        "cityscapes": (list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE),
+        "ade20k": (list(ADE20K_CLASSES), voc_palette()),
+        "coco_stuff_171": (list(COCO_STUFF_CLASSES), voc_palette()),  # the used classes, in id order
+        "coco_stuff_182": (list(COCO_STUFF_IDS), voc_palette()),  # every label id 0-181 (kazuto1011's outputs)
+    }
     if name not in tables:
         raise ConfigError(f"zoo labels {name!r} unknown; choose from {sorted(tables)}")
     return tables[name]
