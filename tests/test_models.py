@@ -12,8 +12,8 @@ ALL_BACKBONES = atrous.list_backbones()
 
 
 def test_registries_list_the_documented_names():
-    assert atrous.list_models() == ["deeplabv2", "deeplabv3", "deeplabv3_mmseg", "deeplabv3plus", "deeplabv3plus_mmseg",
-                                    "deeplabv3plus_smp", "deeplabv3plus_vainf"]  # fmt: skip
+    assert atrous.list_models() == ["deeplabv2", "deeplabv3", "deeplabv3_kazuto", "deeplabv3_mmseg", "deeplabv3plus",
+                                    "deeplabv3plus_mmseg", "deeplabv3plus_smp", "deeplabv3plus_vainf"]  # fmt: skip
     assert ALL_BACKBONES == sorted(
         ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet101_caffe", "mobilenet_v3_large",
          "resnet50_v1c", "resnet101_v1c"]

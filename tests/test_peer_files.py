@@ -636,3 +636,81 @@ def test_mmseg_zoo_and_training_run_files_give_mmsegs_logits(plus, tmp_path, mon
         key = "backbone.stem.4.running_var"
         broken = {"state_dict": dict(state, **{key: state[key].flip(0)})}
         assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3
+
+
+class _KazutoDeepLabV3(nn.Sequential):
+    """kazuto1011's DeepLabV3 (plus=False: ASPP stages c0-c3 + imagepool, fc1 projection, fc2 classifier, no 3x3 between)
+    and DeepLabV3+ (reduce = 48-channel projection of layer2; fc2 = two 3x3 convs and the classifier; ASPP output
+    first in the concat), on its Caffe ResNet-101 with multi-grid (1, 2, 4) on layer5. Returns its own resolution."""
+
+    def __init__(self, num_classes, output_stride, plus):
+        super().__init__()
+        self.plus = plus
+        strides, dilations = ((1, 2, 2, 1), (1, 1, 1, 2)) if output_stride == 16 else ((1, 2, 1, 1), (1, 1, 2, 4))
+        stem = nn.Sequential()
+        stem.add_module("conv1", _KazutoConvBnReLU(3, 64, 7, 2, 3, 1))
+        stem.add_module("pool", nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+        self.add_module("layer1", stem)
+        channels = [64, 256, 512, 1024, 2048]
+        for index, blocks in enumerate((3, 4, 23, 3)):
+            layer = nn.Sequential()
+            grid = (1, 2, 4) if index == 3 else (1,) * blocks
+            for b in range(blocks):
+                in_ch = channels[index] if b == 0 else channels[index + 1]
+                layer.add_module(f"block{b + 1}", _KazutoBottleneck(in_ch, channels[index + 1], strides[index] if b == 0 else 1,
+                                                                    dilations[index] * grid[b], downsample=b == 0))  # fmt: skip
+            self.add_module(f"layer{index + 2}", layer)
+        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        aspp = nn.Module()
+        aspp.stages = nn.Module()
+        aspp.stages.add_module("c0", _KazutoConvBnReLU(2048, 256, 1, 1, 0, 1))
+        for i, rate in enumerate(rates):
+            aspp.stages.add_module(f"c{i + 1}", _KazutoConvBnReLU(2048, 256, 3, 1, rate, rate))
+        pool = nn.Module()
+        pool.conv = _KazutoConvBnReLU(2048, 256, 1, 1, 0, 1)
+        aspp.stages.add_module("imagepool", pool)
+        self.aspp = aspp
+        self.fc1 = _KazutoConvBnReLU(256 * (len(rates) + 2), 256, 1, 1, 0, 1)
+        if plus:
+            self.reduce = _KazutoConvBnReLU(256, 48, 1, 1, 0, 1)
+            self.fc2 = nn.Sequential()
+            self.fc2.add_module("conv1", _KazutoConvBnReLU(304, 256, 3, 1, 1, 1))
+            self.fc2.add_module("conv2", _KazutoConvBnReLU(256, 256, 3, 1, 1, 1))
+            self.fc2.add_module("conv3", nn.Conv2d(256, num_classes, 1))
+        else:
+            self.fc2 = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, x):
+        h = self.layer2(self.layer1(x))
+        low = self.reduce(h) if self.plus else None
+        h = self.layer5(self.layer4(self.layer3(h)))
+        stages = self.aspp.stages
+        pooled = stages.imagepool.conv(F.adaptive_avg_pool2d(h, 1))
+        pooled = F.interpolate(pooled, size=h.shape[-2:], mode="bilinear", align_corners=False)
+        h = self.fc1(torch.cat([stages.c0(h), stages.c1(h), stages.c2(h), stages.c3(h), pooled], dim=1))
+        if self.plus:
+            h = F.interpolate(h, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            return F.interpolate(self.fc2(torch.cat([h, low], dim=1)), size=x.shape[-2:], mode="bilinear",
+                                 align_corners=False)  # fmt: skip
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_kazuto_deeplabv3_files_give_its_logits(plus, tmp_path):
+    torch.manual_seed(7)
+    reference = _KazutoMSC(_KazutoDeepLabV3(num_classes=4, output_stride=16, plus=plus))
+    calibration = atrous.models.CAFFE_BGR(torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(3)))
+    randomise_batchnorm(reference.base, 7, images=calibration).eval()
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(reference.state_dict(), path)
+    model = atrous.from_pretrained(path)
+    assert model.spec.name == ("deeplabv3plus" if plus else "deeplabv3_kazuto") and model.spec.multi_grid == (1, 2, 4)
+    images = calibration[:1, :, :57, :49]
+    with torch.no_grad():
+        logits = reference.base(images)
+        expected = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        state = reference.state_dict()
+        key = "base.aspp.stages.c2.bn.running_mean"
+        broken = dict(state, **{key: state[key].flip(0)})
+        assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3

@@ -15,6 +15,7 @@ from .heads import (
     DeepLabV2Head,
     DeepLabV3BottleneckHead,
     DeepLabV3Head,
+    DeepLabV3PaperHead,
     DeepLabV3PlusBottleneckHead,
     DeepLabV3PlusHead,
     DeepLabV3PlusLowFirstHead,
@@ -68,6 +69,8 @@ MODELS: dict[str, Architecture] = {
     "deeplabv3plus_smp": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
                                       default_rates=lambda output_stride: (12, 24, 36)),
     "deeplabv3plus_vainf": Architecture(DeepLabV3PlusLowFirstHead, FCNHead, backbone="resnet50", output_stride=16),
+    # kazuto1011/deeplab-pytorch's DeepLabV3 (ASPP straight into the classifier, as in the paper).
+    "deeplabv3_kazuto": Architecture(DeepLabV3PaperHead, FCNHead, backbone="resnet101_caffe", output_stride=16),
     # mmsegmentation's ASPPHead / DepthwiseSeparableASPPHead (512 channels, image pooling first, 3x3 bottleneck; the
     # V3+ one always separable, the V3 one never).
     "deeplabv3_mmseg": Architecture(DeepLabV3BottleneckHead, FCNHead, backbone="resnet50_v1c", output_stride=8,

@@ -198,6 +198,21 @@ class DeepLabV3Head(nn.Module):
         return self.classifier(self.conv(self.aspp(features["out"])))
 
 
+class DeepLabV3PaperHead(nn.Module):
+    """DeepLabV3 as the paper draws it: ASPP (its 1x1 projection included) -> 1x1 classifier, with no 3x3 conv between
+    (kazuto1011/deeplab-pytorch's layout; torchvision's ``DeepLabHead`` adds the 3x3)."""
+
+    def __init__(
+        self, *, channels: Mapping[str, int], num_classes: int, atrous_rates: Sequence[int], separable: bool = False
+    ):
+        super().__init__()
+        self.aspp = ASPP(in_channels=channels["out"], atrous_rates=atrous_rates, separable=separable)
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.aspp(features["out"]))
+
+
 class DeepLabV3PlusHead(nn.Module):
     """DeepLabV3+ : ASPP on the "out" features, fused at stride 4 with the projected "low" features.
 

@@ -112,6 +112,17 @@ def _kazuto_deeplabv2(state, contents, source) -> Description:
     return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=classes), [("atrous_rates", guess)]
 
 
+def _kazuto_deeplabv3(state, contents, source) -> Description:
+    """Its DeepLabV3 / V3+ (published without weights): the Caffe ResNet-101; its factories build output stride 16
+    with multi-grid (1, 2, 4) on the last stage, neither recorded in the file."""
+    prefix = "base." if any(key.startswith("base.") for key in state) else ""
+    plus = f"{prefix}reduce.conv.weight" in state
+    classifier = f"{prefix}fc2.conv3.weight" if plus else f"{prefix}fc2.weight"
+    spec = ModelSpec(name="deeplabv3plus" if plus else "deeplabv3_kazuto", backbone="resnet101_caffe", output_stride=16,
+                     multi_grid=(1, 2, 4), num_classes=_classes(state, classifier))  # fmt: skip
+    return spec, [("output_stride", "output stride 16 and multi-grid (1, 2, 4), its factories' (the file records neither)")]
+
+
 def _smp(state, contents, source) -> Description:
     """segmentation_models_pytorch: its config.json (``save_pretrained`` folders) says everything; a bare state dict
     leaves its defaults to assume. Its ResNet encoder dilates every block of a dilated stage, and it upsamples with
@@ -194,6 +205,8 @@ DESCRIBE: dict[str, Callable[..., Description]] = {
     "deeplabv2_caffe": _deeplabv2,
     "deeplabv2_port": _deeplabv2,
     "kazuto_deeplabv2": _kazuto_deeplabv2,
+    "kazuto_deeplabv3": _kazuto_deeplabv3,
+    "kazuto_deeplabv3plus": _kazuto_deeplabv3,
     "smp_deeplabv3": _smp,
     "mmseg_deeplabv3": _mmseg,
     "mmseg_deeplabv3plus": _mmseg,

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 
 ModelName = Literal[
     "deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf", "deeplabv3_mmseg",
-    "deeplabv3plus_mmseg",
+    "deeplabv3plus_mmseg", "deeplabv3_kazuto",
 ]
 FirstBlockDilation = Literal["previous", "stage"]
 OutputStride = Literal[8, 16, 32]

@@ -129,7 +129,8 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 # ------------------------------------------------------------------------------------------ recognising
 
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
-                   "vainf_deeplabv3", "vainf_deeplabv3plus", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "smp_deeplabv3",
+                   "vainf_deeplabv3", "vainf_deeplabv3plus", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "kazuto_deeplabv3",
+                   "kazuto_deeplabv3plus", "smp_deeplabv3",
                    "smp_deeplabv3plus", "mmseg_deeplabv3", "mmseg_deeplabv3plus")  # fmt: skip
 _KAZUTO_BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 
@@ -164,8 +165,10 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
     if any(_KAZUTO_BLOCK.match(key) for key in keys):
         if any(re.match(r"^(?:base\.)?aspp\.c\d\.weight$", key) for key in keys):
             return "kazuto_deeplabv2"
-        raise WeightsError(f"{source}: kazuto1011/deeplab-pytorch's DeepLabV3/V3+ layout (aspp.stages, fc1, fc2) is not "
-                           "read yet; its DeepLabV2 (MSC) files are")  # fmt: skip
+        if any(re.match(r"^(?:base\.)?reduce\.conv\.weight$", key) for key in keys):
+            return "kazuto_deeplabv3plus"
+        if any(re.match(r"^(?:base\.)?fc2\.weight$", key) for key in keys):
+            return "kazuto_deeplabv3"
     if any(re.match(r"layer[56]\.conv2d_list\.", key) for key in keys):
         return "deeplabv2_port"
     if "classifier.project.0.weight" in state and "classifier.aspp.convs.0.0.weight" in state:
@@ -272,7 +275,7 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         # A file with classifiers fills the heads; the bare ImageNet init file only the backbone.
         has_head = any(key.startswith("head.") for key in translated)
         return translated, ("" if has_head else BACKBONE_SCOPE)
-    if fmt == "kazuto_deeplabv2":
+    if fmt in ("kazuto_deeplabv2", "kazuto_deeplabv3", "kazuto_deeplabv3plus"):
         return {_kazuto_key(key): value for key, value in state.items()}, ""
     if fmt == "vainf_deeplabv3plus":
         return {_rename(key, _VAINF_PLUS_KEYS): value for key, value in state.items()}, ""
@@ -286,7 +289,9 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
 
 # kazuto1011/deeplab-pytorch's ResNet: layer1 is the stem (conv1 = conv + bn), layer2-5 are the stages with blocks
 # block1.. of reduce (1x1, strided) / conv3x3 / increase / shortcut, each a conv + bn; the summed classifier
-# aspp.c0-c3. Its released files are the MSC wrapper's state dict (prefix "base.").
+# aspp.c0-c3 (V2), or aspp.stages (c0 1x1, c1-c3 atrous, imagepool) + fc1 (projection) + fc2 (classifier; V3+: a
+# Sequential conv1, conv2 (3x3), conv3 (1x1)) with reduce (48-channel projection of layer2, V3+). Its released files
+# are the MSC wrapper's state dict (prefix "base.").
 _KAZUTO_PARTS = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
                  "shortcut": ("downsample.0", "downsample.1")}  # fmt: skip
 
@@ -301,7 +306,19 @@ def _kazuto_key(key: str) -> str:
         return f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{conv if kind == 'conv' else bn}.{rest}"
     if match := re.match(r"aspp\.c(\d)\.(weight|bias)$", key):
         return f"head.classifiers.{match[1]}.{match[2]}"
-    return key  # anything else is reported as unexpected
+    return _rename(key, _KAZUTO_V3_KEYS)  # anything it does not name is reported as unexpected
+
+
+_KAZUTO_V3_KEYS = [
+    (r"^aspp\.stages\.c0\.(conv|bn)\.", r"head.aspp.branch1x1.\1."),
+    (r"^aspp\.stages\.c([123])\.(conv|bn)\.", lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 1}.{m[2]}."),
+    (r"^aspp\.stages\.imagepool\.conv\.(conv|bn)\.", r"head.aspp.pooling.\1."),
+    (r"^fc1\.(conv|bn)\.", r"head.aspp.project.\1."),
+    (r"^reduce\.(conv|bn)\.", r"head.low_project.\1."),
+    (r"^fc2\.conv([12])\.(conv|bn)\.", r"head.fuse\1.\2."),
+    (r"^fc2\.conv3\.", "head.classifier."),
+    (r"^fc2\.", "head.classifier."),
+]  # fmt: skip
 
 
 # segmentation_models_pytorch (0.4-0.6): encoder = torchvision's ResNet names; DeepLabV3 decoder = aspp (torchvision's
@@ -375,6 +392,8 @@ _EXPECTED_NORMALIZATION = {
     "deeplabv2_caffe": CAFFE_BGR,
     "deeplabv2_port": CAFFE_BGR,
     "kazuto_deeplabv2": CAFFE_BGR,
+    "kazuto_deeplabv3": CAFFE_BGR,
+    "kazuto_deeplabv3plus": CAFFE_BGR,
     "torchvision_deeplabv3_resnet": IMAGENET_RGB,
     "torchvision_deeplabv3_mobilenet_v3_large": IMAGENET_RGB,
     "vainf_deeplabv3": IMAGENET_RGB,
