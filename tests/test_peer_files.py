@@ -1,6 +1,7 @@
 """Files as other projects' training runs write them: their tensors come out, their code never runs, and
 ``from_pretrained`` builds the model they describe with the same logits as the project's own architecture."""
 
+import re
 import subprocess
 import sys
 import types
@@ -115,9 +116,9 @@ def test_the_containers_peers_write_give_up_their_tensors(tmp_path, monkeypatch)
 class _VainFHead(nn.Module):
     """VainF's ``DeepLabHead``: ASPP, 3x3 conv + BN + ReLU, 1x1 classifier, kept under one more ``classifier``."""
 
-    def __init__(self, num_classes: int, rates: list[int]):
+    def __init__(self, num_classes: int, rates: list[int], in_channels: int = 2048):
         super().__init__()
-        self.classifier = segmentation.deeplabv3.DeepLabHead(2048, num_classes, rates)
+        self.classifier = segmentation.deeplabv3.DeepLabHead(in_channels, num_classes, rates)
 
     def forward(self, features):
         return self.classifier(features["out"])
@@ -435,10 +436,10 @@ class _VainFPlusHead(nn.Module):
     """VainF's ``DeepLabHeadV3Plus``: project (low_level -> 48), ASPP (torchvision's layout), then cat([low, aspp])
     -> classifier (3x3 conv, BN, ReLU, 1x1)."""
 
-    def __init__(self, num_classes, rates):
+    def __init__(self, num_classes, rates, in_channels=2048, low_channels=256):
         super().__init__()
-        self.project = nn.Sequential(nn.Conv2d(256, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        self.aspp = segmentation.deeplabv3.ASPP(2048, rates)
+        self.project = nn.Sequential(nn.Conv2d(low_channels, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.aspp = segmentation.deeplabv3.ASPP(in_channels, rates)
         self.classifier = nn.Sequential(nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
                                         nn.Conv2d(256, num_classes, 1))  # fmt: skip
 
@@ -714,3 +715,85 @@ def test_kazuto_deeplabv3_files_give_its_logits(plus, tmp_path):
         key = "base.aspp.stages.c2.bn.running_mean"
         broken = dict(state, **{key: state[key].flip(0)})
         assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3
+
+
+class _VainFConvBNReLU(nn.Sequential):
+    def __init__(self, inp, oup, kernel=3, stride=1, dilation=1, groups=1):
+        super().__init__(nn.Conv2d(inp, oup, kernel, stride, 0, dilation=dilation, groups=groups, bias=False),
+                         nn.BatchNorm2d(oup), nn.ReLU6())  # fmt: skip
+
+
+class _VainFInvertedResidual(nn.Module):
+    """Pads the block input by fixed_padding(3, dilation) before the expansion conv; convs themselves unpadded."""
+
+    def __init__(self, inp, oup, stride, dilation, expand_ratio):
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = [_VainFConvBNReLU(inp, hidden, kernel=1)] if expand_ratio != 1 else []
+        layers += [_VainFConvBNReLU(hidden, hidden, stride=stride, dilation=dilation, groups=hidden),
+                   nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]  # fmt: skip
+        self.conv = nn.Sequential(*layers)
+        effective = 3 + 2 * (dilation - 1)
+        begin = (effective - 1) // 2
+        self.input_padding = (begin, effective - 1 - begin, begin, effective - 1 - begin)
+
+    def forward(self, x):
+        out = self.conv(F.pad(x, self.input_padding))
+        return x + out if self.use_res_connect else out
+
+
+class _VainFMobileNet(nn.Module):
+    """VainF's ``deeplabv3(plus)_mobilenet``: its MobileNetV2 (stride traded for dilation past the output stride, a
+    stage's first block at the previous dilation), low_level_features = features[0:4], high_level_features =
+    features[4:18]; the V3 head on 320 channels or the V3+ head with 24 low-level channels."""
+
+    def __init__(self, output_stride, plus, num_classes=21):
+        super().__init__()
+        features = [_VainFConvBNReLU(3, 32, stride=2)]
+        current, dilation, channels = 2, 1, 32
+        for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+                           [6, 320, 1, 1]]:  # fmt: skip
+            previous = dilation
+            if current == output_stride:
+                stride, dilation = 1, dilation * s
+            else:
+                stride, current = s, current * s
+            for i in range(n):
+                features.append(_VainFInvertedResidual(channels, c, stride if i == 0 else 1,
+                                                       previous if i == 0 else dilation, t))  # fmt: skip
+                channels = c
+        self.backbone = nn.Module()
+        self.backbone.low_level_features = nn.Sequential(*features[0:4])
+        self.backbone.high_level_features = nn.Sequential(*features[4:])
+        rates = [12, 24, 36] if output_stride == 8 else [6, 12, 18]
+        self.plus = plus
+        self.classifier = _VainFPlusHead(num_classes, rates, 320, 24) if plus else _VainFHead(num_classes, rates, 320)
+
+    def forward(self, images):
+        low = self.backbone.low_level_features(images)
+        out = self.backbone.high_level_features(low)
+        logits = self.classifier({"low_level": low, "out": out})
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("output_stride, plus", [(16, False), (16, True), (8, True)])
+def test_vainf_mobilenet_files_give_vainfs_logits(output_stride, plus, tmp_path):
+    torch.manual_seed(output_stride + plus)
+    reference = randomise_batchnorm(_VainFMobileNet(output_stride, plus), output_stride).eval()
+    state = {key.replace("high_level_features.", f"high_level_features.@"): value
+             for key, value in reference.state_dict().items()}
+    state = {re.sub(r"high_level_features\.@(\d+)", lambda m: f"high_level_features.{int(m[1]) + 4}", key): value
+             for key, value in state.items()}  # VainF's keys keep features' numbering (4-17)
+    path = tmp_path / f"best_deeplabv3{'plus' if plus else ''}_mobilenet_voc_os{output_stride}.pth"
+    torch.save({"cur_itrs": 30000, "model_state": state, "best_score": np.float64(0.71)}, path)
+    model = atrous.from_pretrained(path)
+    assert model.spec.backbone == "mobilenet_v2_vainf" and model.output_stride == output_stride
+    images = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = reference(images)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        key = "backbone.high_level_features.9.conv.1.1.running_mean"
+        broken = dict(state, **{key: state[key].flip(0)})
+        assert _relative_difference(atrous.from_pretrained({"model_state": broken}, output_stride=output_stride)(
+            images).logits, expected) > 1e-3  # fmt: skip

@@ -289,6 +289,72 @@ class MobileNetV3Backbone(Backbone):
         return features
 
 
+class _PaddedInvertedResidual(nn.Module):
+    """VainF/DeepLabV3Plus-Pytorch's MobileNetV2 block: the input is zero-padded for the 3x3 depthwise conv BEFORE
+    the 1x1 expansion (so the border the depthwise conv sees is ReLU6(BN(0)), not 0); ``conv`` = [expansion
+    (conv, BN, ReLU6) when expand_ratio > 1], depthwise (conv, BN, ReLU6, unpadded), projection conv, BN."""
+
+    def __init__(self, inp: int, oup: int, *, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = inp * expand_ratio
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(_conv_bn_relu6(inp, hidden, 1))
+        layers += [_conv_bn_relu6(hidden, hidden, 3, stride=stride, groups=hidden), nn.Conv2d(hidden, oup, 1, bias=False),
+                   nn.BatchNorm2d(oup)]  # fmt: skip
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and inp == oup
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.conv[-3][0].dilation[0]  # the depthwise conv's: "same" output for a 3x3 kernel
+        out = self.conv(torch.nn.functional.pad(x, (pad, pad, pad, pad)))
+        return x + out if self.residual else out
+
+
+def _conv_bn_relu6(inp: int, oup: int, kernel: int, *, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, oup, kernel, stride, 0, groups=groups, bias=False), nn.BatchNorm2d(oup),
+                         nn.ReLU6(inplace=True))  # fmt: skip
+
+
+class PaddedMobileNetV2Backbone(Backbone):
+    """VainF's MobileNetV2 (``features`` 0-17; the 1280-channel conv dropped): unpadded stride-2 stem, padded-input
+    blocks, output stride by dilation with torchvision's first-block rule. "low" = features[3] (24 ch, stride 4),
+    "aux" = features[6] (32 ch, stride 8), "out" = features[17] (320 ch)."""
+
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "previous"):
+        super().__init__()
+        blocks: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, stride=2)]
+        stages, channels = [], 32
+        for expand, out, count, stride in self.SETTINGS:
+            stage = [_PaddedInvertedResidual(channels if i == 0 else out, out, stride=stride if i == 0 else 1,
+                                             expand_ratio=expand) for i in range(count)]  # fmt: skip
+            stages.append(stage)
+            blocks += stage
+            channels = out
+        self.features = nn.Sequential(*blocks)
+        strides = dilate(stages, input_stride=2, output_stride=output_stride, multi_grid=multi_grid,
+                         first_block=first_block)  # fmt: skip
+        for block in blocks[1:]:  # the padding is the block's F.pad, sized from the dilation dilate() set
+            block.conv[-3][0].padding = (0, 0)
+        self.channels = {"low": 24, "aux": 32, "out": 320}
+        self.strides = {"low": strides[1], "aux": strides[2], "out": strides[-1]}
+        self.output_stride = output_stride
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        x = images
+        for index, block in enumerate(self.features):
+            x = self._stage(block, x)
+            if index == 3:
+                features["low"] = x
+            elif index == 6:
+                features["aux"] = x
+        features["out"] = x
+        return features
+
+
 # ------------------------------------------------------------------------------------------------ registry
 
 
@@ -361,6 +427,11 @@ BACKBONES: dict[str, BackboneEntry] = {
         build=lambda name=name, **kwargs: resnet_v1c(name, **kwargs), normalization=IMAGENET_RGB,
         imagenet_hint=f"its ImageNet weights are mmsegmentation's open-mmlab://{name}_v1c: pass the file's path",
     ) for name in ("resnet50", "resnet101")},
+    # VainF/DeepLabV3Plus-Pytorch's MobileNetV2 (its own padding), for its files; ImageNet weights: torchvision's.
+    "mobilenet_v2_vainf": BackboneEntry(
+        build=PaddedMobileNetV2Backbone, normalization=IMAGENET_RGB,
+        imagenet_hint="VainF initialises it from torchvision's mobilenet_v2 ImageNet file: pass that file's path",
+    ),
     "mobilenet_v3_large": BackboneEntry(
         build=MobileNetV3Backbone, normalization=IMAGENET_RGB, imagenet_format=TORCHVISION_MOBILENET_V3,
         imagenet_weights="MobileNet_V3_Large_Weights.IMAGENET1K_V1",

@@ -79,7 +79,8 @@ def _vainf_deeplabv3(state, contents, source) -> Description:
     if stride is None:
         stride = "16"
         assumed.append(("output_stride", "output stride 16, VainF's default (its file names say _os8 or _os16)"))
-    spec = ModelSpec(name="deeplabv3", backbone=_resnet(state), output_stride=int(stride),
+    backbone = "mobilenet_v2_vainf" if "backbone.low_level_features.0.0.weight" in state else _resnet(state)
+    spec = ModelSpec(name="deeplabv3", backbone=backbone, output_stride=int(stride),
                      num_classes=_classes(state, "classifier.classifier.4.weight"))  # fmt: skip
     return spec, assumed  # VainF's rates are atrous's defaults: (6, 12, 18) at OS16, doubled at OS8
 

@@ -172,9 +172,9 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
     if any(re.match(r"layer[56]\.conv2d_list\.", key) for key in keys):
         return "deeplabv2_port"
     if "classifier.project.0.weight" in state and "classifier.aspp.convs.0.0.weight" in state:
-        if "backbone.layer1.0.conv1.weight" not in state:
+        if "backbone.layer1.0.conv1.weight" not in state and "backbone.low_level_features.0.0.weight" not in state:
             raise WeightsError(f"{source}: VainF's DeepLabV3+ with a backbone atrous does not read yet (it reads the "
-                               "ResNets)")  # fmt: skip
+                               "ResNets and MobileNetV2)")  # fmt: skip
         return "vainf_deeplabv3plus"
     if any(key.startswith("classifier.classifier.0.convs.") for key in keys):
         return "vainf_deeplabv3"  # VainF/DeepLabV3Plus-Pytorch: torchvision's head kept one level deeper
@@ -258,7 +258,8 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
         return {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in state.items()}, ""
     if fmt == "vainf_deeplabv3":
         unwrapped = {key.replace("classifier.classifier.", "classifier.", 1): value for key, value in state.items()}
-        return {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in unwrapped.items()}, ""
+        renamed = {_rename(key, _TORCHVISION_HEAD_KEYS): value for key, value in unwrapped.items()}
+        return {_rename(key, _VAINF_MOBILENET_KEYS): value for key, value in renamed.items()}, ""
     if fmt in imagenet_formats():
         imagenet, _ = imagenet_formats()[fmt]
         return {f"{BACKBONE_SCOPE}{key}": value for key, value in imagenet.translate(state).items()}, BACKBONE_SCOPE
@@ -278,7 +279,8 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
     if fmt in ("kazuto_deeplabv2", "kazuto_deeplabv3", "kazuto_deeplabv3plus"):
         return {_kazuto_key(key): value for key, value in state.items()}, ""
     if fmt == "vainf_deeplabv3plus":
-        return {_rename(key, _VAINF_PLUS_KEYS): value for key, value in state.items()}, ""
+        renamed = {_rename(key, _VAINF_PLUS_KEYS): value for key, value in state.items()}
+        return {_rename(key, _VAINF_MOBILENET_KEYS): value for key, value in renamed.items()}, ""
     if fmt in ("mmseg_deeplabv3", "mmseg_deeplabv3plus"):
         return {_rename(key, _MMSEG_KEYS): value for key, value in state.items()}, ""
     if fmt in ("smp_deeplabv3", "smp_deeplabv3plus"):
@@ -358,6 +360,8 @@ _SMP_KEYS = [
 ]  # fmt: skip
 # VainF's DeepLabV3+ head: project (48) / aspp (torchvision's branch layout) / classifier (3x3, BN, ReLU, 1x1);
 # its --separable_conv turns each 3x3 into body.0 (depthwise) + body.1 (pointwise).
+# VainF's MobileNetV2 split into low_level_features (0-3) and high_level_features (4-17), indices kept.
+_VAINF_MOBILENET_KEYS = [(r"^backbone\.(?:low|high)_level_features\.", "backbone.features.")]
 _VAINF_PLUS_KEYS = [
     *_under(r"^classifier\.aspp\.", _aspp_keys(r"body\.0", r"body\.1"), "head.aspp."),
     (r"^classifier\.project\.0\.", "head.low_project.conv."), (r"^classifier\.project\.1\.", "head.low_project.bn."),
