@@ -728,7 +728,7 @@ class _VainFInvertedResidual(nn.Module):
 
     def __init__(self, inp, oup, stride, dilation, expand_ratio):
         super().__init__()
-        hidden = int(round(inp * expand_ratio))
+        hidden = inp * expand_ratio
         self.use_res_connect = stride == 1 and inp == oup
         layers = [_VainFConvBNReLU(inp, hidden, kernel=1)] if expand_ratio != 1 else []
         layers += [_VainFConvBNReLU(hidden, hidden, stride=stride, dilation=dilation, groups=hidden),
@@ -781,10 +781,8 @@ class _VainFMobileNet(nn.Module):
 def test_vainf_mobilenet_files_give_vainfs_logits(output_stride, plus, tmp_path):
     torch.manual_seed(output_stride + plus)
     reference = randomise_batchnorm(_VainFMobileNet(output_stride, plus), output_stride).eval()
-    state = {key.replace("high_level_features.", f"high_level_features.@"): value
-             for key, value in reference.state_dict().items()}
-    state = {re.sub(r"high_level_features\.@(\d+)", lambda m: f"high_level_features.{int(m[1]) + 4}", key): value
-             for key, value in state.items()}  # VainF's keys keep features' numbering (4-17)
+    state = {re.sub(r"high_level_features\.(\d+)", lambda m: f"high_level_features.{int(m[1]) + 4}", key): value
+             for key, value in reference.state_dict().items()}  # VainF's keys keep features' numbering (4-17)
     path = tmp_path / f"best_deeplabv3{'plus' if plus else ''}_mobilenet_voc_os{output_stride}.pth"
     torch.save({"cur_itrs": 30000, "model_state": state, "best_score": np.float64(0.71)}, path)
     model = atrous.from_pretrained(path)
