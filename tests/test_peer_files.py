@@ -795,3 +795,82 @@ def test_vainf_mobilenet_files_give_vainfs_logits(output_stride, plus, tmp_path)
         broken = dict(state, **{key: state[key].flip(0)})
         assert _relative_difference(atrous.from_pretrained({"model_state": broken}, output_stride=output_stride)(
             images).logits, expected) > 1e-3  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- jfzhang95 (ResNet-101)
+
+
+class _JfASPPModule(nn.Module):
+    def __init__(self, in_ch, kernel, dilation):
+        super().__init__()
+        self.atrous_conv = nn.Conv2d(in_ch, 256, kernel, padding=0 if kernel == 1 else dilation, dilation=dilation,
+                                     bias=False)  # fmt: skip
+        self.bn = nn.BatchNorm2d(256)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.atrous_conv(x)))
+
+
+class _JfDeepLab(nn.Module):
+    """jfzhang95's DeepLab('resnet'): ResNet-101 whose dilated stages dilate every block (first included), layer4 with
+    multi-grid (1, 2, 4) x the stage dilation; ASPP aspp1-4 + global_avg_pool + conv1/bn1; decoder conv1/bn1 (48) and
+    last_conv; every upsampling with align_corners=True, the ASPP output first in the concat."""
+
+    def __init__(self, output_stride, num_classes=21):
+        super().__init__()
+        import torchvision
+
+        self.backbone = torchvision.models.resnet101(weights=None)
+        del self.backbone.fc, self.backbone.avgpool
+        stages = {16: [(self.backbone.layer4, 2, (1, 2, 4))],
+                  8: [(self.backbone.layer3, 2, (1,) * 23), (self.backbone.layer4, 4, (1, 2, 4))]}[output_stride]  # fmt: skip
+        for layer, dilation, grid in stages:
+            layer[0].conv2.stride, layer[0].downsample[0].stride = (1, 1), (1, 1)
+            for block, multiplier in zip(layer, grid):
+                block.conv2.dilation = block.conv2.padding = (dilation * multiplier,) * 2
+        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        self.aspp = nn.Module()
+        self.aspp.aspp1 = _JfASPPModule(2048, 1, 1)
+        for i, rate in enumerate(rates):
+            setattr(self.aspp, f"aspp{i + 2}", _JfASPPModule(2048, 3, rate))
+        self.aspp.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(2048, 256, 1, bias=False),
+                                                  nn.BatchNorm2d(256), nn.ReLU())  # fmt: skip
+        self.aspp.conv1, self.aspp.bn1 = nn.Conv2d(1280, 256, 1, bias=False), nn.BatchNorm2d(256)
+        self.decoder = nn.Module()
+        self.decoder.conv1, self.decoder.bn1 = nn.Conv2d(256, 48, 1, bias=False), nn.BatchNorm2d(48)
+        self.decoder.last_conv = nn.Sequential(
+            nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.5),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.1),
+            nn.Conv2d(256, num_classes, 1),
+        )  # fmt: skip
+
+    def forward(self, images):
+        b, a, d = self.backbone, self.aspp, self.decoder
+        low = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(images)))))
+        x = b.layer4(b.layer3(b.layer2(low)))
+        pooled = F.interpolate(a.global_avg_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        x = torch.cat([a.aspp1(x), a.aspp2(x), a.aspp3(x), a.aspp4(x), pooled], dim=1)
+        x = F.relu(a.bn1(a.conv1(x)))
+        low = F.relu(d.bn1(d.conv1(low)))
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
+        x = d.last_conv(torch.cat([x, low], dim=1))
+        return F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_jfzhang95_files_give_its_logits(output_stride, tmp_path):
+    torch.manual_seed(output_stride)
+    reference = randomise_batchnorm(_JfDeepLab(output_stride), output_stride).eval()
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 50, "state_dict": reference.state_dict(), "optimizer": {}, "best_pred": np.float64(0.78)}, path)
+    model = atrous.from_pretrained(path, output_stride=output_stride)
+    assert (model.spec.name, model.spec.multi_grid, model.spec.align_corners) == ("deeplabv3plus", (1, 2, 4), True)
+    images = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = reference(images)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        state = reference.state_dict()
+        key = "aspp.aspp3.bn.running_var"
+        broken = {"state_dict": dict(state, **{key: state[key].flip(0)})}
+        assert _relative_difference(atrous.from_pretrained(broken, output_stride=output_stride)(images).logits,
+                                    expected) > 1e-3  # fmt: skip

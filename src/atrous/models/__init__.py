@@ -50,6 +50,7 @@ class Architecture:
     frozen_bn: str = "none"
     head_lr_mult: float = 1.0
     separable: bool = True  # whether the head has the atrous-separable option
+    align_corners: bool = False  # whether the head upsamples inside, as ``spec.align_corners`` says
 
 
 def _deeplabv2_aux(**kwargs) -> DeepLabV2Head:
@@ -63,11 +64,11 @@ MODELS: dict[str, Architecture] = {
         default_rates=lambda output_stride: (6, 12, 18, 24), frozen_bn="all", head_lr_mult=10.0, separable=False,
     ),
     "deeplabv3": Architecture(DeepLabV3Head, FCNHead, backbone="resnet50", output_stride=16),
-    "deeplabv3plus": Architecture(DeepLabV3PlusHead, FCNHead, backbone="resnet50", output_stride=16),
+    "deeplabv3plus": Architecture(DeepLabV3PlusHead, FCNHead, backbone="resnet50", output_stride=16, align_corners=True),
     # The DeepLabV3+ decoders of two popular implementations, for their files (from_pretrained):
     # segmentation_models_pytorch's (pair-separable convs, one decoder conv) and VainF's (low-level first, one conv).
     "deeplabv3plus_smp": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
-                                      default_rates=lambda output_stride: (12, 24, 36)),
+                                      default_rates=lambda output_stride: (12, 24, 36), align_corners=True),
     "deeplabv3plus_vainf": Architecture(DeepLabV3PlusLowFirstHead, FCNHead, backbone="resnet50", output_stride=16),
     # kazuto1011/deeplab-pytorch's DeepLabV3 (ASPP straight into the classifier, as in the paper).
     "deeplabv3_kazuto": Architecture(DeepLabV3PaperHead, FCNHead, backbone="resnet101_caffe", output_stride=16),
@@ -140,7 +141,9 @@ def build_model(spec: ModelSpec | str | None = None, /, **fields) -> Segmenter:
                           first_block_dilation=spec.first_block_dilation)  # fmt: skip
     rates = spec.atrous_rates if spec.atrous_rates is not None else arch.default_rates(spec.output_stride)
     common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}
-    head = arch.head(**common, **({"separable": spec.separable} if arch.separable else {}))
+    options = {"separable": spec.separable} if arch.separable else {}
+    options |= {"align_corners": spec.align_corners} if arch.align_corners else {}
+    head = arch.head(**common, **options)
     model = Segmenter(
         backbone=body,
         head=head,

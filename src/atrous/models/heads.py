@@ -218,6 +218,7 @@ class DeepLabV3PlusHead(nn.Module):
 
     low (N, channels["low"], H/4, W/4) -> 1x1 conv (48) + BN + ReLU; ASPP output upsampled to H/4 x W/4;
     concat (304 ch) -> two 3x3 convs (256) + BN + ReLU -> 1x1 classifier. Returns stride-4 logits.
+    ``align_corners``: of the ASPP output's upsampling (True in jfzhang95/pytorch-deeplab-xception).
     """
 
     def __init__(
@@ -229,8 +230,10 @@ class DeepLabV3PlusHead(nn.Module):
         low_project_channels: int = 48,
         dropout: float = 0.1,
         separable: bool = False,
+        align_corners: bool = False,
     ):
         super().__init__()
+        self.align_corners = align_corners
         self.aspp = ASPP(in_channels=channels["out"], atrous_rates=atrous_rates, dropout=dropout, separable=separable)
         self.low_project = ConvBNReLU(channels["low"], low_project_channels, 1)
         self.fuse1 = conv3x3_bn_relu(256 + low_project_channels, 256, separable=separable)
@@ -241,7 +244,7 @@ class DeepLabV3PlusHead(nn.Module):
         """features["out"] and features["low"] -> logits (N, num_classes, H/4, W/4)."""
         low = features["low"]
         context = self.aspp(features["out"])
-        context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        context = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         fused = torch.cat([context, self.low_project(low)], dim=1)
         return self.classifier(self.fuse2(self.fuse1(fused)))
 
@@ -297,7 +300,7 @@ class DeepLabV3PlusPairHead(nn.Module):
         num_classes: int,
         atrous_rates: Sequence[int],
         separable: bool = True,
-        align_corners: bool = True,
+        align_corners: bool = False,
         low_project_channels: int = 48,
     ):
         super().__init__()

@@ -124,6 +124,15 @@ def _kazuto_deeplabv3(state, contents, source) -> Description:
     return spec, [("output_stride", "output stride 16 and multi-grid (1, 2, 4), its factories' (the file records neither)")]
 
 
+def _jfzhang95(state, contents, source) -> Description:
+    """jfzhang95's DeepLabV3+ on ResNet-101: every block of a dilated stage dilated, multi-grid (1, 2, 4) on layer4,
+    align_corners=True; its README models ran at output stride 16 (not recorded in the file)."""
+    spec = ModelSpec(name="deeplabv3plus", backbone=_resnet(state), output_stride=16, multi_grid=(1, 2, 4),
+                     first_block_dilation="stage", align_corners=True,
+                     num_classes=_classes(state, "decoder.last_conv.8.weight"))  # fmt: skip
+    return spec, [("output_stride", "output stride 16, its released models' (the file does not record it)")]
+
+
 def _smp(state, contents, source) -> Description:
     """segmentation_models_pytorch: its config.json (``save_pretrained`` folders) says everything; a bare state dict
     leaves its defaults to assume. Its ResNet encoder dilates every block of a dilated stage, and it upsamples with
@@ -208,6 +217,7 @@ DESCRIBE: dict[str, Callable[..., Description]] = {
     "kazuto_deeplabv2": _kazuto_deeplabv2,
     "kazuto_deeplabv3": _kazuto_deeplabv3,
     "kazuto_deeplabv3plus": _kazuto_deeplabv3,
+    "jfzhang95_deeplabv3plus": _jfzhang95,
     "smp_deeplabv3": _smp,
     "mmseg_deeplabv3": _mmseg,
     "mmseg_deeplabv3plus": _mmseg,

@@ -40,7 +40,8 @@ class ModelSpec:
     head_lr_mult: learning-rate multiplier of the heads; default 10 for deeplabv2, 1 otherwise.
     first_block_dilation: the dilation of a dilated stage's first block, "previous" (torchvision's rule) or "stage"
         (segmentation_models_pytorch's, DeepLab-v2's); None: the backbone's own rule.
-    align_corners: of the bilinear upsampling of the logits (True in segmentation_models_pytorch and jfzhang95).
+    align_corners: of the bilinear upsampling of the logits, and of the features inside heads that upsample them
+        (True in segmentation_models_pytorch and jfzhang95).
     pretrained_backbone: None, "imagenet" (the backbone's published ImageNet weights) or a weights file.
     weights: a weights file of any format ``load_weights`` reads, loaded into the whole model after building.
     """

@@ -131,7 +131,7 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
 DEEPLAB_FORMATS = ("atrous", "torchvision_deeplabv3_resnet", "torchvision_deeplabv3_mobilenet_v3_large",
                    "vainf_deeplabv3", "vainf_deeplabv3plus", "deeplabv2_caffe", "deeplabv2_port", "kazuto_deeplabv2", "kazuto_deeplabv3",
                    "kazuto_deeplabv3plus", "smp_deeplabv3",
-                   "smp_deeplabv3plus", "mmseg_deeplabv3", "mmseg_deeplabv3plus")  # fmt: skip
+                   "smp_deeplabv3plus", "mmseg_deeplabv3", "mmseg_deeplabv3plus", "jfzhang95_deeplabv3plus")  # fmt: skip
 _KAZUTO_BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 
 
@@ -154,6 +154,11 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
             raise WeightsError(f"{source}: an mmsegmentation file with a backbone atrous does not read yet (it reads "
                                "ResNetV1c, the deep-stem ResNet of its DeepLab models)")  # fmt: skip
         return "mmseg_deeplabv3plus" if "decode_head.c1_bottleneck.conv.weight" in state else "mmseg_deeplabv3"
+    if "aspp.aspp1.atrous_conv.weight" in state and "decoder.last_conv.8.weight" in state:
+        if "backbone.layer1.0.conv1.weight" not in state:
+            raise WeightsError(f"{source}: jfzhang95's DeepLabV3+ with a backbone atrous does not read yet (it reads "
+                               "its ResNet-101)")  # fmt: skip
+        return "jfzhang95_deeplabv3plus"
     if "segmentation_head.0.weight" in state and any(key.startswith("decoder.") for key in keys):
         if not any(key.startswith("encoder.layer1.") for key in keys):
             raise WeightsError(f"{source}: a segmentation_models_pytorch file with an encoder atrous does not read yet "
@@ -281,6 +286,8 @@ def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> 
     if fmt == "vainf_deeplabv3plus":
         renamed = {_rename(key, _VAINF_PLUS_KEYS): value for key, value in state.items()}
         return {_rename(key, _VAINF_MOBILENET_KEYS): value for key, value in renamed.items()}, ""
+    if fmt == "jfzhang95_deeplabv3plus":
+        return {_rename(key, _JFZHANG95_KEYS): value for key, value in state.items()}, ""
     if fmt in ("mmseg_deeplabv3", "mmseg_deeplabv3plus"):
         return {_rename(key, _MMSEG_KEYS): value for key, value in state.items()}, ""
     if fmt in ("smp_deeplabv3", "smp_deeplabv3plus"):
@@ -389,6 +396,20 @@ _MMSEG_KEYS = [
     (r"^auxiliary_head\.convs\.0\.(conv|bn)\.", r"aux_head.conv.\1."),
     (r"^auxiliary_head\.conv_seg\.", "aux_head.classifier."),
 ]  # fmt: skip
+# jfzhang95/pytorch-deeplab-xception: ASPP aspp1 (1x1) / aspp2-4 (atrous) with atrous_conv + bn, global_avg_pool
+# (pool, conv, BN, ReLU), conv1 + bn1 (projection); decoder conv1 + bn1 (48), last_conv (conv, BN, ReLU, dropout,
+# conv, BN, ReLU, dropout, classifier).
+_JFZHANG95_KEYS = [
+    (r"^aspp\.aspp1\.atrous_conv\.", "head.aspp.branch1x1.conv."), (r"^aspp\.aspp1\.bn\.", "head.aspp.branch1x1.bn."),
+    (r"^aspp\.aspp([234])\.atrous_conv\.", lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 2}.conv."),
+    (r"^aspp\.aspp([234])\.bn\.", lambda m: f"head.aspp.atrous_branches.{int(m[1]) - 2}.bn."),
+    (r"^aspp\.global_avg_pool\.1\.", "head.aspp.pooling.conv."), (r"^aspp\.global_avg_pool\.2\.", "head.aspp.pooling.bn."),
+    (r"^aspp\.conv1\.", "head.aspp.project.conv."), (r"^aspp\.bn1\.", "head.aspp.project.bn."),
+    (r"^decoder\.conv1\.", "head.low_project.conv."), (r"^decoder\.bn1\.", "head.low_project.bn."),
+    (r"^decoder\.last_conv\.0\.", "head.fuse1.conv."), (r"^decoder\.last_conv\.1\.", "head.fuse1.bn."),
+    (r"^decoder\.last_conv\.4\.", "head.fuse2.conv."), (r"^decoder\.last_conv\.5\.", "head.fuse2.bn."),
+    (r"^decoder\.last_conv\.8\.", "head.classifier."),
+]  # fmt: skip
 _SMP_OLD_KEYS = [(r"^decoder\.0\.", "decoder.aspp."), (r"^decoder\.1\.", "decoder.conv."), (r"^decoder\.2\.", "decoder.bn.")]
 
 
@@ -404,6 +425,7 @@ _EXPECTED_NORMALIZATION = {
     "vainf_deeplabv3plus": IMAGENET_RGB,
     "smp_deeplabv3": IMAGENET_RGB,
     "mmseg_deeplabv3": IMAGENET_RGB,
+    "jfzhang95_deeplabv3plus": IMAGENET_RGB,
     "mmseg_deeplabv3plus": IMAGENET_RGB,
     "smp_deeplabv3plus": IMAGENET_RGB,
 }
