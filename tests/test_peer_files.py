@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import randomise_batchnorm
 from torch import nn
-from torchvision.models import resnet50, segmentation
+from torchvision.models import segmentation
 from torchvision.models._utils import IntermediateLayerGetter
 
 import atrous
@@ -128,10 +128,13 @@ class _VainFDeepLabV3(nn.Module):
     """VainF's ``deeplabv3_resnet50``: torchvision's ResNet-50 dilated to the output stride, its layer4 into the head,
     logits resized bilinearly to the input (``align_corners=False``)."""
 
-    def __init__(self, output_stride: int, num_classes: int = 21):
+    def __init__(self, output_stride: int, num_classes: int = 21, depth: int = 50):
         super().__init__()
+        import torchvision
+
         dilation = [False, True, True] if output_stride == 8 else [False, False, True]
-        self.backbone = IntermediateLayerGetter(resnet50(replace_stride_with_dilation=dilation), {"layer4": "out"})
+        resnet = getattr(torchvision.models, f"resnet{depth}")(replace_stride_with_dilation=dilation)
+        self.backbone = IntermediateLayerGetter(resnet, {"layer4": "out"})
         self.classifier = _VainFHead(num_classes, [12, 24, 36] if output_stride == 8 else [6, 12, 18])
 
     def forward(self, images):
@@ -474,10 +477,12 @@ def _vainf_separable(module: nn.Module) -> None:
 
 
 class _VainFDeepLabV3Plus(nn.Module):
-    def __init__(self, output_stride, num_classes=21, separable=False):
+    def __init__(self, output_stride, num_classes=21, separable=False, depth=50):
         super().__init__()
+        import torchvision
+
         dilation = [False, True, True] if output_stride == 8 else [False, False, True]
-        resnet = resnet50(replace_stride_with_dilation=dilation)
+        resnet = getattr(torchvision.models, f"resnet{depth}")(replace_stride_with_dilation=dilation)
         self.backbone = IntermediateLayerGetter(resnet, {"layer4": "out", "layer1": "low_level"})
         self.classifier = _VainFPlusHead(num_classes, [12, 24, 36] if output_stride == 8 else [6, 12, 18])
         if separable:
@@ -781,8 +786,7 @@ class _VainFMobileNet(nn.Module):
 def test_vainf_mobilenet_files_give_vainfs_logits(output_stride, plus, tmp_path):
     torch.manual_seed(output_stride + plus)
     reference = randomise_batchnorm(_VainFMobileNet(output_stride, plus), output_stride).eval()
-    state = {re.sub(r"high_level_features\.(\d+)", lambda m: f"high_level_features.{int(m[1]) + 4}", key): value
-             for key, value in reference.state_dict().items()}  # VainF's keys keep features' numbering (4-17)
+    state = vainf_mobilenet_keys(reference.state_dict())
     path = tmp_path / f"best_deeplabv3{'plus' if plus else ''}_mobilenet_voc_os{output_stride}.pth"
     torch.save({"cur_itrs": 30000, "model_state": state, "best_score": np.float64(0.71)}, path)
     model = atrous.from_pretrained(path)
@@ -874,3 +878,9 @@ def test_jfzhang95_files_give_its_logits(output_stride, tmp_path):
         broken = {"state_dict": dict(state, **{key: state[key].flip(0)})}
         assert _relative_difference(atrous.from_pretrained(broken, output_stride=output_stride)(images).logits,
                                     expected) > 1e-3  # fmt: skip
+
+
+def vainf_mobilenet_keys(state: dict) -> dict:
+    """VainF's keys keep the features' numbering (4-17) in high_level_features."""
+    return {re.sub(r"high_level_features\.(\d+)", lambda m: f"high_level_features.{int(m[1]) + 4}", key): value
+            for key, value in state.items()}  # fmt: skip

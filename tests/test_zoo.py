@@ -3,9 +3,18 @@ offline message says which file to put where. Nothing is downloaded here."""
 
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
-from test_peer_files import _KazutoDeepLabV2, _KazutoMSC, _MMSegDeepLab
+from test_peer_files import (
+    _KazutoDeepLabV2,
+    _KazutoMSC,
+    _MMSegDeepLab,
+    _VainFDeepLabV3,
+    _VainFDeepLabV3Plus,
+    _VainFMobileNet,
+    vainf_mobilenet_keys,
+)
 from torchvision.models import segmentation
 
 import atrous
@@ -27,13 +36,22 @@ def _published_layout(name: str) -> dict:
         depth = 101 if entry.spec.backbone == "resnet101_v1c" else 50
         model = _MMSegDeepLab(entry.spec.num_classes, plus="plus" in entry.spec.name, depth=depth)
         return {"meta": {"mmseg_version": "0.5.0"}, "state_dict": model.state_dict()}
+    if entry.publisher == "VainF/DeepLabV3Plus-Pytorch":
+        plus, classes = entry.spec.name == "deeplabv3plus_vainf", entry.spec.num_classes
+        if entry.spec.backbone == "mobilenet_v2_vainf":
+            state = vainf_mobilenet_keys(_VainFMobileNet(16, plus, num_classes=classes).state_dict())
+        else:
+            depth = int(entry.spec.backbone.removeprefix("resnet"))
+            model = _VainFDeepLabV3Plus(16, classes, depth=depth) if plus else _VainFDeepLabV3(16, classes, depth=depth)
+            state = model.state_dict()
+        return {"cur_itrs": 30000, "model_state": state, "best_score": np.float64(0.7)}
     raise AssertionError(f"no layout writer for {entry.publisher}")
 
 
 def test_the_catalogue_says_where_each_score_was_published():
-    assert len(zoo()) >= 14
+    assert len(zoo()) >= 21
     assert {entry.publisher for entry in zoo().values()} == {"torchvision", "kazuto1011/deeplab-pytorch",
-                                                             "open-mmlab/mmsegmentation"}  # fmt: skip
+                                                             "open-mmlab/mmsegmentation", "VainF/DeepLabV3Plus-Pytorch"}  # fmt: skip
     for entry in zoo().values():
         assert entry.url.startswith("https://") and entry.published["source"] and entry.published["mIoU"] > 0
         if entry.hash is not None:

@@ -47,10 +47,11 @@ class ZooEntry:
     spec: ModelSpec
     eval: str
     published: dict
+    file: str | None = None  # the file name, where the URL does not end with it
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.file or self.url.rsplit("/", 1)[-1]
 
     def class_names_and_palette(self) -> tuple[list[str], np.ndarray]:
         return _labels(self.labels)
