@@ -113,3 +113,15 @@ def test_foreign_weights_need_an_architecture(trained, tmp_path, capsys):
     assert "--model, --backbone and --num-classes" in capsys.readouterr().err
     assert main(["export", "--weights", str(bare), "--format", "torchscript", "--model", "deeplabv3", "--backbone",
                  "resnet18", "--num-classes", "7", "--out", str(tmp_path / "m.pt")]) == 0  # fmt: skip
+
+
+def test_eval_with_msc_max_fusion(trained, capsys):
+    root, _, checkpoint = trained
+    out = root / "eval_msc"
+    assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(checkpoint), "--out", str(out),
+                 "--msc", "--runtime", "eager"]) == 0  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["pixels"] > 0
+    capsys.readouterr()
+    assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(checkpoint), "--out", str(out),
+                 "--msc", "--runtime", "onnxruntime"]) == 2  # fmt: skip
+    assert "--runtime eager" in capsys.readouterr().err

@@ -884,3 +884,34 @@ def vainf_mobilenet_keys(state: dict) -> dict:
     """VainF's keys keep the features' numbering (4-17) in high_level_features."""
     return {re.sub(r"high_level_features\.(\d+)", lambda m: f"high_level_features.{int(m[1]) + 4}", key): value
             for key, value in state.items()}  # fmt: skip
+
+
+def test_msc_max_fusion_gives_kazutos_msc_logits(tmp_path):
+    """kazuto1011's MSC at eval: the base's stride-8 logits at scale 1 and at 0.5 and 0.75 (inputs resized by scale
+    factor, logits resized to scale 1's), max-fused, then upsampled to the image as its demo does."""
+    from atrous.inference import InferenceOptions, max_fused_logits, predict
+
+    torch.manual_seed(9)
+    base = _KazutoDeepLabV2(num_classes=6)
+    calibration = atrous.models.CAFFE_BGR(torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(4)))
+    randomise_batchnorm(base, 9, images=calibration).eval()
+    for module in base.modules():
+        if isinstance(module, _KazutoASPP):
+            for conv in module.children():
+                nn.init.normal_(conv.bias, 0.0, 0.5)
+    model = atrous.from_pretrained(_KazutoMSC(base).state_dict())
+    images = calibration[:1, :, :61, :53]
+    with torch.no_grad():
+        logits = base(images)
+        pyramid = [F.interpolate(base(F.interpolate(images, scale_factor=p, mode="bilinear", align_corners=False)),
+                                 size=logits.shape[-2:], mode="bilinear", align_corners=False) for p in (0.5, 0.75)]  # fmt: skip
+        fused = torch.max(torch.stack([logits, *pyramid]), dim=0)[0]
+        expected = F.interpolate(fused, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        ours = max_fused_logits(model, images, (1.0, 0.75, 0.5))
+        assert _relative_difference(ours, expected) < 1e-5
+        options = InferenceOptions(scales=(1.0, 0.75, 0.5), fusion="max")
+        assert torch.equal(predict(model, images, options), expected.argmax(1))
+        single = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        assert not torch.equal(ours, single)  # the other scales took part
+    with pytest.raises(atrous.ConfigError, match="no flip"):
+        InferenceOptions(scales=(1.0, 0.5), fusion="max", flip=True)

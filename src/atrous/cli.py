@@ -216,6 +216,8 @@ def _add_train_command(commands) -> None:
 def _inference_options(args: argparse.Namespace):
     from .inference import InferenceOptions
 
+    if args.msc:  # DeepLab-v2's multi-scale inputs with max fusion (kazuto1011's MSC)
+        return InferenceOptions(scales=tuple(args.scales or (1.0, 0.75, 0.5)), fusion="max", crf=args.crf)
     scales = tuple(args.scales) if args.scales else ((0.5, 0.75, 1.0, 1.25, 1.5, 1.75) if args.tta else (1.0,))
     crop = args.crop if args.slide else None
     return InferenceOptions(scales=scales, flip=args.flip or args.tta, crop=crop, stride=args.stride, crf=args.crf)
@@ -348,6 +350,8 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=513)
     parser.add_argument("--stride", type=int, default=341)
     parser.add_argument("--crf", action="store_true", help="DenseCRF post-processing (pip install 'atrous[crf]')")
+    parser.add_argument("--msc", action="store_true",
+                        help="DeepLab-v2's MSC: scales 1, 0.75, 0.5 (or --scales), logits max-fused (with --runtime eager)")  # fmt: skip
 
 
 def _add_inference_commands(commands) -> None:

@@ -63,10 +63,16 @@ def slide_logits(
 
 @dataclass
 class InferenceOptions:
-    """How to predict. ``scales=(1.0,)`` and ``flip=False`` is plain inference; ``crop`` enables sliding window."""
+    """How to predict. ``scales=(1.0,)`` and ``flip=False`` is plain inference; ``crop`` enables sliding window.
+
+    fusion: how scales combine: "mean" of the probabilities at full resolution, or "max" of the logits at the head's
+    resolution before one upsampling (the MSC of DeepLab-v2 and kazuto1011/deeplab-pytorch: scales (1, 0.75, 0.5),
+    images resized by scale factor; eager models only, no flip, no sliding window).
+    """
 
     scales: Sequence[float] = (1.0,)
     flip: bool = False
+    fusion: str = "mean"
     crop: int | None = None
     stride: int | None = None
     window_batch: int = 4
@@ -77,6 +83,12 @@ class InferenceOptions:
     def plain(self) -> bool:
         return tuple(self.scales) == (1.0,) and not self.flip
 
+    def __post_init__(self) -> None:
+        if self.fusion not in ("mean", "max"):
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose from ['mean', 'max']")
+        if self.fusion == "max" and (self.flip or self.crop is not None):
+            raise ConfigError("max fusion (MSC) combines scales only: no flip, no sliding window")
+
 
 def _logits(model, images, options: InferenceOptions) -> torch.Tensor:
     if options.crop is None:
@@ -86,8 +98,28 @@ def _logits(model, images, options: InferenceOptions) -> torch.Tensor:
 
 
 @torch.no_grad()
+def max_fused_logits(model: torch.nn.Module, images: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """MSC: the element-wise max of the head logits of every scale, each resized to the scale-1 head's resolution,
+    then upsampled to the input (bilinear, ``align_corners=False``). (N, C, H, W)."""
+    head_logits = getattr(model, "head_logits", None)
+    if head_logits is None:
+        raise ConfigError("max fusion needs the model's head logits: run it eagerly (--runtime eager)")
+    base = head_logits(images)
+    fused = base
+    for scale in scales:
+        if scale != 1.0:
+            scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+            logits = F.interpolate(head_logits(scaled), size=base.shape[-2:], mode="bilinear", align_corners=False)
+            fused = torch.maximum(fused, logits)
+    return F.interpolate(fused, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
-    """(N, C, H, W) class probabilities, averaged over scales (and horizontal flips) at the input's resolution."""
+    """(N, C, H, W) class probabilities, averaged over scales (and horizontal flips) at the input's resolution, or
+    from the max-fused logits (``options.fusion == "max"``)."""
+    if options.fusion == "max":
+        return max_fused_logits(model, images, options.scales).float().softmax(dim=1)
     height, width = images.shape[-2:]
     total = None
     for scale in options.scales:

@@ -38,6 +38,8 @@ class InferenceModel:
         self.normalization = model.normalization
         self.class_names, self.palette = model.class_names, model.palette
         self._logits = logits
+        # The head's logits before upsampling (max fusion over scales needs them): the eager runtime only.
+        self.head_logits = _no_grad(model.head_logits) if runtime == "eager" else None
 
     def __call__(self, images: torch.Tensor) -> SegmentationOutput:
         """images: (N, 3, H, W) float32, normalised -> logits (N, num_classes, H, W) float32."""

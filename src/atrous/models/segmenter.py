@@ -101,6 +101,10 @@ class Segmenter(nn.Module):
     def output_stride(self) -> int:
         return self.backbone.output_stride
 
+    def head_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The main head's logits at its own resolution (stride 4 to 16), before the upsampling of ``forward``."""
+        return self.head(self.backbone(images))
+
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         """images: (N, 3, H, W) float32, normalised with ``self.normalization`` -> ``SegmentationOutput``."""
         size = images.shape[-2:]
