@@ -1,0 +1,70 @@
+"""VainF/DeepLabV3Plus-Pytorch: torchvision's backbones (its MobileNetV2 split into low_level_features 0-3 and
+high_level_features 4-17, indices kept); DeepLabV3 = torchvision's head one level deeper (classifier.classifier.N);
+DeepLabV3+ = project (48) / aspp (torchvision's branch layout) / classifier (3x3, BN, ReLU, 1x1), its
+--separable_conv turning each 3x3 into body.0 (depthwise) + body.1 (pointwise)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ...errors import WeightsError
+from ..normalization import IMAGENET_RGB
+from ..spec import ModelSpec
+from . import Format
+from .common import aspp_keys, classes, from_filename, rename_all, resnet, under
+from .torchvision import HEAD_KEYS
+
+_MOBILENET_KEYS = [(r"^backbone\.(?:low|high)_level_features\.", "backbone.features.")]
+_PLUS_KEYS = [
+    *under(r"^classifier\.aspp\.", aspp_keys(r"body\.0", r"body\.1"), "head.aspp."),
+    (r"^classifier\.project\.0\.", "head.low_project.conv."), (r"^classifier\.project\.1\.", "head.low_project.bn."),
+    (r"^classifier\.classifier\.0\.body\.0\.", "head.fuse.conv.depthwise."),
+    (r"^classifier\.classifier\.0\.body\.1\.", "head.fuse.conv.pointwise."),
+    (r"^classifier\.classifier\.0\.", "head.fuse.conv."), (r"^classifier\.classifier\.1\.", "head.fuse.bn."),
+    (r"^classifier\.classifier\.3\.", "head.classifier."),
+]  # fmt: skip
+
+
+def _backbone(state) -> str:
+    return "mobilenet_v2_vainf" if "backbone.low_level_features.0.0.weight" in state else resnet(state)
+
+
+def _recognise_plus(state, source) -> bool:
+    if not ("classifier.project.0.weight" in state and "classifier.aspp.convs.0.0.weight" in state):
+        return False
+    if "backbone.layer1.0.conv1.weight" not in state and "backbone.low_level_features.0.0.weight" not in state:
+        raise WeightsError(f"{source}: VainF's DeepLabV3+ with a backbone atrous does not read yet (it reads the "
+                           "ResNets and MobileNetV2)")  # fmt: skip
+    return True
+
+
+def _describe(state, contents, source):
+    stride, assumed = from_filename(source, r"_os(8|16)\b"), []
+    if stride is None:
+        stride = "16"
+        assumed.append(("output_stride", "output stride 16, VainF's default (its file names say _os8 or _os16)"))
+    plus = "classifier.project.0.weight" in state
+    classifier = "classifier.classifier.3.weight" if plus else "classifier.classifier.4.weight"
+    # VainF's rates are atrous's defaults: (6, 12, 18) at OS16, doubled at OS8.
+    spec = ModelSpec(name="deeplabv3", backbone=_backbone(state), output_stride=int(stride),
+                     num_classes=classes(state, classifier))  # fmt: skip
+    if plus:
+        separable = "classifier.classifier.0.body.0.weight" in state  # its --separable_conv
+        spec = dataclasses.replace(spec, name="deeplabv3plus_vainf", separable=separable)
+    return spec, assumed
+
+
+def _translate_v3(state, model):
+    unwrapped = {key.replace("classifier.classifier.", "classifier.", 1): value for key, value in state.items()}
+    return rename_all(unwrapped, HEAD_KEYS, _MOBILENET_KEYS), ""
+
+
+def _translate_plus(state, model):
+    return rename_all(state, _PLUS_KEYS, _MOBILENET_KEYS), ""
+
+
+FORMATS = [
+    Format("vainf_deeplabv3plus", _recognise_plus, _translate_plus, _describe, IMAGENET_RGB),
+    Format("vainf_deeplabv3", lambda state, source: any(key.startswith("classifier.classifier.0.convs.") for key in state),
+           _translate_v3, _describe, IMAGENET_RGB),
+]  # fmt: skip
