@@ -16,7 +16,7 @@ def test_registries_list_the_documented_names():
                                     "deeplabv3plus_mmseg", "deeplabv3plus_smp", "deeplabv3plus_vainf"]  # fmt: skip
     assert ALL_BACKBONES == sorted(
         ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet101_caffe", "mobilenet_v3_large",
-         "resnet50_v1c", "resnet101_v1c", "mobilenet_v2_vainf"]
+         "resnet50_v1c", "resnet101_v1c", "mobilenet_v2_vainf", "mobilenet_v2_jfzhang95"]
     )  # fmt: skip
 
 

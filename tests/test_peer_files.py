@@ -915,3 +915,92 @@ def test_msc_max_fusion_gives_kazutos_msc_logits(tmp_path):
         assert not torch.equal(ours, single)  # the other scales took part
     with pytest.raises(atrous.ConfigError, match="no flip"):
         InferenceOptions(scales=(1.0, 0.5), fusion="max", flip=True)
+
+
+class _JfInvertedResidual(nn.Module):
+    """jfzhang95's block: one flat Sequential (expansion conv/BN/ReLU6, depthwise conv/BN/ReLU6, projection conv/BN;
+    no expansion for t=1), the input padded by fixed_padding(3, dilation) before it, depthwise unpadded."""
+
+    def __init__(self, inp, oup, stride, dilation, t):
+        super().__init__()
+        hidden = inp * t
+        self.use_res_connect, self.dilation = stride == 1 and inp == oup, dilation
+        depthwise = [nn.Conv2d(hidden, hidden, 3, stride, 0, dilation, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                     nn.ReLU6()]  # fmt: skip
+        expand = [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()] if t != 1 else []
+        self.conv = nn.Sequential(*expand, *depthwise, nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup))
+
+    def forward(self, x):
+        pad = self.dilation  # (3 + 2 (d - 1) - 1) / 2 on every side
+        out = self.conv(F.pad(x, (pad, pad, pad, pad)))
+        return x + out if self.use_res_connect else out
+
+
+class _JfMobileNetDeepLab(_JfDeepLab):
+    """jfzhang95's DeepLab('mobilenet'): padded stem, its blocks, and its rule past the output stride (that stage at
+    the running rate, the rate multiplied for the stages after); the same ASPP (320 in) and decoder (24 low)."""
+
+    def __init__(self, output_stride, num_classes=21):
+        nn.Module.__init__(self)
+        features = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())]
+        current, rate, channels = 2, 1, 32
+        for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
+                           [6, 320, 1, 1]]:  # fmt: skip
+            if current == output_stride:
+                stride, dilation, rate = 1, rate, rate * s
+            else:
+                stride, dilation, current = s, 1, current * s
+            for i in range(n):
+                features.append(_JfInvertedResidual(channels, c, stride if i == 0 else 1, dilation, t))
+                channels = c
+        self.backbone = nn.Module()
+        self.backbone.features = nn.Sequential(*features)
+        self.backbone.low_level_features = self.backbone.features[0:4]  # views: its state dict holds every key twice
+        self.backbone.high_level_features = self.backbone.features[4:]
+        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        self.aspp = nn.Module()
+        self.aspp.aspp1 = _JfASPPModule(320, 1, 1)
+        for i, rate in enumerate(rates):
+            setattr(self.aspp, f"aspp{i + 2}", _JfASPPModule(320, 3, rate))
+        self.aspp.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(320, 256, 1, bias=False),
+                                                  nn.BatchNorm2d(256), nn.ReLU())  # fmt: skip
+        self.aspp.conv1, self.aspp.bn1 = nn.Conv2d(1280, 256, 1, bias=False), nn.BatchNorm2d(256)
+        self.decoder = nn.Module()
+        self.decoder.conv1, self.decoder.bn1 = nn.Conv2d(24, 48, 1, bias=False), nn.BatchNorm2d(48)
+        self.decoder.last_conv = nn.Sequential(
+            nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.5),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.1),
+            nn.Conv2d(256, num_classes, 1),
+        )  # fmt: skip
+
+    def forward(self, images):
+        a, d = self.aspp, self.decoder
+        low = self.backbone.low_level_features(images)
+        x = self.backbone.high_level_features(low)
+        pooled = F.interpolate(a.global_avg_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        x = F.relu(a.bn1(a.conv1(torch.cat([a.aspp1(x), a.aspp2(x), a.aspp3(x), a.aspp4(x), pooled], dim=1))))
+        low = F.relu(d.bn1(d.conv1(low)))
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
+        x = d.last_conv(torch.cat([x, low], dim=1))
+        return F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_jfzhang95_mobilenet_files_give_its_logits(output_stride, tmp_path):
+    torch.manual_seed(output_stride + 1)
+    reference = randomise_batchnorm(_JfMobileNetDeepLab(output_stride), output_stride).eval()
+    state = reference.state_dict()
+    assert any(key.startswith("backbone.high_level_features.") for key in state)  # the duplicated keys, as it saves
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 50, "state_dict": state, "optimizer": {}, "best_pred": np.float64(0.7)}, path)
+    model = atrous.from_pretrained(path, output_stride=output_stride)
+    assert model.spec.backbone == "mobilenet_v2_jfzhang95"
+    images = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = reference(images)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        key = "backbone.features.12.conv.4.running_mean"
+        broken = {"state_dict": {k: (v.flip(0) if k.endswith(key.split("backbone.features.")[1]) else v)
+                                 for k, v in state.items()}}  # fmt: skip
+        assert _relative_difference(atrous.from_pretrained(broken, output_stride=output_stride)(images).logits,
+                                    expected) > 1e-3  # fmt: skip

@@ -317,15 +317,30 @@ def _conv_bn_relu6(inp: int, oup: int, kernel: int, *, stride: int = 1, groups: 
 
 
 class PaddedMobileNetV2Backbone(Backbone):
-    """VainF's MobileNetV2 (``features`` 0-17; the 1280-channel conv dropped): unpadded stride-2 stem, padded-input
-    blocks, output stride by dilation with torchvision's first-block rule. "low" = features[3] (24 ch, stride 4),
-    "aux" = features[6] (32 ch, stride 8), "out" = features[17] (320 ch)."""
+    """The MobileNetV2 of VainF/DeepLabV3Plus-Pytorch (``stem_padding=0``, ``lagging=False``) and of
+    jfzhang95/pytorch-deeplab-xception (``stem_padding=1``, ``lagging=True``): ``features`` 0-17 (the 1280-channel
+    conv dropped), blocks whose input is padded before the expansion conv, output stride by dilation. VainF's stem
+    is unpadded and its dilated stages follow torchvision's first-block rule; jfzhang95's gives the stage that loses
+    its stride the dilation before the change (every block), the next stages the multiplied one.
+    "low" = features[3] (24 ch, stride 4), "aux" = features[6] (32 ch, stride 8), "out" = features[17] (320 ch)."""
 
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def __init__(self, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "previous"):
+    def __init__(
+        self,
+        *,
+        output_stride: int,
+        multi_grid: Sequence[int] | None = None,
+        first_block: str = "previous",
+        stem_padding: int = 0,
+        lagging: bool = False,
+    ):
         super().__init__()
-        blocks: list[nn.Module] = [_conv_bn_relu6(3, 32, 3, stride=2)]
+        if lagging and (multi_grid is not None or first_block != "previous"):
+            raise ConfigError("mobilenet_v2_jfzhang95 has its own dilation rule: no multi_grid or first_block_dilation")
+        stem = _conv_bn_relu6(3, 32, 3, stride=2)
+        stem[0].padding = (stem_padding, stem_padding)
+        blocks: list[nn.Module] = [stem]
         stages, channels = [], 32
         for expand, out, count, stride in self.SETTINGS:
             stage = [_PaddedInvertedResidual(channels if i == 0 else out, out, stride=stride if i == 0 else 1,
@@ -334,13 +349,36 @@ class PaddedMobileNetV2Backbone(Backbone):
             blocks += stage
             channels = out
         self.features = nn.Sequential(*blocks)
-        strides = dilate(stages, input_stride=2, output_stride=output_stride, multi_grid=multi_grid,
-                         first_block=first_block)  # fmt: skip
+        if lagging:
+            strides = self._lagging_dilation(stages, output_stride)
+        else:
+            strides = dilate(stages, input_stride=2, output_stride=output_stride, multi_grid=multi_grid,
+                             first_block=first_block)  # fmt: skip
         for block in blocks[1:]:  # the padding is the block's F.pad, sized from the dilation dilate() set
             block.conv[-3][0].padding = (0, 0)
         self.channels = {"low": 24, "aux": 32, "out": 320}
         self.strides = {"low": strides[1], "aux": strides[2], "out": strides[-1]}
         self.output_stride = output_stride
+
+    @staticmethod
+    def _lagging_dilation(stages: list[list[nn.Module]], output_stride: int) -> list[int]:
+        """jfzhang95's rule: once the output stride is reached, a stage keeps stride 1 and the running rate, and the
+        rate is multiplied by its stride for the stages after it. Returns each stage's output stride."""
+        stride, rate, strides = 2, 1, []
+        for blocks in stages:
+            strided = [conv for conv in _convs(blocks[0]) if conv.stride[0] > 1]
+            stage_stride = max((conv.stride[0] for conv in strided), default=1)
+            dilation = 1
+            if stride == output_stride:
+                for conv in strided:
+                    conv.stride = (1, 1)
+                dilation, rate = rate, rate * stage_stride
+            else:
+                stride *= stage_stride
+            for block in blocks:
+                block.conv[-3][0].dilation = (dilation, dilation)
+            strides.append(stride)
+        return strides
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features: dict[str, torch.Tensor] = {}
@@ -431,6 +469,11 @@ BACKBONES: dict[str, BackboneEntry] = {
     "mobilenet_v2_vainf": BackboneEntry(
         build=PaddedMobileNetV2Backbone, normalization=IMAGENET_RGB,
         imagenet_hint="VainF initialises it from torchvision's mobilenet_v2 ImageNet file: pass that file's path",
+    ),
+    "mobilenet_v2_jfzhang95": BackboneEntry(
+        build=lambda **kwargs: PaddedMobileNetV2Backbone(**kwargs, stem_padding=1, lagging=True),
+        normalization=IMAGENET_RGB,
+        imagenet_hint="jfzhang95 initialises it from its own mobilenet_v2-6a65762b.pth: pass that file's path",
     ),
     "mobilenet_v3_large": BackboneEntry(
         build=MobileNetV3Backbone, normalization=IMAGENET_RGB, imagenet_format=TORCHVISION_MOBILENET_V3,

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ...errors import WeightsError
 from ..normalization import IMAGENET_RGB
 from ..spec import ModelSpec
@@ -23,26 +25,51 @@ _KEYS = [
 ]  # fmt: skip
 
 
+def _mobilenet(state) -> bool:
+    return "backbone.features.0.0.weight" in state and "backbone.low_level_features.0.0.weight" in state
+
+
 def _recognise(state, source) -> bool:
     if not ("aspp.aspp1.atrous_conv.weight" in state and "decoder.last_conv.8.weight" in state):
         return False
-    if "backbone.layer1.0.conv1.weight" not in state:
+    if "backbone.layer1.0.conv1.weight" not in state and not _mobilenet(state):
         raise WeightsError(f"{source}: jfzhang95's DeepLabV3+ with a backbone atrous does not read yet (it reads its "
-                           "ResNet-101)")  # fmt: skip
+                           "ResNet-101 and MobileNetV2)")  # fmt: skip
     return True
 
 
 def _describe(state, contents, source):
-    """DeepLabV3+ on ResNet-101: every block of a dilated stage dilated, multi-grid (1, 2, 4) on layer4,
-    align_corners=True; its README models ran at output stride 16 (not recorded in the file)."""
-    spec = ModelSpec(name="deeplabv3plus", backbone=resnet(state), output_stride=16, multi_grid=(1, 2, 4),
-                     first_block_dilation="stage", align_corners=True,
-                     num_classes=classes(state, "decoder.last_conv.8.weight"))  # fmt: skip
+    """DeepLabV3+ with align_corners=True; on ResNet-101 every block of a dilated stage dilated and multi-grid
+    (1, 2, 4) on layer4; its README models ran at output stride 16 (not recorded in the file)."""
+    if _mobilenet(state):
+        backbone = {"backbone": "mobilenet_v2_jfzhang95"}
+    else:
+        backbone = {"backbone": resnet(state), "multi_grid": (1, 2, 4), "first_block_dilation": "stage"}
+    spec = ModelSpec(name="deeplabv3plus", output_stride=16, align_corners=True,
+                     num_classes=classes(state, "decoder.last_conv.8.weight"), **backbone)  # fmt: skip
     return spec, [("output_stride", "output stride 16, its released models' (the file does not record it)")]
 
 
+# Its MobileNetV2 blocks are one flat Sequential: expansion (conv 0, BN 1), depthwise (3, 4), projection (6, 7); blocks
+# without expansion: depthwise (0, 1), projection (3, 4). atrous nests conv + BN + ReLU6 (conv.0.0, conv.0.1, ...).
+_EXPANDED = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+_UNEXPANDED = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+
+
+def _mobilenet_key(key: str, state) -> str:
+    match = re.match(r"^backbone\.features\.(\d+)\.conv\.(\d)\.(.+)$", key)
+    if match is None:
+        return key
+    block, index, rest = match.groups()
+    table = _EXPANDED if f"backbone.features.{block}.conv.7.weight" in state else _UNEXPANDED
+    return f"backbone.features.{block}.conv.{table[index]}.{rest}"
+
+
 def _translate(state, model):
-    return rename_all(state, _KEYS), ""
+    # Its low_level_features / high_level_features are views of `features`: the same tensors under a second name.
+    kept = {key: value for key, value in state.items() if not key.startswith(("backbone.low_level_features.",
+                                                                               "backbone.high_level_features."))}  # fmt: skip
+    return rename_all({_mobilenet_key(key, kept): value for key, value in kept.items()}, _KEYS), ""
 
 
 FORMATS = [Format("jfzhang95_deeplabv3plus", _recognise, _translate, _describe, IMAGENET_RGB)]
