@@ -832,26 +832,33 @@ class _JfDeepLab(nn.Module):
             layer[0].conv2.stride, layer[0].downsample[0].stride = (1, 1), (1, 1)
             for block, multiplier in zip(layer, grid):
                 block.conv2.dilation = block.conv2.padding = (dilation * multiplier,) * 2
+        self._add_head(output_stride, num_classes, in_channels=2048, low_channels=256)
+
+    def _add_head(self, output_stride, num_classes, *, in_channels, low_channels):
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.aspp = nn.Module()
-        self.aspp.aspp1 = _JfASPPModule(2048, 1, 1)
+        self.aspp.aspp1 = _JfASPPModule(in_channels, 1, 1)
         for i, rate in enumerate(rates):
-            setattr(self.aspp, f"aspp{i + 2}", _JfASPPModule(2048, 3, rate))
-        self.aspp.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(2048, 256, 1, bias=False),
+            setattr(self.aspp, f"aspp{i + 2}", _JfASPPModule(in_channels, 3, rate))
+        self.aspp.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, 256, 1, bias=False),
                                                   nn.BatchNorm2d(256), nn.ReLU())  # fmt: skip
         self.aspp.conv1, self.aspp.bn1 = nn.Conv2d(1280, 256, 1, bias=False), nn.BatchNorm2d(256)
         self.decoder = nn.Module()
-        self.decoder.conv1, self.decoder.bn1 = nn.Conv2d(256, 48, 1, bias=False), nn.BatchNorm2d(48)
+        self.decoder.conv1, self.decoder.bn1 = nn.Conv2d(low_channels, 48, 1, bias=False), nn.BatchNorm2d(48)
         self.decoder.last_conv = nn.Sequential(
             nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.5),
             nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.1),
             nn.Conv2d(256, num_classes, 1),
         )  # fmt: skip
 
-    def forward(self, images):
-        b, a, d = self.backbone, self.aspp, self.decoder
+    def _features(self, images):
+        """(top feature, stride-4 low-level feature)."""
+        b = self.backbone
         low = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(images)))))
-        x = b.layer4(b.layer3(b.layer2(low)))
+        return b.layer4(b.layer3(b.layer2(low))), low
+
+    def forward(self, images):
+        (x, low), a, d = self._features(images), self.aspp, self.decoder
         pooled = F.interpolate(a.global_avg_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
         x = torch.cat([a.aspp1(x), a.aspp2(x), a.aspp3(x), a.aspp4(x), pooled], dim=1)
         x = F.relu(a.bn1(a.conv1(x)))
@@ -957,32 +964,11 @@ class _JfMobileNetDeepLab(_JfDeepLab):
         self.backbone.features = nn.Sequential(*features)
         self.backbone.low_level_features = self.backbone.features[0:4]  # views: its state dict holds every key twice
         self.backbone.high_level_features = self.backbone.features[4:]
-        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
-        self.aspp = nn.Module()
-        self.aspp.aspp1 = _JfASPPModule(320, 1, 1)
-        for i, rate in enumerate(rates):
-            setattr(self.aspp, f"aspp{i + 2}", _JfASPPModule(320, 3, rate))
-        self.aspp.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(320, 256, 1, bias=False),
-                                                  nn.BatchNorm2d(256), nn.ReLU())  # fmt: skip
-        self.aspp.conv1, self.aspp.bn1 = nn.Conv2d(1280, 256, 1, bias=False), nn.BatchNorm2d(256)
-        self.decoder = nn.Module()
-        self.decoder.conv1, self.decoder.bn1 = nn.Conv2d(24, 48, 1, bias=False), nn.BatchNorm2d(48)
-        self.decoder.last_conv = nn.Sequential(
-            nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.5),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(), nn.Dropout(0.1),
-            nn.Conv2d(256, num_classes, 1),
-        )  # fmt: skip
+        self._add_head(output_stride, num_classes, in_channels=320, low_channels=24)
 
-    def forward(self, images):
-        a, d = self.aspp, self.decoder
+    def _features(self, images):
         low = self.backbone.low_level_features(images)
-        x = self.backbone.high_level_features(low)
-        pooled = F.interpolate(a.global_avg_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
-        x = F.relu(a.bn1(a.conv1(torch.cat([a.aspp1(x), a.aspp2(x), a.aspp3(x), a.aspp4(x), pooled], dim=1))))
-        low = F.relu(d.bn1(d.conv1(low)))
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
-        x = d.last_conv(torch.cat([x, low], dim=1))
-        return F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        return self.backbone.high_level_features(low), low
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
