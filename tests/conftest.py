@@ -21,3 +21,17 @@ def _inference_cache(tmp_path_factory):
         os.environ.pop("ATROUS_CACHE", None)
     else:
         os.environ["ATROUS_CACHE"] = previous
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A torch hub cache in ``tmp_path`` (returned: its checkpoints folder) on a machine whose downloads all fail."""
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "hub" / "checkpoints"

@@ -1,6 +1,5 @@
 """Weight loading from every supported format, against state dicts and files made here (no downloads)."""
 
-import urllib.error
 
 import pytest
 import torch
@@ -197,14 +196,8 @@ def test_imagenet_backbone_comes_from_the_torch_hub_cache(tmp_path, monkeypatch)
     assert torch.equal(model.backbone.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
 
 
-def test_imagenet_backbone_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    expected = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+def test_imagenet_backbone_offline_names_the_file_and_where_to_put_it(offline_hub):
+    expected = offline_hub / "resnet50-0676ba61.pth"
     with pytest.raises(WeightsError, match=f"Put the file resnet50-0676ba61.pth at {expected}"):
         atrous.build_model("deeplabv3", backbone="resnet50", num_classes=3, pretrained_backbone="imagenet")
     with pytest.raises(WeightsError, match="DeepLab_resnet_pretrained_imagenet.pth"):

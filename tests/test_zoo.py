@@ -1,7 +1,6 @@
 """The model zoo: every entry builds and takes a file in its publisher's layout; downloads are hash-checked and the
 offline message says which file to put where. Nothing is downloaded here."""
 
-import urllib.error
 
 import numpy as np
 import pytest
@@ -74,14 +73,8 @@ def test_every_entry_runs_from_a_file_in_its_publishers_layout(name, tmp_path, m
         assert model(torch.randn(1, 3, 33, 41)).logits.shape == (1, entry.spec.num_classes, 33, 41)
 
 
-def test_offline_the_error_names_the_file_and_the_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    expected = tmp_path / "hub" / "checkpoints" / "deeplabv3_resnet50_coco-cd0a2569.pth"
+def test_offline_the_error_names_the_file_and_the_folder(offline_hub, tmp_path, capsys):
+    expected = offline_hub / "deeplabv3_resnet50_coco-cd0a2569.pth"
     with pytest.raises(WeightsError, match=f"Put the file deeplabv3_resnet50_coco-cd0a2569.pth at {expected}"):
         atrous.from_pretrained("deeplabv3_resnet50_coco_voc")
     assert main(["predict", "--weights", "deeplabv3_resnet50_coco_voc", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
