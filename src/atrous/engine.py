@@ -140,11 +140,16 @@ def _datasets(config: Config, model: Segmenter) -> tuple[SegmentationDataset, Se
     return train_set, val_set
 
 
+def _micro_batch(config: Config, world_size: int) -> int:
+    """Samples per process and forward pass: the global batch split over processes and accumulation steps."""
+    return config.data.batch_size // (world_size * config.train.grad_accum)
+
+
 def _batch_stream(run: TrainingRun, iterations_per_epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's micro-batches from ``run.iteration`` on, epoch after epoch: the same samples and augmentation
     after a resume as in a straight run."""
     config, info = run.config, run.dist
-    micro_batch = config.data.batch_size // (info.world_size * config.train.grad_accum)
+    micro_batch = _micro_batch(config, info.world_size)
     samples_per_iteration = micro_batch * config.train.grad_accum
     sampler = TrainSampler(len(run.train_set), rank=info.rank, world_size=info.world_size, seed=config.train.seed,
                            samples_per_epoch=iterations_per_epoch * samples_per_iteration)  # fmt: skip
@@ -183,7 +188,7 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
     model.to(info.device)
     model.to(memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
 
-    micro_batch = d.batch_size // (info.world_size * t.grad_accum)
+    micro_batch = _micro_batch(config, info.world_size)
     iterations_per_epoch = (len(train_set) // info.world_size) // (micro_batch * t.grad_accum)
     if iterations_per_epoch < 1:
         raise ConfigError(f"dataset {train_set.name!r} has {len(train_set)} samples: fewer than one global batch of "

@@ -33,10 +33,8 @@ class ExportedGraph(torch.nn.Module):
         self.normalized_input = normalized_input
         norm = model.normalization
         self.flip_channels = norm.channel_order == "BGR"
-        # (x - mean) / std as x * scale + shift, in the weights' channel order.
-        self.register_buffer("scale", torch.tensor([1 / s for s in norm.std]).view(1, 3, 1, 1), persistent=False)
-        shift = [-m / s for m, s in zip(norm.mean, norm.std)]
-        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(norm.scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(norm.shift).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.normalized_input:

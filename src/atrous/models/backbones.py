@@ -51,6 +51,12 @@ def _convs(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _strided_convs(blocks: Sequence[nn.Module]) -> tuple[list[nn.Conv2d], int]:
+    """A stage's strided convs (all in its first block, shortcut included) and the stage's stride."""
+    strided = [conv for conv in _convs(blocks[0]) if conv.stride[0] > 1]
+    return strided, max((conv.stride[0] for conv in strided), default=1)
+
+
 def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
     conv.dilation = (dilation, dilation)
     conv.padding = ((conv.kernel_size[0] - 1) // 2 * dilation, (conv.kernel_size[1] - 1) // 2 * dilation)
@@ -75,8 +81,7 @@ def dilate(
     """
     stride, dilation, strides = input_stride, 1, []
     for index, blocks in enumerate(stages):
-        strided = [conv for conv in _convs(blocks[0]) if conv.stride[0] > 1]
-        stage_stride = max((conv.stride[0] for conv in strided), default=1)
+        strided, stage_stride = _strided_convs(blocks)
         previous = dilation
         if stride * stage_stride > output_stride:
             dilation *= stage_stride
@@ -366,8 +371,7 @@ class PaddedMobileNetV2Backbone(Backbone):
         rate is multiplied by its stride for the stages after it. Returns each stage's output stride."""
         stride, rate, strides = 2, 1, []
         for blocks in stages:
-            strided = [conv for conv in _convs(blocks[0]) if conv.stride[0] > 1]
-            stage_stride = max((conv.stride[0] for conv in strided), default=1)
+            strided, stage_stride = _strided_convs(blocks)
             dilation = 1
             if stride == output_stride:
                 for conv in strided:

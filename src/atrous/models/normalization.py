@@ -21,6 +21,15 @@ class InputNormalization:
     std: tuple[float, float, float]
     channel_order: str  # "RGB" or "BGR"
 
+    @property
+    def scale(self) -> tuple[float, ...]:
+        """(x - mean) / std as x * scale + shift, per channel of the weights' order."""
+        return tuple(1.0 / std for std in self.std)
+
+    @property
+    def shift(self) -> tuple[float, ...]:
+        return tuple(-mean / std for mean, std in zip(self.mean, self.std))
+
     def __call__(self, images: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """images: (N, 3, H, W) or (3, H, W), RGB, uint8 or float in 0..255 -> float32 normalised, same shape.
 
@@ -33,11 +42,9 @@ class InputNormalization:
         for channel in range(3):
             # The weights' channel c reads RGB channel c, or 2 - c for BGR weights (no flipped copy).
             source = 2 - channel if self.channel_order == "BGR" else channel
-            std, mean = self.std[channel], self.mean[channel]
-            # (x - mean) / std as one fused op per channel, x * (1/std) + (-mean/std): the fastest form on CPU,
-            # and this runs once per training sample.
-            shift = torch.tensor(-mean / std, dtype=torch.float32, device=images.device)
-            torch.add(shift, images[..., source, :, :], alpha=1.0 / std, out=out[..., channel, :, :])
+            # One fused op per channel, x * scale + shift: the fastest form on CPU, and this runs once per sample.
+            shift = torch.tensor(self.shift[channel], dtype=torch.float32, device=images.device)
+            torch.add(shift, images[..., source, :, :], alpha=self.scale[channel], out=out[..., channel, :, :])
         return out
 
 

@@ -74,7 +74,7 @@ def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = No
         spec, assumed = fmt.describe(state, contents, name)
         described = fmt.name
     model = build_model(spec.with_overrides(**overrides))
-    report = load_weights(model, contents, name=name, inert=inert)
+    report = load_weights(model, state, name=name, inert=inert)
     report.messages.append(f"architecture from {described}: {model.spec}")
     report.messages += [f"assumed {text}; pass {field}=... if it was trained otherwise" for field, text in assumed
                         if overrides.get(field) is None]  # fmt: skip

@@ -102,8 +102,9 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
             if isinstance(state.get(container), Mapping) or module_state_dict(state.get(container)):
                 state = state[container]
                 break
-    if module_state_dict(state):
-        state = module_state_dict(state)
+    whole_model = module_state_dict(state)
+    if whole_model:
+        state = whole_model
     if not isinstance(state, Mapping) or not state:
         raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors")
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}

@@ -73,6 +73,3 @@ def from_filename(source: str, pattern: str) -> str | None:
     match = re.search(pattern, Path(source).name)
     return match[1] if match else None
 
-
-def has(state: Mapping[str, torch.Tensor], *keys: str) -> bool:
-    return all(key in state for key in keys)
