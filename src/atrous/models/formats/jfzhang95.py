@@ -25,26 +25,31 @@ _KEYS = [
 ]  # fmt: skip
 
 
-def _mobilenet(state) -> bool:
-    return "backbone.features.0.0.weight" in state and "backbone.low_level_features.0.0.weight" in state
+# Each backbone it builds: (a key only that backbone's layout has, the spec fields it implies). On ResNet every
+# block of a dilated stage is dilated and layer4 has multi-grid (1, 2, 4).
+_BACKBONES = [
+    ("backbone.layer1.0.conv1.weight",
+     lambda state: {"backbone": resnet(state), "multi_grid": (1, 2, 4), "first_block_dilation": "stage"}),
+    ("backbone.low_level_features.0.0.weight", lambda state: {"backbone": "mobilenet_v2_jfzhang95"}),
+]  # fmt: skip
+
+
+def _backbone(state) -> dict | None:
+    return next((fields(state) for key, fields in _BACKBONES if key in state), None)
 
 
 def _recognise(state, source) -> bool:
     if not ("aspp.aspp1.atrous_conv.weight" in state and "decoder.last_conv.8.weight" in state):
         return False
-    if "backbone.layer1.0.conv1.weight" not in state and not _mobilenet(state):
+    if _backbone(state) is None:
         raise WeightsError(f"{source}: jfzhang95's DeepLabV3+ with a backbone atrous does not read yet (it reads its "
                            "ResNet-101 and MobileNetV2)")  # fmt: skip
     return True
 
 
 def _describe(state, contents, source):
-    """DeepLabV3+ with align_corners=True; on ResNet-101 every block of a dilated stage dilated and multi-grid
-    (1, 2, 4) on layer4; its README models ran at output stride 16 (not recorded in the file)."""
-    if _mobilenet(state):
-        backbone = {"backbone": "mobilenet_v2_jfzhang95"}
-    else:
-        backbone = {"backbone": resnet(state), "multi_grid": (1, 2, 4), "first_block_dilation": "stage"}
+    """DeepLabV3+ with align_corners=True; its README models ran at output stride 16 (not recorded in the file)."""
+    backbone = _backbone(state)
     spec = ModelSpec(name="deeplabv3plus", output_stride=16, align_corners=True,
                      num_classes=classes(state, "decoder.last_conv.8.weight"), **backbone)  # fmt: skip
     return spec, [("output_stride", "output stride 16, its released models' (the file does not record it)")]

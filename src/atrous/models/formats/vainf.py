@@ -14,7 +14,13 @@ from . import Format
 from .common import aspp_keys, classes, from_filename, rename_all, resnet, under
 from .torchvision import HEAD_KEYS
 
-_MOBILENET_KEYS = [(r"^backbone\.(?:low|high)_level_features\.", "backbone.features.")]
+# Each backbone it builds: (a key only that backbone's layout has, its atrous name, its keys -> atrous's).
+_BACKBONES = [
+    ("backbone.layer1.0.conv1.weight", resnet, []),
+    ("backbone.low_level_features.0.0.weight", lambda state: "mobilenet_v2_vainf",
+     [(r"^backbone\.(?:low|high)_level_features\.", "backbone.features.")]),
+]  # fmt: skip
+_BACKBONE_KEYS = [pair for _, _, table in _BACKBONES for pair in table]
 _PLUS_KEYS = [
     *under(r"^classifier\.aspp\.", aspp_keys(r"body\.0", r"body\.1"), "head.aspp."),
     (r"^classifier\.project\.0\.", "head.low_project.conv."), (r"^classifier\.project\.1\.", "head.low_project.bn."),
@@ -25,14 +31,14 @@ _PLUS_KEYS = [
 ]  # fmt: skip
 
 
-def _backbone(state) -> str:
-    return "mobilenet_v2_vainf" if "backbone.low_level_features.0.0.weight" in state else resnet(state)
+def _backbone(state) -> str | None:
+    return next((name(state) for key, name, _ in _BACKBONES if key in state), None)
 
 
 def _recognise_plus(state, source) -> bool:
     if not ("classifier.project.0.weight" in state and "classifier.aspp.convs.0.0.weight" in state):
         return False
-    if "backbone.layer1.0.conv1.weight" not in state and "backbone.low_level_features.0.0.weight" not in state:
+    if _backbone(state) is None:
         raise WeightsError(f"{source}: VainF's DeepLabV3+ with a backbone atrous does not read yet (it reads the "
                            "ResNets and MobileNetV2)")  # fmt: skip
     return True
@@ -56,11 +62,11 @@ def _describe(state, contents, source):
 
 def _translate_v3(state, model):
     unwrapped = {key.replace("classifier.classifier.", "classifier.", 1): value for key, value in state.items()}
-    return rename_all(unwrapped, HEAD_KEYS, _MOBILENET_KEYS), ""
+    return rename_all(unwrapped, HEAD_KEYS, _BACKBONE_KEYS), ""
 
 
 def _translate_plus(state, model):
-    return rename_all(state, _PLUS_KEYS, _MOBILENET_KEYS), ""
+    return rename_all(state, _PLUS_KEYS, _BACKBONE_KEYS), ""
 
 
 FORMATS = [
