@@ -31,8 +31,8 @@ def test_models_command_lists_every_architecture_and_backbone(capsys):
     rows = json.loads(capsys.readouterr().out)
     pairs = {(row["model"], row["backbone"]) for row in rows}
     assert pairs == {(m, b) for m in atrous.list_models() for b in atrous.list_backbones()}
-    v2 = [row for row in rows if row["model"] == "deeplabv2"]
-    assert {row["output_stride"] for row in v2} == {8}
+    v2 = [row for row in rows if row["model"] == "deeplabv2" and not row["backbone"].startswith("hrnet")]
+    assert {row["output_stride"] for row in v2} == {8}  # the HRNets' stride is theirs: 4
     v3 = [row for row in rows if row["model"] == "deeplabv3" and row["backbone"] == "resnet50"]
     assert {row["output_stride"] for row in v3} == {8, 16}
     # OS8 costs more than OS16 on the same network.

@@ -306,6 +306,42 @@ def test_kazuto_deeplabv2_msc_file_gives_its_logits_after_its_resize(tmp_path):
         assert _relative_difference(atrous.from_pretrained(state)(images).logits, expected) > 1e-3
 
 
+class _KazutoDeepLabV1(_KazutoDeepLabV2):
+    """kazuto1011's "DeepLabV1": the same ResNet, one 1x1 classifier ``fc`` (with bias) in place of the ASPP."""
+
+    def __init__(self, num_classes):
+        super().__init__(num_classes)
+        del self.aspp
+        self.add_module("fc", nn.Conv2d(2048, num_classes, 1))
+
+
+@pytest.mark.parametrize("version", ["v1_coco_init", "v2s"])
+def test_kazuto_coco_init_and_v2s_files_give_its_logits(version, tmp_path):
+    """The COCO init file as its convert.py writes it (no MSC prefix, 91 classes), and DeepLabV2S (rates 3-12, which
+    no file records: given as an override)."""
+    torch.manual_seed(9)
+    reference = _KazutoDeepLabV1(91) if version == "v1_coco_init" else _KazutoDeepLabV2(5, rates=(3, 6, 9, 12))
+    calibration = atrous.models.CAFFE_BGR(torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(2)))
+    randomise_batchnorm(reference, 9, images=calibration).eval()
+    path = tmp_path / ("deeplabv1_resnet101-coco.pth" if version == "v1_coco_init" else "checkpoint_final.pth")
+    torch.save(reference.state_dict(), path)
+    overrides = {} if version == "v1_coco_init" else {"atrous_rates": (3, 6, 9, 12)}
+    model = atrous.from_pretrained(path, **overrides)
+    expected_spec = ("deeplabv1_kazuto", 91, 8) if version == "v1_coco_init" else ("deeplabv2", 5, 8)
+    assert (model.spec.name, model.num_classes, model.output_stride) == expected_spec
+    images = calibration[:1, :, :57, :49]
+    with torch.no_grad():
+        expected = F.interpolate(reference(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        if version == "v2s":  # the control: DeepLabV2's default rates are another network
+            assert _relative_difference(atrous.from_pretrained(path)(images).logits, expected) > 1e-3
+        else:
+            state = reference.state_dict()
+            key = "layer5.block2.conv3x3.bn.running_mean"
+            broken = dict(state, **{key: state[key].flip(0)})
+            assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3
+
+
 # --------------------------------------------------------------------------- segmentation_models_pytorch (smp)
 
 
@@ -433,6 +469,19 @@ def test_unknown_layouts_get_hints_only_when_they_are_true():
     with pytest.raises(WeightsError) as caught:
         atrous.load_weights(atrous.build_model(model.spec), {"foo.weight": torch.ones(1), "bar.weight": torch.ones(1)})
     assert "prefix" not in str(caught.value) and "pass ckpt" not in str(caught.value)
+    assert "nearest" not in str(caught.value) and "2 keys: 1 under 'foo.', 1 under 'bar.'" in str(caught.value)
+
+
+def test_an_unknown_variant_of_a_known_layout_names_the_format_and_what_differs():
+    """A VainF DeepLabV3+ whose low-level projection was renamed (as a fork might): not five first keys, but the
+    nearest format and the keys it does not name."""
+    state = _VainFDeepLabV3Plus(16).state_dict()
+    state = {key.replace("classifier.project.", "classifier.low_proj."): value for key, value in state.items()}
+    with pytest.raises(WeightsError) as caught:
+        atrous.from_pretrained(state)
+    message = str(caught.value)
+    assert "the nearest is vainf_deeplabv3plus" in message and "keys it does not name: classifier.low_proj.0.weight" in message
+    assert "num_batches_tracked" not in message.split("nearest")[0]
 
 
 class _VainFPlusHead(nn.Module):
@@ -583,11 +632,9 @@ class _MMSegDeepLab(nn.Module):
     """EncoderDecoder with ResNetV1c-50 D8 (deep stem as stem.0-7, torchvision's dilation rule = mmseg's
     contract_dilation) and the aux FCNHead; inference resizes the 1/8 (V3) or 1/4 (V3+) logits to the input."""
 
-    def __init__(self, classes, plus, depth=50):
+    def __init__(self, classes, plus, depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), multi_grid=None):
         super().__init__()
-        import torchvision
-
-        resnet = getattr(torchvision.models, f"resnet{depth}")(replace_stride_with_dilation=[False, True, True])
+        resnet = _mmseg_dilated_resnet(depth, strides, dilations, multi_grid)
         self.backbone = nn.Module()
         self.backbone.stem = nn.Sequential(
             nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
@@ -641,6 +688,79 @@ def test_mmseg_zoo_and_training_run_files_give_mmsegs_logits(plus, tmp_path, mon
         state = reference.state_dict()
         key = "backbone.stem.4.running_var"
         broken = {"state_dict": dict(state, **{key: state[key].flip(0)})}
+        assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3
+
+
+def _mmseg_dilated_resnet(depth, strides, dilations, multi_grid=None):
+    """mmsegmentation's ResLayer rules applied by hand to torchvision's ResNet: a stage of stride 1 loses its
+    stride; contract_dilation gives a dilated stage's first block half the stage's dilation; multi_grid sets the last
+    stage's block dilations outright; a BasicBlock dilates conv1 only, a Bottleneck its 3x3 (conv2)."""
+    import torchvision
+
+    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    for index, (layer, stride, dilation) in enumerate(zip([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4],
+                                                          strides, dilations)):  # fmt: skip
+        if stride == 1:
+            for conv in [m for m in layer[0].modules() if isinstance(m, nn.Conv2d)]:
+                conv.stride = (1, 1)
+        for number, block in enumerate(layer):
+            if index == 3 and multi_grid is not None:
+                block_dilation = multi_grid[number]
+            else:
+                block_dilation = dilation // 2 if number == 0 and dilation > 1 else dilation
+            conv = block.conv1 if depth < 50 else block.conv2
+            conv.dilation, conv.padding = (block_dilation,) * 2, (block_dilation,) * 2
+    return resnet
+
+
+class _MMSegR18Head(_MMSegHead):
+    """The same heads at mmseg's ResNet-18 widths: 128 channels, a 12-channel low-level projection, aux 64."""
+
+    def __init__(self, classes, plus):
+        super().__init__(classes, plus)
+        self.conv_seg = nn.Conv2d(128, classes, 1)
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _ConvModule(512, 128, 1))
+        atrous = [(_DSConvModule(512, 128, d) if plus else _ConvModule(512, 128, 3, d)) for d in (12, 24, 36)]
+        self.aspp_modules = nn.ModuleList([_ConvModule(512, 128, 1), *atrous])
+        self.bottleneck = _ConvModule(5 * 128, 128, 3)
+        if plus:
+            self.c1_bottleneck = _ConvModule(64, 12, 1)
+            self.sep_bottleneck = nn.Sequential(_DSConvModule(140, 128), _DSConvModule(128, 128))
+
+
+@pytest.mark.parametrize(("depth", "plus", "d16_mg124"), [(18, True, False), (18, False, False), (50, False, True)])
+def test_mmseg_resnet18_and_multi_grid_files_give_mmsegs_logits(depth, plus, d16_mg124, tmp_path):
+    """mmseg's r18-d8 configs (BasicBlocks dilate conv1 only; heads at 128 channels) and its d16-mg124 ones (layer4
+    dilations 1, 2, 4: set, not multiplied by the stage's 2)."""
+    torch.manual_seed(depth)
+    strides, dilations = ((1, 2, 2, 1), (1, 1, 1, 2)) if d16_mg124 else ((1, 2, 1, 1), (1, 1, 2, 4))
+    reference = _MMSegDeepLab(3, plus, depth, strides, dilations, (1, 2, 4) if d16_mg124 else None)
+    if depth == 18:
+        reference.decode_head = _MMSegR18Head(3, plus)
+        reference.auxiliary_head.convs = nn.ModuleList([_ConvModule(256, 64, 3)])
+        reference.auxiliary_head.conv_seg = nn.Conv2d(64, 3, 1)
+    reference = randomise_batchnorm(reference, depth).eval()
+    config = _MMSEG_CONFIG.replace("{head}", "DepthwiseSeparableASPPHead" if plus else "ASPPHead")
+    config = config.replace("depth=50", f"depth={depth}")
+    if d16_mg124:
+        config = config.replace("dilations=(1, 1, 2, 4)", "dilations=(1, 1, 1, 2)").replace(
+            "strides=(1, 2, 1, 1)", "strides=(1, 2, 2, 1), multi_grid=(1, 2, 4)")  # fmt: skip
+    path = tmp_path / "iter_40000.pth"
+    torch.save({"meta": {"cfg": config}, "state_dict": reference.state_dict()}, path)
+    model = atrous.from_pretrained(path)
+    assert (model.spec.backbone, model.output_stride) == (f"resnet{depth}_v1c", 16 if d16_mg124 else 8)
+    assert model.spec.multi_grid == ((1, 2, 4) if d16_mg124 else None)
+    images = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        expected = reference(images)
+        assert _relative_difference(model(images).logits, expected) < 1e-5
+        # The controls: the paper's multiplied multi-grid is another network, and so is a permuted BN.
+        if d16_mg124:
+            assert _relative_difference(atrous.from_pretrained(path, multi_grid_absolute=False)(images).logits,
+                                        expected) > 1e-3  # fmt: skip
+        state = reference.state_dict()
+        key = "backbone.layer4.1.bn1.running_mean"
+        broken = {"meta": {"cfg": config}, "state_dict": dict(state, **{key: state[key].flip(0)})}
         assert _relative_difference(atrous.from_pretrained(broken)(images).logits, expected) > 1e-3
 
 

@@ -47,17 +47,40 @@ def _published_layout(name: str) -> dict:
     raise AssertionError(f"no layout writer for {entry.publisher}")
 
 
+MODELS = sorted(name for name, entry in zoo().items() if entry.kind == "model")
+BACKBONE_INITS = sorted(name for name, entry in zoo().items() if entry.kind == "backbone_init")
+
+
 def test_the_catalogue_says_where_each_score_was_published():
-    assert len(zoo()) >= 21
-    assert {entry.publisher for entry in zoo().values()} == {"torchvision", "kazuto1011/deeplab-pytorch",
-                                                             "open-mmlab/mmsegmentation", "VainF/DeepLabV3Plus-Pytorch"}  # fmt: skip
+    assert len(MODELS) >= 21 and len(BACKBONE_INITS) >= 2
+    assert {zoo()[name].publisher for name in MODELS} >= {"torchvision", "kazuto1011/deeplab-pytorch",
+                                                         "open-mmlab/mmsegmentation", "VainF/DeepLabV3Plus-Pytorch"}  # fmt: skip
     for entry in zoo().values():
-        assert entry.url.startswith("https://") and entry.published["source"] and entry.published["mIoU"] > 0
+        assert entry.url is None and "drive" in entry.download.lower() or entry.url.startswith(("https://", "http://"))
+        if entry.kind == "model":
+            assert entry.published["source"] and entry.published["mIoU"] > 0
         if entry.hash is not None:
             assert entry.hash in entry.filename  # the sha256 prefix the publisher's file name carries
 
 
-@pytest.mark.parametrize("name", sorted(zoo()))
+@pytest.mark.parametrize("name", BACKBONE_INITS)
+def test_backbone_init_entries_start_a_backbone_and_are_not_models(name, tmp_path, monkeypatch, offline_hub):
+    entry = zoo()[name]
+    source = atrous.build_model(entry.spec, num_classes=4)
+    init_file = {f"Scale.{key.removeprefix('backbone.')}": value for key, value in source.state_dict().items()
+                 if key.startswith("backbone.")}  # fmt: skip
+    with pytest.raises(WeightsError, match=f"{entry.filename} at {offline_hub / entry.filename}"):
+        atrous.build_model(entry.spec, num_classes=4, pretrained_backbone=name)
+    offline_hub.mkdir(parents=True, exist_ok=True)
+    torch.save(init_file, offline_hub / entry.filename)
+    model = atrous.build_model(entry.spec, num_classes=4, pretrained_backbone=name)
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, source.backbone.state_dict()[key], rtol=0, atol=0)
+    with pytest.raises(WeightsError, match=f"pretrained_backbone={name!r}"):
+        atrous.from_pretrained(name)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_every_entry_runs_from_a_file_in_its_publishers_layout(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     entry = zoo()[name]

@@ -20,10 +20,15 @@ def _zoo_table() -> int:
     from .models.zoo import zoo
 
     for entry in zoo().values():
-        published = entry.published
-        print(f"{entry.name}\n  {entry.publisher}: {entry.spec.name} {entry.spec.backbone} OS{entry.spec.resolved().output_stride} "
-              f"{entry.spec.num_classes} classes ({entry.labels}); {entry.dataset}\n"
-              f"  published mIoU {published['mIoU']} on {published['benchmark']} ({published['source']})\n  {entry.url}")  # fmt: skip
+        published, spec = entry.published, entry.spec
+        if entry.kind == "backbone_init":
+            print(f"{entry.name}\n  {entry.publisher}: starting weights of {spec.backbone} (pretrained_backbone="
+                  f"{entry.name}); {entry.dataset}")  # fmt: skip
+        else:
+            print(f"{entry.name}\n  {entry.publisher}: {spec.name} {spec.backbone} OS{spec.resolved().output_stride} "
+                  f"{spec.num_classes} classes ({entry.labels}); {entry.dataset}\n"
+                  f"  published mIoU {published['mIoU']} on {published['benchmark']} ({published['source']})")  # fmt: skip
+        print(f"  {entry.url or 'no direct download: ' + entry.download}")
     print("\nRun one: atrous predict --weights NAME IMAGES --out DIR   (or atrous.from_pretrained(NAME) in Python)")
     return 0
 
@@ -329,7 +334,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
     parser.add_argument("--model", choices=list_models(), help="architecture, for weights files without a description")
     parser.add_argument("--backbone", choices=list_backbones())
     _add_flag(parser, "num-classes", type=int)
-    _add_flag(parser, "output-stride", type=int, choices=[8, 16, 32])
+    _add_flag(parser, "output-stride", type=int, choices=[4, 8, 16, 32])  # 4: the HRNets' (fixed) stride
     _add_flag(parser, "atrous-rates", type=_int_list, help="e.g. 12,24,36")
     parser.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None, help="build the aux head")
     if runtime:  # export always traces on the CPU
@@ -432,10 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is now (pytest and notebooks replace it)."""
+    """Writes to whatever ``sys.stdout`` is now (pytest and notebooks replace it); warnings to ``sys.stderr``, so a
+    command's output (a table, JSON) stays clean to pipe."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
+        self.stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         super().emit(record)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import ConfigError
 from .backbones import BACKBONES, Backbone, build_backbone
 from .heads import (
+    ClassifierHead,
     DeepLabV2Head,
     DeepLabV3BottleneckHead,
     DeepLabV3Head,
@@ -70,6 +71,11 @@ MODELS: dict[str, Architecture] = {
     "deeplabv3plus_smp": Architecture(DeepLabV3PlusPairHead, FCNHead, backbone="resnet50", output_stride=16,
                                       default_rates=lambda output_stride: (12, 24, 36), align_corners=True),
     "deeplabv3plus_vainf": Architecture(DeepLabV3PlusLowFirstHead, FCNHead, backbone="resnet50", output_stride=16),
+    # The network of DeepLab-v2's COCO-pretrained init file (kazuto1011's "DeepLabV1"): the Caffe ResNet-101 at OS8
+    # and a 1x1 classifier.
+    "deeplabv1_kazuto": Architecture(ClassifierHead, FCNHead, backbone="resnet101_caffe", output_stride=8,
+                                     default_rates=lambda output_stride: (), frozen_bn="all", head_lr_mult=10.0,
+                                     separable=False),
     # kazuto1011/deeplab-pytorch's DeepLabV3 (ASPP straight into the classifier, as in the paper).
     "deeplabv3_kazuto": Architecture(DeepLabV3PaperHead, FCNHead, backbone="resnet101_caffe", output_stride=16),
     # mmsegmentation's ASPPHead / DepthwiseSeparableASPPHead (512 channels, image pooling first, 3x3 bottleneck; the
@@ -138,6 +144,7 @@ def build_model(spec: ModelSpec | str | None = None, /, **fields) -> Segmenter:
     spec = make_spec(spec, **fields).resolved()
     arch = MODELS[spec.name]
     body = build_backbone(spec.backbone, output_stride=spec.output_stride, multi_grid=spec.multi_grid,
+                          multi_grid_absolute=spec.multi_grid_absolute,
                           first_block_dilation=spec.first_block_dilation)  # fmt: skip
     rates = spec.atrous_rates if spec.atrous_rates is not None else arch.default_rates(spec.output_stride)
     common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .normalization import CAFFE_BGR, IMAGENET_RGB, InputNormalization
+from .spec import OUTPUT_STRIDES
 
 
 class Backbone(nn.Module):
@@ -68,15 +69,19 @@ def dilate(
     input_stride: int,
     output_stride: int,
     multi_grid: Sequence[int] | None = None,
+    multi_grid_absolute: bool = False,
     first_block: str = "stage",
+    dilated_convs: Callable[[nn.Module], list[nn.Conv2d]] | None = None,
 ) -> list[int]:
     """Trade the strides that would take the network past ``output_stride`` for dilation, in place.
 
     stages: the network's blocks grouped by stage; a stage's first block holds its stride (every conv with
         stride > 1 in it, shortcut included). input_stride: the stride before the first stage.
-    multi_grid: per-block multipliers of the last stage's dilation (the DeepLabV3 paper's Multi-Grid).
+    multi_grid: per-block multipliers of the last stage's dilation (the DeepLabV3 paper's Multi-Grid), or with
+        ``multi_grid_absolute`` the last stage's per-block dilations themselves (mmsegmentation's ``multi_grid``).
     first_block: the dilation of a dilated stage's first block: "stage" (the stage's own, as DeepLab-v2's Caffe
         model and torchvision's dilated MobileNetV3) or "previous" (torchvision's ``replace_stride_with_dilation``).
+    dilated_convs: a block's convs that take its dilation (default: every conv with a kernel larger than 1).
     Returns the output stride of each stage.
     """
     stride, dilation, strides = input_stride, 1, []
@@ -94,15 +99,15 @@ def dilate(
             raise ConfigError(f"multi_grid {tuple(grid)} needs one value per block of the last stage ({len(blocks)})")
         for block_index, block in enumerate(blocks):
             if grid is not None:
-                block_dilation = dilation * grid[block_index]
+                block_dilation = grid[block_index] if multi_grid_absolute else dilation * grid[block_index]
             elif block_index == 0 and first_block == "previous":
                 block_dilation = previous
             else:
                 block_dilation = dilation
             if block_dilation > 1:
-                for conv in _convs(block):
-                    if conv.kernel_size[0] > 1:
-                        _set_dilation(conv, block_dilation)
+                convs = dilated_convs(block) if dilated_convs else [c for c in _convs(block) if c.kernel_size[0] > 1]
+                for conv in convs:
+                    _set_dilation(conv, block_dilation)
         strides.append(stride)
     return strides
 
@@ -121,14 +126,17 @@ class ResNetBackbone(Backbone):
     which are also the keys of the DeepLab-v2 Caffe file once its ``Scale.`` prefix is dropped.
     """
 
-    def __init__(self, resnet: nn.Module, *, output_stride: int, multi_grid: Sequence[int] | None, first_block: str):
+    def __init__(
+        self, resnet: nn.Module, *, output_stride: int, multi_grid: Sequence[int] | None, first_block: str, **rules
+    ):
+        """rules: ``dilate``'s ``multi_grid_absolute`` and ``dilated_convs``, for the variants that differ."""
         super().__init__()
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
         layers = [self.layer1, self.layer2, self.layer3, self.layer4]
         strides = dilate(
             [list(layer) for layer in layers], input_stride=4, output_stride=output_stride, multi_grid=multi_grid,
-            first_block=first_block,
+            first_block=first_block, **rules,
         )  # fmt: skip
         self.channels = {"low": _out_channels(self.layer1), "aux": _out_channels(self.layer3), "out": _out_channels(self.layer4)}
         self.strides = {"low": strides[0], "aux": strides[2], "out": strides[3]}
@@ -170,9 +178,10 @@ class DeepStem(nn.Module):
 
 
 class ResNetV1cBackbone(ResNetBackbone):
-    """A torchvision Bottleneck ResNet with the deep stem (``stem``) in place of conv1/bn1: mmsegmentation's
-    ResNetV1c. Its dilation rule (``contract_dilation``) is torchvision's: a dilated stage's first block keeps the
-    previous dilation."""
+    """A torchvision ResNet with the deep stem (``stem``) in place of conv1/bn1: mmsegmentation's ResNetV1c. Its
+    dilation rules: ``contract_dilation`` is torchvision's (a dilated stage's first block keeps the previous
+    dilation); ``multi_grid`` sets the last stage's dilations outright; a BasicBlock (ResNet-18/34) dilates its
+    first 3x3 conv only."""
 
     def __init__(self, resnet: nn.Module, **kwargs) -> None:
         super().__init__(resnet, **kwargs)
@@ -184,12 +193,19 @@ class ResNetV1cBackbone(ResNetBackbone):
 
 
 def resnet_v1c(
-    name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block: str = "previous"
+    name: str,
+    *,
+    output_stride: int,
+    multi_grid: Sequence[int] | None = None,
+    multi_grid_absolute: bool = False,
+    first_block: str = "previous",
 ) -> ResNetV1cBackbone:
-    if multi_grid is not None:  # mmseg's multi-grid sets the dilations themselves (not multiplied): not this one's
-        raise ConfigError(f"multi_grid is not supported on {name}_v1c")
     resnet = getattr(torchvision.models, name)(weights=None)
-    return ResNetV1cBackbone(resnet, output_stride=output_stride, multi_grid=None, first_block=first_block)
+    basic = isinstance(resnet.layer1[0], torchvision.models.resnet.BasicBlock)
+    return ResNetV1cBackbone(
+        resnet, output_stride=output_stride, multi_grid=multi_grid, multi_grid_absolute=multi_grid_absolute,
+        first_block=first_block, dilated_convs=(lambda block: [block.conv1]) if basic else None,
+    )  # fmt: skip
 
 
 class CaffeBottleneck(nn.Module):
@@ -425,6 +441,51 @@ TORCHVISION_MOBILENET_V3 = ImageNetFormat(
 )
 
 
+def _drn_d_54(**kwargs) -> Backbone:
+    from .drn import drn_d_54  # here, not at the top: drn.py subclasses this module's Backbone
+
+    return drn_d_54(**kwargs)
+
+
+def _fyu_drn_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fyu/drn's DRN-D keys -> atrous's: its single-conv layers are positional Sequentials (conv 0, BN 1, ReLU 2),
+    atrous names them (``layer0.conv``, ``layer0.bn``); its "fc" classifier dropped."""
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "fc":
+            continue
+        if parts[0] in ("layer0", "layer1", "layer2", "layer7", "layer8"):
+            parts[1] = ("conv", "bn")[int(parts[1])]
+        renamed[".".join(parts)] = value
+    return renamed
+
+
+FYU_DRN = ImageNetFormat(
+    "fyu_drn",
+    recognise=lambda state: "layer0.0.weight" in state and "layer8.0.weight" in state,
+    translate=_fyu_drn_keys,
+)
+
+
+def _xception65_jfzhang95(**kwargs) -> Backbone:
+    from .aligned_xception import AlignedXceptionBackbone  # here, not at the top: it subclasses this module's Backbone
+
+    return AlignedXceptionBackbone(**kwargs)
+
+
+def _xception_vainf(**kwargs) -> Backbone:
+    from .xception import xception_vainf  # here, not at the top: xception.py subclasses this module's Backbone
+
+    return xception_vainf(**kwargs)
+
+
+def _hrnetv2(width: int, **kwargs) -> Backbone:
+    from .hrnet import hrnetv2  # here, not at the top: hrnet.py subclasses this module's Backbone
+
+    return hrnetv2(width, **kwargs)
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
     """What atrous knows about one backbone.
@@ -441,6 +502,8 @@ class BackboneEntry:
     imagenet_format: ImageNetFormat | None = None
     imagenet_weights: str | None = None
     imagenet_hint: str = "no ImageNet weights are known for it"
+    output_strides: tuple[int, ...] = OUTPUT_STRIDES  # what build() accepts: the dilation choices, HRNet's fixed 4
+    absolute_multi_grid: bool = False  # whether build() takes multi_grid_absolute (mmsegmentation's multi-grid)
 
 
 def _torchvision_resnet_entry(name: str, weights: str) -> BackboneEntry:
@@ -462,13 +525,15 @@ BACKBONES: dict[str, BackboneEntry] = {
     "resnet101_caffe": BackboneEntry(
         build=caffe_resnet101, normalization=CAFFE_BGR,
         imagenet_hint=f"torchvision does not distribute the Caffe ImageNet weights of resnet101_caffe: download "
-        f"{CAFFE_IMAGENET_FILE} (DeepLab-v2's init file) and pass its path as pretrained_backbone",
+        f"{CAFFE_IMAGENET_FILE} (DeepLab-v2's init file) and pass its path as pretrained_backbone (zoo entries "
+        "deeplabv2_resnet101_caffe_imagenet and deeplabv2_resnet101_caffe_init_adaptsegnet say where to get it)",
     ),
     # mmsegmentation's ResNetV1c (deep stem); ImageNet weights: open-mmlab://resnet50_v1c, not fetched here.
     **{f"{name}_v1c": BackboneEntry(
         build=lambda name=name, **kwargs: resnet_v1c(name, **kwargs), normalization=IMAGENET_RGB,
         imagenet_hint=f"its ImageNet weights are mmsegmentation's open-mmlab://{name}_v1c: pass the file's path",
-    ) for name in ("resnet50", "resnet101")},
+        absolute_multi_grid=True,
+    ) for name in ("resnet18", "resnet34", "resnet50", "resnet101")},
     # VainF/DeepLabV3Plus-Pytorch's MobileNetV2 (its own padding), for its files; ImageNet weights: torchvision's.
     "mobilenet_v2_vainf": BackboneEntry(
         build=PaddedMobileNetV2Backbone, normalization=IMAGENET_RGB,
@@ -483,6 +548,36 @@ BACKBONES: dict[str, BackboneEntry] = {
         build=MobileNetV3Backbone, normalization=IMAGENET_RGB, imagenet_format=TORCHVISION_MOBILENET_V3,
         imagenet_weights="MobileNet_V3_Large_Weights.IMAGENET1K_V1",
     ),
+    # fyu/drn's DRN-D-54 as jfzhang95/pytorch-deeplab-xception builds it (output stride 8 only), for its files.
+    "drn_d_54": BackboneEntry(
+        build=_drn_d_54, normalization=IMAGENET_RGB, imagenet_format=FYU_DRN, output_strides=(8,),
+        imagenet_hint="jfzhang95 initialises it from fyu/drn's http://dl.yf.io/drn/drn_d_54-0e0534ff.pth: pass that "
+        "file's path",
+    ),
+    # jfzhang95's Aligned Xception-65 (its own BN placement and in-place ReLUs), for its DeepLabV3+ files.
+    "xception65_jfzhang95": BackboneEntry(
+        build=_xception65_jfzhang95, normalization=IMAGENET_RGB,
+        imagenet_hint="jfzhang95 initialises it, in part, from Cadene's Keras-converted Xception (not Xception-65), "
+        "http://data.lip6.fr/cadene/pretrainedmodels/xception-b5690688.pth, which atrous does not read",
+    ),
+    # VainF/DeepLabV3Plus-Pytorch's (Cadene's Keras port of Chollet's) Xception, for its files. Normalisation:
+    # VainF's main.py feeds every model ImageNet mean/std, this one too, although Cadene's ImageNet weights were
+    # trained on 0.5/0.5-normalised input; its files are trained with (and expect) ImageNet mean/std.
+    "xception_vainf": BackboneEntry(
+        build=_xception_vainf, normalization=IMAGENET_RGB,
+        imagenet_hint="VainF initialises it from Cadene's http://data.lip6.fr/cadene/pretrainedmodels/xception-"
+        "43020ad28.pth (keys without VainF's 'backbone.' prefix), which atrous does not read",
+    ),
+    # VainF's HRNetV2-W32/W48 (features at stride 4, no other output stride), for its files.
+    **{f"hrnetv2_w{width}": BackboneEntry(
+        build=lambda width=width, **kwargs: _hrnetv2(width, **kwargs), normalization=IMAGENET_RGB, output_strides=(4,),
+        imagenet_hint=hint,
+    ) for width, hint in (
+        (32, ("VainF initialises it from its model_best_epoch96_edit.pth (Google Drive only: https://drive.google.com/"
+              "file/d/1NxCK7Zgn5PmeS7W1jYLt5J9E0RRZ2oyF; its keys under 'state_dict', with an ImageNet classifier "
+              "'bn_classifier'), which atrous does not read as a backbone file")),
+        (48, "VainF publishes no ImageNet weights for it (its hrnetv2.py: 'HRNetv2-48 not available yet')"),
+    )},
 }
 
 
@@ -493,15 +588,24 @@ def backbone_entry(name: str) -> BackboneEntry:
 
 
 def build_backbone(
-    name: str, *, output_stride: int, multi_grid: Sequence[int] | None = None, first_block_dilation: str | None = None
+    name: str,
+    *,
+    output_stride: int,
+    multi_grid: Sequence[int] | None = None,
+    multi_grid_absolute: bool = False,
+    first_block_dilation: str | None = None,
 ) -> Backbone:
     """Build a randomly initialised backbone by name (see ``BACKBONES``), dilated to ``output_stride``."""
     entry = backbone_entry(name)
-    from .spec import OUTPUT_STRIDES
-
-    if output_stride not in OUTPUT_STRIDES:
-        raise ConfigError(f"unsupported output_stride {output_stride!r}; choose from {list(OUTPUT_STRIDES)}")
+    if output_stride not in entry.output_strides:
+        choices = list(entry.output_strides)
+        raise ConfigError(f"unsupported output_stride {output_stride!r}; choose from {choices} on {name}")
     rule = {"first_block": first_block_dilation} if first_block_dilation is not None else {}
+    if multi_grid_absolute:
+        if not entry.absolute_multi_grid:
+            supported = sorted(key for key, value in BACKBONES.items() if value.absolute_multi_grid)
+            raise ConfigError(f"multi_grid_absolute is not an option of {name}; backbones with it: {supported}")
+        rule["multi_grid_absolute"] = True
     backbone = entry.build(output_stride=output_stride, multi_grid=multi_grid, **rule)
     backbone.normalization = entry.normalization
     return backbone

@@ -198,6 +198,18 @@ class DeepLabV3Head(nn.Module):
         return self.classifier(self.conv(self.aspp(features["out"])))
 
 
+class ClassifierHead(nn.Module):
+    """One 1x1 conv classifier (with bias) on the "out" feature, no context module: the network of DeepLab-v2's
+    COCO-pretrained init model (kazuto1011's "DeepLabV1" container). ``atrous_rates`` is accepted and unused."""
+
+    def __init__(self, *, channels: Mapping[str, int], num_classes: int, atrous_rates: Sequence[int] = ()):
+        super().__init__()
+        self.classifier = nn.Conv2d(channels["out"], num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(features["out"])
+
+
 class DeepLabV3PaperHead(nn.Module):
     """DeepLabV3 as the paper draws it: ASPP (its 1x1 projection included) -> 1x1 classifier, with no 3x3 conv between
     (kazuto1011/deeplab-pytorch's layout; torchvision's ``DeepLabHead`` adds the 3x3)."""
@@ -336,37 +348,47 @@ class PoolFirstASPP(nn.Module):
         return self.bottleneck(torch.cat(branches, dim=1))
 
 
+def _mmseg_widths(channels: Mapping[str, int]) -> tuple[int, int]:
+    """The head and low-level projection widths mmsegmentation's DeepLab configs set: 512 and 48 on ResNet-50/101,
+    128 and 12 on ResNet-18 (a quarter of the "out" channels, 3/16 of the "low" ones)."""
+    return channels["out"] // 4, channels["low"] * 3 // 16
+
+
 class DeepLabV3BottleneckHead(nn.Module):
-    """mmsegmentation's ``ASPPHead`` (its DeepLabV3): ``PoolFirstASPP`` (512 channels) -> dropout 0.1 -> 1x1
-    classifier, on the "out" feature."""
+    """mmsegmentation's ``ASPPHead`` (its DeepLabV3): ``PoolFirstASPP`` (512 channels on ResNet-50/101) -> dropout 0.1
+    -> 1x1 classifier, on the "out" feature."""
 
     def __init__(
         self, *, channels: Mapping[str, int], num_classes: int, atrous_rates: Sequence[int], separable: bool = False
     ):
         super().__init__()
-        self.aspp = PoolFirstASPP(in_channels=channels["out"], atrous_rates=atrous_rates, separable=separable)
+        width, _ = _mmseg_widths(channels)
+        self.aspp = PoolFirstASPP(in_channels=channels["out"], atrous_rates=atrous_rates, channels=width,
+                                  separable=separable)  # fmt: skip
         self.dropout = nn.Dropout2d(0.1)
-        self.classifier = nn.Conv2d(512, num_classes, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.dropout(self.aspp(features["out"])))
 
 
 class DeepLabV3PlusBottleneckHead(nn.Module):
-    """mmsegmentation's ``DepthwiseSeparableASPPHead`` (its DeepLabV3+): separable ``PoolFirstASPP`` (512), upsampled
-    to stride 4 and concatenated before the "low" feature projected to 48 channels, two separable 3x3 convs (512),
-    dropout 0.1, 1x1 classifier. Returns stride-4 logits."""
+    """mmsegmentation's ``DepthwiseSeparableASPPHead`` (its DeepLabV3+): separable ``PoolFirstASPP`` (512 on
+    ResNet-50/101), upsampled to stride 4 and concatenated before the "low" feature projected to 48 channels, two
+    separable 3x3 convs (512), dropout 0.1, 1x1 classifier. Returns stride-4 logits."""
 
     def __init__(
         self, *, channels: Mapping[str, int], num_classes: int, atrous_rates: Sequence[int], separable: bool = True
     ):
         super().__init__()
-        self.aspp = PoolFirstASPP(in_channels=channels["out"], atrous_rates=atrous_rates, separable=separable)
-        self.low_project = ConvBNReLU(channels["low"], 48, 1)
-        self.fuse1 = SeparableConvBNReLU(512 + 48, 512)
-        self.fuse2 = SeparableConvBNReLU(512, 512)
+        width, low_width = _mmseg_widths(channels)
+        self.aspp = PoolFirstASPP(in_channels=channels["out"], atrous_rates=atrous_rates, channels=width,
+                                  separable=separable)  # fmt: skip
+        self.low_project = ConvBNReLU(channels["low"], low_width, 1)
+        self.fuse1 = SeparableConvBNReLU(width + low_width, width)
+        self.fuse2 = SeparableConvBNReLU(width, width)
         self.dropout = nn.Dropout2d(0.1)
-        self.classifier = nn.Conv2d(512, num_classes, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         low = self.low_project(features["low"])

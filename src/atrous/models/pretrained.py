@@ -54,6 +54,9 @@ def from_pretrained(source: str | Path | Mapping, *, spec: ModelSpec | None = No
     """
     if isinstance(source, str) and source in zoo() and not Path(source).exists():
         entry = zoo()[source]
+        if entry.kind == "backbone_init":
+            raise WeightsError(f"{source} is the ImageNet init of the {entry.spec.backbone} backbone, not a segmentation "
+                               f"model: build_model({entry.spec.name!r}, pretrained_backbone={source!r}, num_classes=N)")  # fmt: skip
         model = from_pretrained(zoo_file(entry), spec=spec or entry.spec, **overrides)
         if model.num_classes == entry.spec.num_classes:
             model.set_labels(*entry.class_names_and_palette())

@@ -12,12 +12,14 @@ from ..errors import ConfigError
 
 ModelName = Literal[
     "deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf", "deeplabv3_mmseg",
-    "deeplabv3plus_mmseg", "deeplabv3_kazuto",
+    "deeplabv3plus_mmseg", "deeplabv3_kazuto", "deeplabv1_kazuto",
 ]
 FirstBlockDilation = Literal["previous", "stage"]
-OutputStride = Literal[8, 16, 32]
+OutputStride = Literal[4, 8, 16, 32]
 FrozenBN = Literal["none", "affine", "all"]
 
+# The output strides a backbone reaches by trading strides for dilation; a backbone whose stride is part of its
+# architecture lists its own (``BackboneEntry.output_strides``: HRNet's 4).
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 FROZEN_BN_CHOICES: tuple[str, ...] = ("none", "affine", "all")
 # Where the starting weights come from: not part of the architecture. A built model's ``spec`` has them cleared,
@@ -31,9 +33,11 @@ class ModelSpec:
 
     name: the head layout, ``deeplabv2`` | ``deeplabv3`` | ``deeplabv3plus``.
     backbone: a name from ``atrous.list_backbones()``; default ``resnet101_caffe`` for deeplabv2, else ``resnet50``.
-    output_stride: 8, 16 or 32; default 8 for deeplabv2, 16 otherwise.
+    output_stride: 8, 16 or 32 (the HRNets: 4 only); default 8 for deeplabv2, 16 otherwise, the HRNets' 4.
     atrous_rates: default (6, 12, 18, 24) for deeplabv2; (6, 12, 18) at OS16 for V3/V3+, scaled with the stride.
     multi_grid: per-block dilation multipliers of the backbone's last stage, e.g. (1, 2, 4).
+    multi_grid_absolute: ``multi_grid`` gives the last stage's dilations themselves, not multipliers of its own
+        (mmsegmentation's ``d16-mg124``: layer4 dilations 1, 2, 4 at output stride 16).
     separable: atrous-separable (depthwise + pointwise) convs in ASPP and decoder (V3/V3+).
     frozen_bn: "none", "affine" (BN affine parameters not trained) or "all" (statistics frozen too: BN stays in
         eval mode in training). Default "all" for deeplabv2, "none" otherwise.
@@ -53,6 +57,7 @@ class ModelSpec:
     aux: bool = False
     atrous_rates: tuple[int, ...] | None = None
     multi_grid: tuple[int, ...] | None = None
+    multi_grid_absolute: bool = False
     separable: bool = False
     frozen_bn: FrozenBN | None = None
     head_lr_mult: float | None = None
@@ -78,14 +83,18 @@ class ModelSpec:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONES)}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
-        if self.output_stride is not None and self.output_stride not in OUTPUT_STRIDES:
-            raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from {list(OUTPUT_STRIDES)}")
+        backbone = self.backbone or MODELS[self.name].backbone
+        if self.output_stride is not None and self.output_stride not in BACKBONES[backbone].output_strides:
+            raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from "
+                              f"{list(BACKBONES[backbone].output_strides)} on {backbone}")  # fmt: skip
         if self.frozen_bn is not None and self.frozen_bn not in FROZEN_BN_CHOICES:
             raise ConfigError(f"unknown frozen_bn {self.frozen_bn!r}; choose from {list(FROZEN_BN_CHOICES)}")
         for name in ("atrous_rates", "multi_grid"):
             values = getattr(self, name)
             if values is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
                 raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {list(values)}")
+        if self.multi_grid_absolute and self.multi_grid is None:
+            raise ConfigError("multi_grid_absolute needs multi_grid (the last stage's dilations)")
         if self.first_block_dilation not in (None, "previous", "stage"):
             raise ConfigError(f"unknown first_block_dilation {self.first_block_dilation!r}; choose from ['previous', "
                               "'stage']")  # fmt: skip
@@ -97,12 +106,16 @@ class ModelSpec:
     def resolved(self) -> ModelSpec:
         """The same spec with the architecture's defaults written in (what a built model reports)."""
         from . import MODELS
+        from .backbones import BACKBONES
 
         defaults = MODELS[self.name]
+        backbone = self.backbone or defaults.backbone
+        strides = BACKBONES[backbone].output_strides  # a backbone without the default's (HRNet) gets its own
+        output_stride = defaults.output_stride if defaults.output_stride in strides else strides[0]
         return dataclasses.replace(
             self,
-            backbone=self.backbone or defaults.backbone,
-            output_stride=self.output_stride or defaults.output_stride,
+            backbone=backbone,
+            output_stride=self.output_stride or output_stride,
             frozen_bn=self.frozen_bn or defaults.frozen_bn,
             head_lr_mult=self.head_lr_mult if self.head_lr_mult is not None else defaults.head_lr_mult,
         )

@@ -7,6 +7,7 @@ themselves live at the edge, one module per publisher (``atrous.models.formats``
 from __future__ import annotations
 
 import urllib.error
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,9 +138,41 @@ def detect_format(state: Mapping[str, torch.Tensor], *, source: str = "<state di
 
     found = detect(state, source=source)
     if found is None:
-        raise WeightsError(f"{source}: unrecognised weights layout (first keys: {_first(list(state))}){_nearest(state)}; "
+        raise WeightsError(f"{source}: unrecognised weights layout ({_key_groups(state)}){_nearest(state)}; "
                            f"atrous reads {formats()}")  # fmt: skip
     return found.name
+
+
+def _key_groups(state: Mapping[str, torch.Tensor]) -> str:
+    """Where the keys are, by first name: "312 keys under 'backbone.', 20 under 'classifier.'"."""
+    groups = Counter(key.split(".", 1)[0] for key in state)
+    shown = [f"{count} under {name + '.'!r}" for name, count in groups.most_common(4)]
+    more = f" and {len(groups) - 4} more groups" if len(groups) > 4 else ""
+    return f"{len(state)} keys: " + ", ".join(shown) + more
+
+
+def _closest_format(state: Mapping[str, torch.Tensor]) -> str:
+    """The format whose key tables name the most of these keys as head parts, and the keys it leaves unnamed: where
+    a file differs from a known layout (a renamed or extra module) rather than which keys come first."""
+    from .formats import registry
+
+    ours = ("backbone.", "head.", "aux_head.")
+    best, best_named, best_unnamed = None, 0, []
+    for fmt in registry():
+        if fmt.name == "atrous":
+            continue
+        try:
+            translated, _ = fmt.translate(state, None)
+        except (WeightsError, KeyError, IndexError, ValueError, TypeError, AttributeError):
+            continue  # a table that cannot read these keys is simply not the nearest
+        named = sum(1 for key in translated if key.startswith(("head.", "aux_head.")))
+        if named > best_named:
+            unnamed = [key for key in translated if not key.startswith(ours)]  # left as they were
+            best, best_named, best_unnamed = fmt.name, named, unnamed
+    if best is None:
+        return ""
+    differs = f"; the keys it does not name: {_first(best_unnamed)}" if best_unnamed else ""
+    return f"; the nearest is {best} (its tables name {best_named} head keys here){differs}"
 
 
 def _nearest(state: Mapping[str, torch.Tensor]) -> str:
@@ -152,7 +185,7 @@ def _nearest(state: Mapping[str, torch.Tensor]) -> str:
         found = detect({key[len(prefix) :]: value for key, value in state.items()})
         if found is not None:
             return f"; without the prefix {prefix!r} on every key it is {found.name}: pass {{k.removeprefix({prefix!r}): v}}"
-    return ""
+    return _closest_format(state)
 
 
 def translate(state: Mapping[str, torch.Tensor], fmt: str, model: Segmenter) -> tuple[dict[str, torch.Tensor], str]:
@@ -292,7 +325,12 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained_backbone(model: Segmenter, source: str | Path) -> WeightsReport:
-    """``source``: "imagenet" (the published weights of the model's backbone) or a path to a weights file."""
+    """``source``: "imagenet" (the published weights of the model's backbone), a zoo entry of kind backbone_init
+    (``atrous models --pretrained``) or a path to a weights file."""
+    from .zoo import zoo, zoo_file
+
     if source == "imagenet":
         return load_weights(model, imagenet_state_dict(model.spec.backbone))
+    if isinstance(source, str) and source in zoo() and not Path(source).exists():
+        return load_weights(model, zoo_file(zoo()[source]))
     return load_weights(model, source)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,21 +41,29 @@ class ZooEntry:
 
     name: str
     publisher: str
-    url: str
+    url: str | None  # None: no direct download (``download`` says how to get the file by hand)
     hash: str | None
     dataset: str
-    labels: str
     spec: ModelSpec
-    eval: str
-    published: dict
+    labels: str | None = None
+    eval: str = ""
+    published: dict = field(default_factory=dict)
     file: str | None = None  # the file name, where the URL does not end with it
+    download: str | None = None  # where to get the file by hand, for entries without a direct URL
+    kind: Literal["model", "backbone_init"] = "model"  # backbone_init: for pretrained_backbone, not a segmenter
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("model", "backbone_init"):
+            raise ConfigError(f"zoo entry {self.name}: unknown kind {self.kind!r}; choose from ['model', 'backbone_init']")
+        if self.url is None and (self.file is None or self.download is None):
+            raise ConfigError(f"zoo entry {self.name}: without a url it needs file and download")
 
     @property
     def filename(self) -> str:
         return self.file or self.url.rsplit("/", 1)[-1]
 
-    def class_names_and_palette(self) -> tuple[list[str], np.ndarray]:
-        return _labels(self.labels)
+    def class_names_and_palette(self) -> tuple[list[str] | None, np.ndarray | None]:
+        return _labels(self.labels) if self.labels is not None else (None, None)
 
 
 @functools.cache
@@ -77,6 +86,9 @@ def zoo_file(entry: ZooEntry) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / entry.filename
     if path.is_file():
         return path
+    if entry.url is None:
+        raise WeightsError(f"{entry.name} has no direct download: {entry.download}. Put the file {entry.filename} at "
+                           f"{path} (the torch hub cache; set TORCH_HOME to move it), or pass the file's path")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=entry.hash, progress=True)

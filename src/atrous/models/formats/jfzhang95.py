@@ -22,6 +22,16 @@ _KEYS = [
     (r"^decoder\.last_conv\.0\.", "head.fuse1.conv."), (r"^decoder\.last_conv\.1\.", "head.fuse1.bn."),
     (r"^decoder\.last_conv\.4\.", "head.fuse2.conv."), (r"^decoder\.last_conv\.5\.", "head.fuse2.bn."),
     (r"^decoder\.last_conv\.8\.", "head.classifier."),
+    # DRN's single-conv layers (0-2, 7, 8) are positional Sequentials, conv 0 and BN 1 (no ResNet key ends so).
+    (r"^backbone\.layer([01278])\.0\.weight$", r"backbone.layer\1.conv.weight"),
+    (r"^backbone\.layer([01278])\.1\.(\w+)$", r"backbone.layer\1.bn.\2"),
+    # Xception: a block's `rep` repeats (ReLU, separable conv, BN) three times, the first ReLU dropped in blocks 1-2,
+    # so index // 3 is the unit either way; its separable conv's depthwise conv is `conv1`.
+    (r"^backbone\.(block\d+)\.rep\.(\d+)\.(conv1|bn|pointwise)\.",
+     lambda m: f"backbone.{m[1]}.sepconv{int(m[2]) // 3 + 1}.{'depthwise' if m[3] == 'conv1' else m[3]}."),
+    (r"^backbone\.(block\d+)\.rep\.(\d+)\.", lambda m: f"backbone.{m[1]}.bn{int(m[2]) // 3 + 1}."),
+    (r"^backbone\.(block\d+)\.skipbn\.", r"backbone.\1.skip_bn."),
+    (r"^backbone\.(conv[345])\.conv1\.", r"backbone.\1.depthwise."),
 ]  # fmt: skip
 
 
@@ -31,6 +41,8 @@ _BACKBONES = [
     ("backbone.layer1.0.conv1.weight",
      lambda state: {"backbone": resnet(state), "multi_grid": (1, 2, 4), "first_block_dilation": "stage"}),
     ("backbone.low_level_features.0.0.weight", lambda state: {"backbone": "mobilenet_v2_jfzhang95"}),
+    ("backbone.layer8.0.weight", lambda state: {"backbone": "drn_d_54", "output_stride": 8}),  # DeepLab() fixes 8
+    ("backbone.block2.rep.0.conv1.weight", lambda state: {"backbone": "xception65_jfzhang95"}),  # since b7cbf5a
 ]  # fmt: skip
 
 
@@ -43,15 +55,18 @@ def _recognise(state, source) -> bool:
         return False
     if _backbone(state) is None:
         raise WeightsError(f"{source}: jfzhang95's DeepLabV3+ with a backbone atrous does not read yet (it reads its "
-                           "ResNet-101 and MobileNetV2)")  # fmt: skip
+                           "ResNet-101, MobileNetV2, DRN and Xception)")  # fmt: skip
     return True
 
 
 def _describe(state, contents, source):
-    """DeepLabV3+ with align_corners=True; its README models ran at output stride 16 (not recorded in the file)."""
+    """DeepLabV3+ with align_corners=True; its README models ran at output stride 16 (not recorded in the file),
+    unless its code fixes the backbone's (DRN: 8, in ``_BACKBONES``)."""
     backbone = _backbone(state)
-    spec = ModelSpec(name="deeplabv3plus", output_stride=16, align_corners=True,
-                     num_classes=classes(state, "decoder.last_conv.8.weight"), **backbone)  # fmt: skip
+    spec = ModelSpec(name="deeplabv3plus", align_corners=True, num_classes=classes(state, "decoder.last_conv.8.weight"),
+                     **{"output_stride": 16, **backbone})  # fmt: skip
+    if "output_stride" in backbone:  # fixed by its code: nothing assumed
+        return spec, []
     return spec, [("output_stride", "output stride 16, its released models' (the file does not record it)")]
 
 

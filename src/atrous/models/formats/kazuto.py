@@ -1,8 +1,9 @@
 """kazuto1011/deeplab-pytorch: its ResNet (layer1 = stem conv1 (conv + bn); layer2-5 = stages of block1.. with
 reduce (1x1, strided) / conv3x3 / increase / shortcut, each conv + bn); DeepLabV2's summed classifier aspp.c0-c3, or
 DeepLabV3's aspp.stages (c0 1x1, c1-c3 atrous, imagepool) + fc1 (projection) + fc2 (classifier; V3+: conv1, conv2
-(3x3), conv3 (1x1)) with reduce (48-channel projection of layer2). Released files are the MSC wrapper's state dict
-(prefix "base.")."""
+(3x3), conv3 (1x1)) with reduce (48-channel projection of layer2), or its "DeepLabV1" (DeepLab-v2's COCO init model:
+one 1x1 classifier ``fc``). Released files are the MSC wrapper's state dict (prefix "base."); the converted COCO init
+file has none."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def _key(key: str) -> str:
         layer, block, part, kind, rest = match.groups()
         conv, bn = _PARTS[part]
         return f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{conv if kind == 'conv' else bn}.{rest}"
+    if match := re.match(r"fc\.(weight|bias)$", key):
+        return f"head.classifier.{match[1]}"
     if match := re.match(r"aspp\.c(\d)\.(weight|bias)$", key):
         return f"head.classifiers.{match[1]}.{match[2]}"
     return rename(key, _V3_KEYS)  # anything it does not name is reported as unexpected
@@ -61,6 +64,12 @@ def _describe_v2(state, contents, source):
     return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=count), [("atrous_rates", guess)]
 
 
+def _describe_v1(state, contents, source):
+    """DeepLab-v2's COCO init model as its convert.py writes it (no "base." prefix; 91 COCO classes)."""
+    spec = ModelSpec(name="deeplabv1_kazuto", num_classes=classes(state, f"{_prefix(state)}fc.weight"))
+    return spec, []
+
+
 def _describe_v3(state, contents, source):
     """Its DeepLabV3 / V3+ (published without weights): the Caffe ResNet-101; its factories build output stride 16
     with multi-grid (1, 2, 4) on the last stage, neither recorded in the file."""
@@ -77,4 +86,5 @@ FORMATS = [
     Format("kazuto_deeplabv3plus", lambda state, source: _has(state, r"reduce\.conv\.weight"), _translate,
            _describe_v3, CAFFE_BGR),
     Format("kazuto_deeplabv3", lambda state, source: _has(state, r"fc2\.weight"), _translate, _describe_v3, CAFFE_BGR),
+    Format("kazuto_deeplabv1", lambda state, source: _has(state, r"fc\.weight"), _translate, _describe_v1, CAFFE_BGR),
 ]  # fmt: skip

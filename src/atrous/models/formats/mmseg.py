@@ -50,8 +50,6 @@ def _describe(state, contents, source):
     """The config text (``meta["cfg"]`` in 1.x runs, ``meta["config"]`` in 0.x): the backbone strides give the output
     stride, the decode head's dilations the rates."""
     text = _meta(contents).get("cfg") or _meta(contents).get("config") or ""
-    if "multi_grid" in text:
-        raise WeightsError(f"{source}: mmsegmentation's multi-grid (layer4 dilations set, not multiplied) does not read yet")
     tuples = [tuple(int(v) for v in found.split(",") if v.strip()) for found in re.findall(r"\(([\d,\s]+)\)", text)]
     assumed = []
     strides = next(iter(re.findall(r"strides=\(([\d,\s]+)\)", text)), None)
@@ -65,7 +63,13 @@ def _describe(state, contents, source):
     if rates is None:
         rates = (12, 24, 36)
         assumed.append(("atrous_rates", "rates (12, 24, 36), mmseg's (no config text)"))
+    # Its multi-grid ("d16-mg124") sets layer4's dilations outright.
+    grid = re.search(r"multi_grid=\(([\d,\s]+)\)", text)
+    multi_grid = (
+        {"multi_grid": tuple(int(v) for v in grid[1].split(",") if v.strip()), "multi_grid_absolute": True} if grid else {}
+    )
     spec = ModelSpec(
+        **multi_grid,
         name="deeplabv3plus_mmseg" if "decode_head.c1_bottleneck.conv.weight" in state else "deeplabv3_mmseg",
         backbone=f"{resnet(state)}_v1c", output_stride=stride, atrous_rates=rates,
         num_classes=classes(state, "decode_head.conv_seg.weight"),

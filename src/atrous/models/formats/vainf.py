@@ -14,11 +14,41 @@ from . import Format
 from .common import aspp_keys, classes, from_filename, rename_all, resnet, under
 from .torchvision import HEAD_KEYS
 
+
+def _xception_unit(match) -> str:
+    # VainF's Xception blocks keep (ReLU, separable conv, BN) triples in one `rep` Sequential; block1 has no leading ReLU,
+    # so its indices start one lower.
+    unit = (int(match[2]) - (match[1] != "1")) // 3
+    part = {"conv1.": "conv.depthwise.", "pointwise.": "conv.pointwise."}.get(match[3], "bn.")
+    return f"backbone.block{match[1]}.units.{unit}.{part}"
+
+
+_XCEPTION_KEYS = [
+    (r"^backbone\.block(\d+)\.rep\.(\d+)\.(conv1\.|pointwise\.)?", _xception_unit),
+    (r"^backbone\.block(\d+)\.skip\.", r"backbone.block\1.shortcut.conv."),
+    (r"^backbone\.block(\d+)\.skipbn\.", r"backbone.block\1.shortcut.bn."),
+    (r"^backbone\.conv([34])\.conv1\.", r"backbone.conv\1.depthwise."),
+]  # fmt: skip
+
+
+def _hrnet(state) -> str:
+    width = state["backbone.transition1.0.0.weight"].shape[0]  # the stride-4 branch's channels
+    if width not in (32, 48):
+        raise WeightsError(f"VainF's HRNetV2 of width {width}: atrous builds W32 and W48 (hrnetv2_32, hrnetv2_48)")
+    return f"hrnetv2_w{width}"
+
+
+# VainF's _segm_hrnet ignores --output_stride (main.py still writes _os16/_os8 into the file name): HRNet keeps its
+# stride 4, and its ASPP rates are (12, 24, 36).
+_FIXED = {name: {"output_stride": 4, "atrous_rates": (12, 24, 36)} for name in ("hrnetv2_w32", "hrnetv2_w48")}
+
 # Each backbone it builds: (a key only that backbone's layout has, its atrous name, its keys -> atrous's).
 _BACKBONES = [
+    ("backbone.transition1.0.0.weight", _hrnet, []),  # before the ResNets': HRNet has a layer1 too
     ("backbone.layer1.0.conv1.weight", resnet, []),
     ("backbone.low_level_features.0.0.weight", lambda state: "mobilenet_v2_vainf",
      [(r"^backbone\.(?:low|high)_level_features\.", "backbone.features.")]),
+    ("backbone.conv4.pointwise.weight", lambda state: "xception_vainf", _XCEPTION_KEYS),
 ]  # fmt: skip
 _BACKBONE_KEYS = [pair for _, _, table in _BACKBONES for pair in table]
 _PLUS_KEYS = [
@@ -40,20 +70,23 @@ def _recognise_plus(state, source) -> bool:
         return False
     if _backbone(state) is None:
         raise WeightsError(f"{source}: VainF's DeepLabV3+ with a backbone atrous does not read yet (it reads the "
-                           "ResNets and MobileNetV2)")  # fmt: skip
+                           "ResNets, MobileNetV2, Xception and HRNetV2-W32/W48)")  # fmt: skip
     return True
 
 
 def _describe(state, contents, source):
-    stride, assumed = from_filename(source, r"_os(8|16)\b"), []
-    if stride is None:
-        stride = "16"
-        assumed.append(("output_stride", "output stride 16, VainF's default (its file names say _os8 or _os16)"))
+    backbone, assumed = _backbone(state), []
+    fields = _FIXED.get(backbone)
+    if fields is None:
+        stride = from_filename(source, r"_os(8|16)\b")
+        if stride is None:
+            stride = "16"
+            assumed.append(("output_stride", "output stride 16, VainF's default (its file names say _os8 or _os16)"))
+        # VainF's rates are atrous's defaults: (6, 12, 18) at OS16, doubled at OS8.
+        fields = {"output_stride": int(stride)}
     plus = "classifier.project.0.weight" in state
     classifier = "classifier.classifier.3.weight" if plus else "classifier.classifier.4.weight"
-    # VainF's rates are atrous's defaults: (6, 12, 18) at OS16, doubled at OS8.
-    spec = ModelSpec(name="deeplabv3", backbone=_backbone(state), output_stride=int(stride),
-                     num_classes=classes(state, classifier))  # fmt: skip
+    spec = ModelSpec(name="deeplabv3", backbone=backbone, num_classes=classes(state, classifier), **fields)
     if plus:
         separable = "classifier.classifier.0.body.0.weight" in state  # its --separable_conv
         spec = dataclasses.replace(spec, name="deeplabv3plus_vainf", separable=separable)
