@@ -148,7 +148,7 @@ def _key_groups(state: Mapping[str, torch.Tensor]) -> str:
     groups = Counter(key.split(".", 1)[0] for key in state)
     shown = [f"{count} under {name + '.'!r}" for name, count in groups.most_common(4)]
     more = f" and {len(groups) - 4} more groups" if len(groups) > 4 else ""
-    return f"{len(state)} keys: " + ", ".join(shown) + more
+    return f"{len(state)} key{'s' if len(state) != 1 else ''}: " + ", ".join(shown) + more
 
 
 def _closest_format(state: Mapping[str, torch.Tensor]) -> str:
