@@ -604,19 +604,20 @@ class _DSConvModule(nn.Module):
 
 class _MMSegHead(nn.Module):
     """ASPPHead (plus=False) or DepthwiseSeparableASPPHead: image_pool first, aspp_modules, 3x3 bottleneck (512);
-    the V3+ one adds c1_bottleneck (48) and two separable sep_bottleneck convs; conv_seg."""
+    the V3+ one adds c1_bottleneck (48) and two separable sep_bottleneck convs; conv_seg. The widths are its configs'
+    for ResNet-50/101 (in 2048, 512, low-level 256 -> 48) or ResNet-18 (512, 128, 64 -> 12)."""
 
-    def __init__(self, classes, plus):
+    def __init__(self, classes, plus, in_ch=2048, width=512, low_in=256, low_width=48):
         super().__init__()
         self.plus = plus
-        self.conv_seg = nn.Conv2d(512, classes, 1)
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _ConvModule(2048, 512, 1))
-        atrous = [(_DSConvModule(2048, 512, d) if plus else _ConvModule(2048, 512, 3, d)) for d in (12, 24, 36)]
-        self.aspp_modules = nn.ModuleList([_ConvModule(2048, 512, 1), *atrous])
-        self.bottleneck = _ConvModule(5 * 512, 512, 3)
+        self.conv_seg = nn.Conv2d(width, classes, 1)
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _ConvModule(in_ch, width, 1))
+        atrous = [(_DSConvModule(in_ch, width, d) if plus else _ConvModule(in_ch, width, 3, d)) for d in (12, 24, 36)]
+        self.aspp_modules = nn.ModuleList([_ConvModule(in_ch, width, 1), *atrous])
+        self.bottleneck = _ConvModule(5 * width, width, 3)
         if plus:
-            self.c1_bottleneck = _ConvModule(256, 48, 1)
-            self.sep_bottleneck = nn.Sequential(_DSConvModule(560, 512), _DSConvModule(512, 512))
+            self.c1_bottleneck = _ConvModule(low_in, low_width, 1)
+            self.sep_bottleneck = nn.Sequential(_DSConvModule(width + low_width, width), _DSConvModule(width, width))
 
     def forward(self, layer1, layer4):
         pooled = F.interpolate(self.image_pool(layer4), size=layer4.shape[-2:], mode="bilinear", align_corners=False)
@@ -643,10 +644,12 @@ class _MMSegDeepLab(nn.Module):
         )  # fmt: skip
         for name in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self.backbone, name, getattr(resnet, name))
-        self.decode_head = _MMSegHead(classes, plus)
+        r18 = depth < 50  # its r18 configs: heads at 128 channels, a 12-channel low-level projection, aux 256 -> 64
+        self.decode_head = _MMSegHead(classes, plus, 512, 128, 64, 12) if r18 else _MMSegHead(classes, plus)
         self.auxiliary_head = nn.Module()
-        self.auxiliary_head.convs = nn.ModuleList([_ConvModule(1024, 256, 3)])
-        self.auxiliary_head.conv_seg = nn.Conv2d(256, classes, 1)
+        aux_in = 256 if r18 else 1024
+        self.auxiliary_head.convs = nn.ModuleList([_ConvModule(aux_in, aux_in // 4, 3)])
+        self.auxiliary_head.conv_seg = nn.Conv2d(aux_in // 4, classes, 1)
 
     def forward(self, images):
         b = self.backbone
@@ -713,21 +716,6 @@ def _mmseg_dilated_resnet(depth, strides, dilations, multi_grid=None):
     return resnet
 
 
-class _MMSegR18Head(_MMSegHead):
-    """The same heads at mmseg's ResNet-18 widths: 128 channels, a 12-channel low-level projection, aux 64."""
-
-    def __init__(self, classes, plus):
-        super().__init__(classes, plus)
-        self.conv_seg = nn.Conv2d(128, classes, 1)
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _ConvModule(512, 128, 1))
-        atrous = [(_DSConvModule(512, 128, d) if plus else _ConvModule(512, 128, 3, d)) for d in (12, 24, 36)]
-        self.aspp_modules = nn.ModuleList([_ConvModule(512, 128, 1), *atrous])
-        self.bottleneck = _ConvModule(5 * 128, 128, 3)
-        if plus:
-            self.c1_bottleneck = _ConvModule(64, 12, 1)
-            self.sep_bottleneck = nn.Sequential(_DSConvModule(140, 128), _DSConvModule(128, 128))
-
-
 @pytest.mark.parametrize(("depth", "plus", "d16_mg124"), [(18, True, False), (18, False, False), (50, False, True)])
 def test_mmseg_resnet18_and_multi_grid_files_give_mmsegs_logits(depth, plus, d16_mg124, tmp_path):
     """mmseg's r18-d8 configs (BasicBlocks dilate conv1 only; heads at 128 channels) and its d16-mg124 ones (layer4
@@ -735,10 +723,6 @@ def test_mmseg_resnet18_and_multi_grid_files_give_mmsegs_logits(depth, plus, d16
     torch.manual_seed(depth)
     strides, dilations = ((1, 2, 2, 1), (1, 1, 1, 2)) if d16_mg124 else ((1, 2, 1, 1), (1, 1, 2, 4))
     reference = _MMSegDeepLab(3, plus, depth, strides, dilations, (1, 2, 4) if d16_mg124 else None)
-    if depth == 18:
-        reference.decode_head = _MMSegR18Head(3, plus)
-        reference.auxiliary_head.convs = nn.ModuleList([_ConvModule(256, 64, 3)])
-        reference.auxiliary_head.conv_seg = nn.Conv2d(64, 3, 1)
     reference = randomise_batchnorm(reference, depth).eval()
     config = _MMSEG_CONFIG.replace("{head}", "DepthwiseSeparableASPPHead" if plus else "ASPPHead")
     config = config.replace("depth=50", f"depth={depth}")

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import randomise_batchnorm
+from test_peer_files import _VainFPlusHead
 from torch import nn
 from torchvision.models import segmentation
 
@@ -121,27 +122,12 @@ class _V3Head(nn.Module):
         return self.classifier(features["out"])
 
 
-class _V3PlusHead(nn.Module):
-    """Its DeepLabHeadV3Plus: project(low_level) 48 first, then the ASPP output resized to it, 3x3 conv, BN, ReLU, 1x1."""
-
-    def __init__(self, cin, classes):
-        super().__init__()
-        self.project = nn.Sequential(nn.Conv2d(256, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        self.aspp = segmentation.deeplabv3.ASPP(cin, [12, 24, 36])
-        self.classifier = nn.Sequential(nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
-                                        nn.Conv2d(256, classes, 1))  # fmt: skip
-
-    def forward(self, features):
-        low = self.project(features["low_level"])
-        context = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classifier(torch.cat([low, context], dim=1))
-
-
 class _VainFModel(nn.Module):
     def __init__(self, width, plus, classes):
         super().__init__()
         self.backbone = _VainFHRNet(width)
-        self.classifier = (_V3PlusHead if plus else _V3Head)(15 * width, classes)
+        self.classifier = (_VainFPlusHead(classes, [12, 24, 36], in_channels=15 * width) if plus
+                           else _V3Head(15 * width, classes))  # fmt: skip
 
     def forward(self, images):
         logits = self.classifier(self.backbone(images))

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import randomise_batchnorm
+from test_peer_files import _VainFPlusHead
 from torch import nn
 from torchvision.models import segmentation
 from torchvision.models._utils import IntermediateLayerGetter
@@ -89,23 +90,6 @@ class _Xception(nn.Module):
         self.last_linear = nn.Linear(2048, 1000)
 
 
-class _PlusHead(nn.Module):
-    """``DeepLabHeadV3Plus(2048, low_level_planes=128, ...)``: project the low-level feature to 48, ASPP, upsample,
-    cat([low, aspp]) -> 3x3 conv (256) + BN + ReLU -> 1x1."""
-
-    def __init__(self, num_classes, rates):
-        super().__init__()
-        self.project = nn.Sequential(nn.Conv2d(128, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        self.aspp = segmentation.deeplabv3.ASPP(2048, rates)  # VainF's ASPP has torchvision's layout
-        self.classifier = nn.Sequential(nn.Conv2d(304, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
-                                        nn.Conv2d(256, num_classes, 1))  # fmt: skip
-
-    def forward(self, features):
-        low = self.project(features["low_level"])
-        context = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classifier(torch.cat([low, context], dim=1))
-
-
 class _Head(nn.Module):
     """``DeepLabHead(2048, ...)``: torchvision's head one level deeper (``classifier.classifier.N``)."""
 
@@ -151,7 +135,8 @@ class _VainFXceptionDeepLab(nn.Module):
             ([False, False, False, True], [6, 12, 18])  # fmt: skip
         layers = {"conv4": "out", "block1": "low_level"} if plus else {"conv4": "out"}
         self.backbone = IntermediateLayerGetter(_Xception(flags), return_layers=layers)
-        self.classifier = _PlusHead(num_classes, rates) if plus else _Head(num_classes, rates)
+        self.classifier = (_VainFPlusHead(num_classes, rates, low_channels=128) if plus
+                           else _Head(num_classes, rates))  # fmt: skip
         if separable:
             _separable(self.classifier)
 
