@@ -205,8 +205,9 @@ def test_weights_flag_starts_from_any_format(synthetic, tmp_path):
     imagenet = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save(imagenet.state_dict(), path)
-    config = small_config(synthetic, tmp_path, model={"weights": str(path)}, optim={"lr": 0.0, "weight_decay": 0.0},
-                          train={"iterations": 1})  # fmt: skip
+    # The first step's lr is 0 (warm-up from 0), so the saved weights are the loaded ones.
+    config = small_config(synthetic, tmp_path, model={"weights": str(path)},
+                          optim={"warmup_iters": 2, "warmup_ratio": 0.0, "weight_decay": 0.0}, train={"iterations": 1})  # fmt: skip
     train(config)
     state = load_checkpoint(config.run_dir / "checkpoints" / "last.pt")["model"]
     assert torch.equal(state["backbone.conv1.weight"], imagenet.conv1.weight)

@@ -271,7 +271,7 @@ def test_normalisation_matches_the_weights():
         ({"name": "deeplabv4", "num_classes": 2}, r"unknown model 'deeplabv4'; choose from \['deeplabv1_kazuto', 'deeplabv2'"),
         ({"name": "deeplabv3", "backbone": "resnet5", "num_classes": 2}, r"unknown backbone 'resnet5'; choose from"),
         ({"name": "deeplabv3", "num_classes": 2, "output_stride": 4}, r"unsupported output_stride 4; choose from"),
-        ({"name": "deeplabv3", "num_classes": 0}, r"num_classes must be an integer >= 1, got 0"),
+        ({"name": "deeplabv3", "num_classes": 0}, r"num_classes must be an integer in \[1, 65535\], got 0"),
         ({"name": "deeplabv3", "num_classes": 2, "frozen_bn": "yes"}, r"unknown frozen_bn 'yes'"),
         ({"name": "deeplabv2", "num_classes": 2, "separable": True}, r"separable convs are not an option of deeplabv2's head"),
     ],

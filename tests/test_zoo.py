@@ -19,6 +19,7 @@ from torchvision.models import segmentation
 import atrous
 from atrous.cli import main
 from atrous.errors import WeightsError
+from atrous.models import zoo as zoo_module
 from atrous.models.zoo import zoo
 
 
@@ -73,6 +74,7 @@ def test_backbone_init_entries_start_a_backbone_and_are_not_models(name, tmp_pat
         atrous.build_model(entry.spec, num_classes=4, pretrained_backbone=name)
     offline_hub.mkdir(parents=True, exist_ok=True)
     torch.save(init_file, offline_hub / entry.filename)
+    monkeypatch.setattr(zoo_module, "_check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
     model = atrous.build_model(entry.spec, num_classes=4, pretrained_backbone=name)
     for key, value in model.backbone.state_dict().items():
         torch.testing.assert_close(value, source.backbone.state_dict()[key], rtol=0, atol=0)
@@ -88,6 +90,7 @@ def test_every_entry_runs_from_a_file_in_its_publishers_layout(name, tmp_path, m
     cached.parent.mkdir(parents=True)
     torch.save(_published_layout(name), cached)
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded a cached file"))
+    monkeypatch.setattr(zoo_module, "_check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
     model = atrous.from_pretrained(name)
     assert model.num_classes == entry.spec.num_classes and not model.training
     names, _ = entry.class_names_and_palette()
@@ -116,6 +119,18 @@ def test_a_download_is_checked_against_the_published_hash(tmp_path, monkeypatch)
     with pytest.raises(WeightsError, match="does not match the published hash cd0a2569"):
         atrous.from_pretrained("deeplabv3_resnet50_coco_voc")
     assert calls == [(zoo()["deeplabv3_resnet50_coco_voc"].url, "cd0a2569")]
+
+
+def test_a_cached_file_that_is_not_the_publishers_is_refused(tmp_path, monkeypatch):
+    """A byte flipped in the hub cache, or another file put there under the published name, never loads."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    entry = zoo()["deeplabv3_resnet50_coco_voc"]
+    cached = tmp_path / "hub" / "checkpoints" / entry.filename
+    cached.parent.mkdir(parents=True)
+    torch.save(_published_layout("deeplabv3_resnet50_coco_voc"), cached)
+    with pytest.raises(WeightsError, match=f"{cached}: its sha256 starts [0-9a-f]{{8}}, not cd0a2569 .* Delete it"):
+        atrous.from_pretrained("deeplabv3_resnet50_coco_voc")
+    assert cached.is_file()  # the user's file is left for them to look at
 
 
 def test_models_pretrained_lists_the_zoo(capsys):

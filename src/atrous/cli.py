@@ -52,6 +52,25 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` > 0, refused with the value when it is not."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number > 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in some messages
+    return parse
+
+
+POSITIVE_INT, POSITIVE_FLOAT = _positive(int), _positive(float)
+
+
 def _label_mapping(text: str) -> dict[int, int]:
     """"0:0,255:1" -> {0: 0, 255: 1}."""
     try:
@@ -121,9 +140,9 @@ def _add_data_commands(commands) -> None:
     synth = actions.add_parser("synth", help="write the embedded synthetic dataset (VOC layout)")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--train", type=int, default=600)
-    synth.add_argument("--val", type=int, default=120)
-    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--train", type=POSITIVE_INT, default=600)
+    synth.add_argument("--val", type=POSITIVE_INT, default=120)
+    synth.add_argument("--size", type=POSITIVE_INT, default=64)
     synth.set_defaults(run=_data_synth)
     for name, run, text in [
         ("check", _data_check, "decode every pair; report bad files (non-zero exit when any)"),
@@ -134,7 +153,7 @@ def _add_data_commands(commands) -> None:
         action.add_argument("--dataset", required=True)
         action.add_argument("--root", type=Path, required=True)
         action.add_argument("--split", default="train")
-        action.add_argument("--num-classes", type=int, default=None, help="folder datasets")
+        action.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="folder datasets")
         action.add_argument("--label-map", type=_label_mapping, default=None, help="folder datasets, e.g. 0:0,255:1")
         if name == "stats":
             action.add_argument("--out", type=Path, default=Path("class_weights.json"))
@@ -182,11 +201,17 @@ def _config_from_args(args: argparse.Namespace):
     if args.preset:
         config = dataclasses.replace(config, model=preset(args.preset))
     # JSON is YAML: strings stay strings ("--name 123"), numbers stay numbers.
-    overrides = [
-        f"{key}={json.dumps(getattr(args, _dest(flag)))}"
-        for flag, (key, _) in TRAIN_FLAGS.items()
-        if getattr(args, _dest(flag)) is not None
-    ]
+    flags = {flag: getattr(args, _dest(flag)) for flag in TRAIN_FLAGS if getattr(args, _dest(flag)) is not None}
+    set_by: dict[str, list[str]] = {}  # config key -> how the command line set it
+    for flag, value in flags.items():
+        set_by.setdefault(TRAIN_FLAGS[flag][0], []).append(f"--{flag} {value}")
+    for override in args.overrides:
+        set_by.setdefault(override.partition("=")[0].strip(), []).append(override)
+    for key, settings in set_by.items():
+        if len(settings) > 1:  # last-one-wins would silently drop what the user typed first
+            both = "both" if len(settings) == 2 else "all"
+            raise ConfigError(f"{' and '.join(settings)} {both} set {key}: give it once")
+    overrides = [f"{TRAIN_FLAGS[flag][0]}={json.dumps(value)}" for flag, value in flags.items()]
     return apply_overrides(config, overrides + list(args.overrides))
 
 
@@ -194,6 +219,9 @@ def _train(args: argparse.Namespace) -> int:
     from .distributed import shutdown
     from .engine import train
 
+    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume optim.lr=0.01`: argparse gave the override to --resume's optional PATH; it is an override.
+        args.overrides, args.resume = [args.resume, *args.overrides], "last"
     resume = True if args.resume == "last" else args.resume
     try:
         summary = train(_config_from_args(args), resume=resume, stop_at=args.stop_at)
@@ -214,7 +242,7 @@ def _add_train_command(commands) -> None:
     for flag, (key, kind) in TRAIN_FLAGS.items():
         _add_flag(train, flag, type=kind, default=None, help=f"= {key}")
     train.add_argument("--resume", nargs="?", const="last", default=None, help="resume the run (its last.pt) or PATH")
-    _add_flag(train, "stop-at", type=int, default=None, help="stop after this iteration (with a checkpoint)")
+    _add_flag(train, "stop-at", type=POSITIVE_INT, default=None, help="stop after this iteration (with a checkpoint)")
     train.set_defaults(run=_train)
 
 
@@ -333,7 +361,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
     parser.add_argument("--preset", choices=list_presets(), help="the architecture of a file that has no description")
     parser.add_argument("--model", choices=list_models(), help="architecture, for weights files without a description")
     parser.add_argument("--backbone", choices=list_backbones())
-    _add_flag(parser, "num-classes", type=int)
+    _add_flag(parser, "num-classes", type=POSITIVE_INT)
     _add_flag(parser, "output-stride", type=int, choices=[4, 8, 16, 32])  # 4: the HRNets' (fixed) stride
     _add_flag(parser, "atrous-rates", type=_int_list, help="e.g. 12,24,36")
     parser.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None, help="build the aux head")
@@ -349,11 +377,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser, runtime=True)
     parser.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip")
-    parser.add_argument("--scales", type=float, nargs="+")
+    parser.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+", help="e.g. 0.5 1 1.5 (each > 0)")
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--slide", action="store_true", help="sliding-window inference")
-    parser.add_argument("--crop", type=int, default=513)
-    parser.add_argument("--stride", type=int, default=341)
+    parser.add_argument("--crop", type=POSITIVE_INT, default=513, help="window side with --slide (default 513)")
+    parser.add_argument("--stride", type=POSITIVE_INT, default=341, help="window step with --slide (default 341)")
     parser.add_argument("--crf", action="store_true", help="DenseCRF post-processing (pip install 'atrous[crf]')")
     parser.add_argument("--msc", action="store_true",
                         help="DeepLab-v2's MSC: scales 1, 0.75, 0.5 (or --scales), logits max-fused (with --runtime eager)")  # fmt: skip
@@ -372,7 +400,7 @@ def _add_inference_commands(commands) -> None:
     predict = commands.add_parser("predict", help="label PNGs and overlays for images, folders or globs")
     predict.add_argument("inputs", nargs="+")
     predict.add_argument("--out", type=Path, required=True)
-    _add_flag(predict, "batch-size", type=int, default=4)
+    _add_flag(predict, "batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default 4)")
     _add_inference_arguments(predict)
     predict.set_defaults(run=_predict)
 
@@ -414,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atrous", description="DeepLab semantic segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
     models = commands.add_parser("models", help="table of every architecture x backbone: params, GFLOPs, output stride")
-    models.add_argument("--size", type=int, default=513, help="square input size for the FLOP count (default 513)")
-    models.add_argument("--num-classes", type=int, default=21)
+    models.add_argument("--size", type=POSITIVE_INT, default=513, help="square input size for the FLOP count (default 513)")
+    models.add_argument("--num-classes", type=POSITIVE_INT, default=21)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--pretrained", action="store_true", help="list the model zoo (published checkpoints)")
     models.set_defaults(run=_models)
@@ -425,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (4-5 minutes on 2 cores)")
     bench.add_argument("--compare", default="torchvision", help="the reference implementation (torchvision)")
     bench.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections")
-    bench.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement, after one warm-up")
+    bench.add_argument("--rounds", type=POSITIVE_INT, default=5, help="timed rounds per measurement, after one warm-up")
     bench.add_argument("--markdown", type=Path, help="also write the report as Markdown")
     bench.set_defaults(run=_bench)
     demo = commands.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> report.html")
@@ -455,8 +483,24 @@ def _show_library_messages() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with ``key=value`` overrides accepted anywhere on the line (argparse alone takes them only before
+    the first flag), for the commands that take overrides."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in overrides]
+    if overrides and not hasattr(args, "overrides"):
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     _show_library_messages()
     try:
         return args.run(args)

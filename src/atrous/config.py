@@ -8,6 +8,8 @@ Only the CLI and the training engine read a ``Config``; the library takes explic
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,6 +90,23 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``5e-4`` (no dot) is a string; every recipe means a number (YAML 1.2 does too)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?[0-9][0-9_]*\.[0-9_]*$"
+               r"|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)  # fmt: skip
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as a recipe means it: ``5e-4`` and ``1e-3`` are numbers."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -137,7 +156,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if abs(value) < 1e300 else math.inf  # float() overflows past ~1e308
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            return number
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):
@@ -181,18 +203,22 @@ def config_to_dict(config: Config) -> dict:
     return _plain(dataclasses.asdict(config))
 
 
+MAX_SIDE = 16384  # pixels: a crop beyond this is a typo (a 16384^2 float32 image is 3 GiB before any feature map)
+
+
 def _ranges(config: Config) -> list[tuple[str, Any, bool, str]]:
     """(key, value, holds, what it must be) for every numeric setting."""
     d, o, t = config.data, config.optim, config.train
     crop = [d.crop_size] if isinstance(d.crop_size, int) else d.crop_size
     return [
-        ("data.crop_size", d.crop_size, len(crop) in (1, 2) and all(c >= 1 for c in crop), "a size >= 1 or [height, width]"),
-        ("data.scale_range", d.scale_range, len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1],
-         "[low, high] with 0 < low <= high"),
+        ("data.crop_size", d.crop_size, len(crop) in (1, 2) and all(1 <= c <= MAX_SIDE for c in crop),
+         f"a size in [1, {MAX_SIDE}] or [height, width]"),
+        ("data.scale_range", d.scale_range, len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1] <= 16,
+         "[low, high] with 0 < low <= high <= 16"),
         ("data.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
         ("data.val_batch_size", d.val_batch_size, d.val_batch_size >= 1, ">= 1"),
-        ("data.workers", d.workers, d.workers >= 0, ">= 0"),
-        ("optim.lr", o.lr, o.lr >= 0, ">= 0"),
+        ("data.workers", d.workers, 0 <= d.workers <= 256, "in [0, 256] (processes; about the CPU count is best)"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0 (to train nothing, freeze the model instead)"),
         ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
         ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
         ("optim.power", o.power, o.power >= 0, ">= 0"),
@@ -208,6 +234,7 @@ def _ranges(config: Config) -> list[tuple[str, Any, bool, str]]:
         ("train.save_every", t.save_every, t.save_every >= 1, ">= 1"),
         ("train.keep_last", t.keep_last, t.keep_last >= 1, ">= 1"),
         ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("train.seed", t.seed, 0 <= t.seed < 2**32, "in [0, 2**32) (NumPy's seed range)"),
     ]  # fmt: skip
 
 
@@ -224,6 +251,9 @@ def check_config(config: Config) -> None:
             raise ConfigError(f"{key}={value!r}: must be {wanted}")
     if config.data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset: unknown value {config.data.dataset!r}; choose from {sorted(DATASETS)}")
+    if config.data.label_mapping and config.data.dataset != "folder":
+        raise ConfigError(f"data.label_mapping is for folder datasets (raw mask value -> class); dataset "
+                          f"{config.data.dataset!r} maps its own labels: remove data.label_mapping")  # fmt: skip
     if config.data.batch_size % config.train.grad_accum:
         raise ConfigError(
             f"data.batch_size={config.data.batch_size} (global) must be divisible by train.grad_accum="
@@ -244,7 +274,7 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise MissingFileError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     try:
@@ -259,13 +289,19 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """``section.key=value`` overrides (value parsed as YAML: 8, 0.01, true, [1, 2, 4], null); the result is checked."""
+    """``section.key=value`` overrides (value parsed as YAML: 8, 0.01, 5e-4, true, [1, 2, 4], null); the result is
+    checked. One key set twice is an error: the user meant one of the two values, and we cannot tell which."""
     values = config_to_dict(config)
+    seen: dict[str, str] = {}
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep:
             raise ConfigError(f"override {override!r} is not key=value (e.g. optim.lr=0.01)")
-        parts = key.strip().split(".")
+        key = key.strip()
+        if key in seen:
+            raise ConfigError(f"{key} is set twice ({seen[key]!r} and {override!r}): give it once")
+        seen[key] = override
+        parts = key.split(".")
         target = values
         for depth, part in enumerate(parts[:-1]):
             if not isinstance(target.get(part), dict):
@@ -274,5 +310,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             target = target[part]
         if parts[-1] not in target:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {sorted(target)}")
-        target[parts[-1]] = yaml.safe_load(raw)
+        try:
+            target[parts[-1]] = read_yaml(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML: {error}") from error
     return config_from_dict(values)

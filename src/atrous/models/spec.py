@@ -4,6 +4,7 @@ checkpoint stores (as a plain dict) and what the command line edits with ``datac
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ FrozenBN = Literal["none", "affine", "all"]
 # architecture lists its own (``BackboneEntry.output_strides``: HRNet's 4).
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 FROZEN_BN_CHOICES: tuple[str, ...] = ("none", "affine", "all")
+MAX_CLASSES = 65535  # masks hold class indices in at most 16 bits (255 stays the ignore label below that)
 # Where the starting weights come from: not part of the architecture. A built model's ``spec`` has them cleared,
 # since from then on its state dict holds the weights (and a checkpoint must not download anything to rebuild).
 INIT_FIELDS = ("pretrained_backbone", "weights")
@@ -81,8 +83,8 @@ class ModelSpec:
             raise ConfigError(f"unknown model {self.name!r}; choose from {sorted(MODELS)}")
         if self.backbone is not None and self.backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONES)}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES}], got {self.num_classes!r}")
         backbone = self.backbone or MODELS[self.name].backbone
         if self.output_stride is not None and self.output_stride not in BACKBONES[backbone].output_strides:
             raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from "
@@ -98,8 +100,10 @@ class ModelSpec:
         if self.first_block_dilation not in (None, "previous", "stage"):
             raise ConfigError(f"unknown first_block_dilation {self.first_block_dilation!r}; choose from ['previous', "
                               "'stage']")  # fmt: skip
-        if self.head_lr_mult is not None and (not isinstance(self.head_lr_mult, (int, float)) or self.head_lr_mult <= 0):
-            raise ConfigError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
+        if self.head_lr_mult is not None and not (
+            isinstance(self.head_lr_mult, (int, float)) and 0 < self.head_lr_mult < math.inf  # NaN fails too
+        ):
+            raise ConfigError(f"head_lr_mult must be a finite number > 0, got {self.head_lr_mult}")
         if self.separable and not MODELS[self.name].separable:
             raise ConfigError(f"separable convs are not an option of {self.name}'s head (DeepLabV3/V3+ have it)")
 
