@@ -125,3 +125,29 @@ def test_eval_with_msc_max_fusion(trained, capsys):
     assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(checkpoint), "--out", str(out),
                  "--msc", "--runtime", "onnxruntime"]) == 2  # fmt: skip
     assert "--runtime eager" in capsys.readouterr().err
+
+
+def test_commands_never_write_over_inputs_or_weights(trained, tmp_path, capsys):
+    _, _, checkpoint = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((20, 24), 90, np.uint8)).save(photos / "gray.png")
+    before = (photos / "gray.png").read_bytes()
+    assert main(["predict", "--weights", str(checkpoint), str(photos), "--out", str(photos)]) == 2
+    assert f"refusing to write {photos / 'gray.png'}: it is the input image" in capsys.readouterr().err
+    assert (photos / "gray.png").read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["gray.png"]
+    weights = checkpoint.read_bytes()
+    assert main(["export", "--weights", str(checkpoint), "--out", str(checkpoint)]) == 2
+    assert "the --weights file" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == weights
+
+
+def test_eval_into_an_unwritable_folder_fails_before_evaluating(trained, tmp_path, capsys):
+    root, _, checkpoint = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # refuses root too, unlike chmod
+    assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(checkpoint),
+                 "--out", str(blocker / "eval")]) == 2  # fmt: skip
+    captured = capsys.readouterr()
+    assert "cannot write the evaluation output folder" in captured.err and str(blocker) in captured.err
+    assert "mIoU" not in captured.out  # refused before the work, not after it

@@ -207,6 +207,22 @@ def test_data_check_finds_each_planted_fault(tmp_path, capsys):
     assert main(["data", "check", "--dataset", "voc", "--root", str(tmp_path), "--split", "val"]) == 0
 
 
+def test_data_check_warns_when_0_255_masks_are_read_as_class_0_and_ignore(tmp_path, capsys):
+    binary = np.zeros((6, 8), dtype=np.uint8)
+    binary[1:5, 1:7] = 255  # 24 of 48 pixels: foreground
+    for name in ("a", "b"):
+        write_jpeg(tmp_path / "images" / f"{name}.jpg", 6, 8)
+        write_png(tmp_path / "masks" / f"{name}.png", binary)
+    as_classes = ["data", "check", "--dataset", "folder", "--root", str(tmp_path), "--split", "", "--num-classes", "2"]
+    assert main(as_classes) == 0  # it loads: warnings, not errors
+    out = capsys.readouterr().out
+    assert "2 pairs checked, 0 bad, 2 warnings" in out
+    assert "1 of 2 classes have no pixel in this split: class_1" in out
+    assert "50.0% of all pixels are 255" in out and "--label-map 0:0,255:1" in out
+    assert main([*as_classes[:-2], "--label-map", "0:0,255:1"]) == 0
+    assert "2 pairs checked, 0 bad, 0 warnings" in capsys.readouterr().out
+
+
 def test_stats_frequencies_and_weights_match_numpy(tmp_path):
     synthetic_root = write_synthetic(tmp_path / "synth", SynthSpec(train=6, val=2, size=48), progress=False)
     dataset = build_dataset("synthetic", tmp_path / "synth", "train")

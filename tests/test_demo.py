@@ -35,6 +35,16 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert marker.stat().st_mtime_ns == stamp
     assert Path(run / "eval" / "report.html").is_file() and (run / "curves.png").is_file()
 
+    # Running the demo again continues its own run: the finished training is kept (not retrained, not replaced) and
+    # evaluated again to the same score.
+    best = run / "checkpoints" / "best.pt"
+    kept = (best.stat().st_ino, best.stat().st_mtime_ns)
+    rows = (run / "metrics.jsonl").read_text()
+    assert main(["demo", "--fast", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data")]) == 0
+    assert (best.stat().st_ino, best.stat().st_mtime_ns) == kept
+    assert (run / "metrics.jsonl").read_text() == rows
+    assert json.loads((run / "eval" / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]
+
 
 def test_the_synthetic_recipe_is_the_demo_configuration(tmp_path):
     from atrous.config import config_to_dict, load_config

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .bench import SECTIONS
-from .errors import AtrousError, ConfigError
+from .errors import AtrousError, ConfigError, user_message
 from .models import MODELS, ModelSpec, list_backbones, list_models, list_presets, preset
 from .models.summary import model_rows
 from .runtime import RUNTIMES
@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
         args.overrides, args.resume = [args.resume, *args.overrides], "last"
     resume = True if args.resume == "last" else args.resume
     try:
-        summary = train(_config_from_args(args), resume=resume, stop_at=args.stop_at)
+        summary = train(_config_from_args(args), resume=resume, stop_at=args.stop_at, overwrite=args.overwrite)
     finally:
         shutdown()
     best = summary["best_mIoU"]
@@ -242,6 +242,9 @@ def _add_train_command(commands) -> None:
     for flag, (key, kind) in TRAIN_FLAGS.items():
         _add_flag(train, flag, type=kind, default=None, help=f"= {key}")
     train.add_argument("--resume", nargs="?", const="last", default=None, help="resume the run (its last.pt) or PATH")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in out_dir/name first (without it, or --resume, such a run is "
+                            "refused)")  # fmt: skip
     _add_flag(train, "stop-at", type=POSITIVE_INT, default=None, help="stop after this iteration (with a checkpoint)")
     train.set_defaults(run=_train)
 
@@ -286,6 +289,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .distributed import init_distributed, shutdown
     from .engine import dataset_options
     from .evaluation import format_scores, run_evaluation
+    from .paths import check_writable_dir
     from .runtime import prepare_inference
 
     config = apply_overrides(load_config(args.config), args.overrides)
@@ -296,18 +300,20 @@ def _eval(args: argparse.Namespace) -> int:
                                 **dataset_options(config))  # fmt: skip
         if dataset.num_classes != model.num_classes:
             raise ConfigError(f"the model has {model.num_classes} classes, dataset {dataset.name!r} {dataset.num_classes}")
+        out_dir = args.out or config.run_dir / "eval"
+        if info.is_main:  # before the export and the evaluation, not after them
+            check_writable_dir(out_dir, "evaluation output folder")
         inference = prepare_inference(model, args.runtime, device=info.device)
         options = _inference_options(args)
-        out_dir = args.out or config.run_dir / "eval"
         details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
                    "config": config_to_dict(config)}  # fmt: skip
-        result = run_evaluation(
+        run_evaluation(
             inference, dataset, options=options, out_dir=out_dir, device=info.device,
             save_predictions=args.save_predictions, rank=info.rank, world_size=info.world_size, report=details,
             training_log=Path(args.weights).resolve().parent.parent / "metrics.jsonl",
+            on_scores=lambda result: print(format_scores(result.scores, dataset.class_names)),  # before any file
         )  # fmt: skip
         if info.is_main:
-            print(format_scores(result.scores, dataset.class_names))
             print(f"metrics, per-class IoU chart, confusion matrix and report.html written to {out_dir}")
     finally:
         shutdown()
@@ -324,7 +330,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     inference = prepare_inference(model, args.runtime, device=device)
     written = predict_files(inference, paths, args.out, palette=_palette(model), options=_inference_options(args),
-                            batch_size=args.batch_size, device=device)  # fmt: skip
+                            batch_size=args.batch_size, device=device, protected={args.weights: "the --weights file"})  # fmt: skip
     print(f"{len(written)} label PNGs and overlays written to {args.out}")
     return 0
 
@@ -334,7 +340,8 @@ def _export(args: argparse.Namespace) -> int:
 
     model = _load_model(args)
     out = args.out or Path(args.weights).with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
-    export_model(model, out, format=args.format, normalized_input=args.normalized_input)
+    export_model(model, out, format=args.format, normalized_input=args.normalized_input,
+                 protected={args.weights: "the --weights file"})  # fmt: skip
     norm = model.normalization
     takes = ("float32 images normalised as " + norm.name if args.normalized_input
              else f"uint8 RGB 0..255 (normalised inside: {norm.name})")  # fmt: skip
@@ -505,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except AtrousError as error:  # the user's to fix; anything else is a bug and keeps its traceback
-        print(f"atrous {args.command}: error: {error}", file=sys.stderr)
+        print(f"atrous {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
 
 

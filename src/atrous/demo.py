@@ -48,7 +48,10 @@ def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synt
     data_root = Path(data_root) / ("fast" if fast else "full")
     voc_root = write_synthetic(data_root, demo_spec(fast=fast))
     config = demo_config(data_root=data_root, out_dir=Path(out_dir), fast=fast)
-    summary = train(config)
+    # The demo continues its own run: an interrupted one from its last checkpoint, a finished one is evaluated again.
+    # A run that never reached a checkpoint has nothing to keep and starts over.
+    resumable = (config.run_dir / "checkpoints" / "last.pt").is_file()
+    summary = train(config, resume=True if resumable else None, overwrite=not resumable)
 
     best = config.run_dir / "checkpoints" / "best.pt"
     model = load_trained_model(best)

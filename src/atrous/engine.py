@@ -2,7 +2,8 @@
 checkpoint (``atrous.checkpoint.training_state`` / ``restore_training_state``); ``train`` is the loop over them.
 
 DDP, autocast, GradScaler, ``no_sync`` accumulation; rank 0 writes files; metrics are all-reduced before they are
-reported.
+reported. No run loses another's work or its own: a run directory is locked by the run in it and never replaced
+unasked (``atrous.run_dir``), and each checkpoint is written before the validation that could crash.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import LAST, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .checkpoint import LAST, check_resumable, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .config import Config, config_to_dict, save_config
 from .data import SegmentationDataset, build_dataset, train_transforms
 from .data.checks import read_class_weights
 from .data.sampling import SeededDataset, TrainSampler
 from .distributed import DistInfo
-from .errors import ConfigError
+from .errors import AtrousError, ConfigError, TrainingError
 from .evaluation import Evaluation, evaluate, write_run_report
 from .losses import SegmentationLoss
 from .models import Segmenter, build_model
+from .run_dir import RunDirLock, claim, trim_metrics
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def _datasets(config: Config, model: Segmenter) -> tuple[SegmentationDataset, Se
             f"model.num_classes={model.num_classes} but dataset {train_set.name!r} has {train_set.num_classes} "
             f"classes ({', '.join(train_set.class_names[:6])}{', ...' if train_set.num_classes > 6 else ''})"
         )
-    val_set = build_dataset(d.dataset, d.root, d.val_split, **dataset_options(config))
+    val_set = build_dataset(d.dataset, d.root, d.val_split, on_error=d.on_error, **dataset_options(config))
     return train_set, val_set
 
 
@@ -173,6 +175,11 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
     if d.batch_size % (info.world_size * t.grad_accum):
         raise ConfigError(f"data.batch_size={d.batch_size} (global) must be divisible by processes x grad_accum = "
                           f"{info.world_size} x {t.grad_accum}")  # fmt: skip
+    checkpoint = None
+    if resume:  # read and checked first: a wrong file fails before the data is scanned and the model built
+        path = config.run_dir / "checkpoints" / LAST if resume is True else Path(resume)
+        checkpoint = load_checkpoint(path)
+        check_resumable(checkpoint, str(path), config.model.resolved().architecture())
     torch.manual_seed(t.seed + info.rank)  # the model's init is rank 0's: DDP broadcasts it
     model = build_model(config.model)
     train_set, val_set = _datasets(config, model)
@@ -191,8 +198,8 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
     micro_batch = _micro_batch(config, info.world_size)
     iterations_per_epoch = (len(train_set) // info.world_size) // (micro_batch * t.grad_accum)
     if iterations_per_epoch < 1:
-        raise ConfigError(f"dataset {train_set.name!r} has {len(train_set)} samples: fewer than one global batch of "
-                          f"{d.batch_size}")  # fmt: skip
+        raise ConfigError(f"dataset {train_set.name!r} has {len(train_set)} samples: fewer than one global batch "
+                          f"(data.batch_size={d.batch_size}); lower data.batch_size")  # fmt: skip
     iterations = t.epochs * iterations_per_epoch if t.epochs is not None else t.iterations
     optimizer = build_optimizer(model, config)
     factor = poly_with_warmup(iterations, config.optim.power, config.optim.warmup_iters, config.optim.warmup_ratio)
@@ -202,9 +209,8 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
         scaler=torch.amp.GradScaler(info.device.type, enabled=t.amp == "fp16"), batches=None, iterations=iterations,
         train_set=train_set, val_set=val_set,
     )  # fmt: skip
-    if resume:
-        path = config.run_dir / "checkpoints" / LAST if resume is True else Path(resume)
-        restore_training_state(run, load_checkpoint(path))
+    if checkpoint is not None:
+        restore_training_state(run, checkpoint, source=str(path))
         if info.is_main:
             log.info("resumed from %s at iteration %d", path, run.iteration)
     if info.distributed:
@@ -259,21 +265,28 @@ def validate(run: TrainingRun) -> Evaluation:
 
 
 class RunLog:
-    """``metrics.jsonl`` (one JSON row per log line or validation) and TensorBoard when installed; rank 0 writes."""
+    """``metrics.jsonl`` (one JSON row per log line or validation) and TensorBoard when installed; rank 0 writes.
+
+    A resumed run's log is cut back to the checkpoint's iteration (what came after is trained again) and
+    ``validated`` says whether the checkpoint's own validation was logged (on every rank)."""
 
     def __init__(self, run: TrainingRun, *, resumed: bool):
         self.path = run.config.run_dir / "metrics.jsonl"
-        self.enabled, self.writer = run.dist.is_main, None
-        if not self.enabled:
-            return
-        run.config.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run.config, run.config.run_dir / "config.yaml")
-        if not resumed:
-            self.path.write_text("")
-        with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter
+        self.enabled, self.writer, self.validated = run.dist.is_main, None, False
+        if self.enabled:
+            run.config.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(run.config, run.config.run_dir / "config.yaml")
+            rows = trim_metrics(self.path, run.iteration) if resumed else []
+            if not resumed:
+                self.path.write_text("")
+            self.validated = any(row.get("iteration") == run.iteration and "val" in row for row in rows)
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(run.config.run_dir / "tensorboard")
+                # purge_step: TensorBoard hides the events after the checkpoint, which the resumed run writes again
+                self.writer = SummaryWriter(run.config.run_dir / "tensorboard",
+                                            purge_step=run.iteration + 1 if resumed else None)  # fmt: skip
+        self.validated = distributed.broadcast_from_main(self.validated)
 
     def write(self, row: dict, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -288,18 +301,100 @@ class RunLog:
             self.writer.close()
 
 
-def train(config: Config, *, resume: str | Path | bool | None = None, stop_at: int | None = None) -> dict:
+def _claim_run_dir(run_dir: Path, info: DistInfo, *, resume, overwrite: bool) -> RunDirLock | None:
+    """Rank 0 claims the run directory (``atrous.run_dir.claim``); every rank raises its refusal, since the others
+    would otherwise wait for rank 0 until the collective timeout."""
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            lock = claim(run_dir, resume=resume, overwrite=overwrite)
+        except AtrousError as error:
+            refusal = error
+    refusal = distributed.broadcast_from_main(refusal)
+    if refusal is not None:
+        raise refusal
+    return lock
+
+
+def _validation_due(run: TrainingRun, iteration: int) -> bool:
+    return iteration % run.config.train.val_every == 0 or iteration == run.iterations
+
+
+def _diverged(run: TrainingRun, what: str) -> TrainingError:
+    o = run.config.optim
+    return TrainingError(
+        f"training diverged at iteration {run.iteration}: {what}. Lower optim.lr (now {o.lr:g}) or raise "
+        f"optim.warmup_iters (now {o.warmup_iters}) and start again (--overwrite), or continue from an earlier "
+        "checkpoint (--resume PATH); none with non-finite weights was saved, but the latest may already be far off"
+    )
+
+
+def _require_finite_weights(run: TrainingRun) -> None:
+    """Raise ``TrainingError`` when a weight is NaN or infinite: such a model predicts nothing, and saving it would
+    replace last.pt with it."""
+    finite = torch.stack([parameter.detach().isfinite().all() for parameter in run.model.parameters()]).all()
+    if not finite:
+        raise _diverged(run, "its weights are no longer finite numbers (NaN or inf)")
+
+
+def _save(run: TrainingRun, *, is_best: bool) -> None:
+    """Checkpoint the run at its iteration (last.pt; best.pt too when ``is_best``)."""
+    _require_finite_weights(run)
+    state = training_state(run)  # every rank: the random states are gathered
+    if run.dist.is_main:
+        t = run.config.train
+        save_checkpoint(state, run.config.run_dir / "checkpoints", iteration=run.iteration, keep_last=t.keep_last,
+                        is_best=is_best)  # fmt: skip
+    distributed.barrier()
+
+
+def _validate_and_keep_best(run: TrainingRun, run_log: RunLog, progress: tqdm) -> Evaluation:
+    """Validate; on a new best score save the iteration's checkpoint again, now holding that score, as best.pt and
+    last.pt (a resume must know the best so far). The log row comes last: a logged validation is a finished one."""
+    evaluation = validate(run)
+    scores = evaluation.scores
+    if scores["mIoU"] > run.best:
+        run.best = scores["mIoU"]
+        _save(run, is_best=True)
+    summary = {key: value for key, value in scores.items() if not key.startswith("per_class")}
+    run_log.write({"iteration": run.iteration, "val": summary}, {"val/mIoU": scores["mIoU"]})
+    if run.dist.is_main:
+        progress.write(f"iteration {run.iteration}: mIoU {scores['mIoU']:.4f}  pixel accuracy "
+                       f"{scores['pixel_accuracy']:.4f}  (best {run.best:.4f})")  # fmt: skip
+    return evaluation
+
+
+def train(
+    config: Config, *, resume: str | Path | bool | None = None, stop_at: int | None = None, overwrite: bool = False
+) -> dict:
     """Train as ``config`` says; returns a summary. ``resume``: True (the run's last.pt) or a checkpoint path.
 
     stop_at: stop (with a checkpoint) after this iteration, e.g. to fit a job's time limit; the schedule still
     runs to ``train.iterations`` when resumed.
+    overwrite: delete the run already in ``config.run_dir`` first. Without it (or ``resume``) a directory that
+    holds a run is refused with ``ConfigError``, as is one another training process holds.
     """
+    info = distributed.init_distributed(config.train.device)
+    lock = _claim_run_dir(config.run_dir, info, resume=resume, overwrite=overwrite)
+    try:
+        with distributed.explain_timeouts():
+            return _train(config, resume=resume, stop_at=stop_at)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: Config, *, resume: str | Path | bool | None, stop_at: int | None) -> dict:
+    """``train``'s loop, run once the run directory is this run's."""
     run = prepare(config, resume=resume)
     t, info, run_dir = config.train, run.dist, config.run_dir
     run_log = RunLog(run, resumed=bool(resume))
     start, end = run.iteration, min(run.iterations, stop_at) if stop_at is not None else run.iterations
     progress = tqdm(total=run.iterations, initial=start, disable=not info.is_main, desc="train")
     evaluation: Evaluation | None = None
+    if resume and _validation_due(run, start) and not run_log.validated:
+        # the run stopped after saving this iteration, before its validation finished: it is validated now
+        evaluation = _validate_and_keep_best(run, run_log, progress)
     started = time.perf_counter()
     window_loss, window_steps = torch.zeros((), device=run.device), 0  # mean loss since the last log line
     while run.iteration < end:
@@ -310,27 +405,18 @@ def train(config: Config, *, resume: str | Path | bool | None = None, stop_at: i
         if done % t.log_every == 0 or done == end:
             mean_loss = distributed.all_reduce_mean(window_loss / window_steps).item()
             window_loss, window_steps = torch.zeros((), device=run.device), 0
+            if not math.isfinite(mean_loss) and t.amp != "fp16":  # fp16's GradScaler skips such steps by design
+                raise _diverged(run, f"the mean loss of the last {t.log_every} iterations is {mean_loss}, not finite")
             images_per_second = (done - start) * config.data.batch_size / max(time.perf_counter() - started, 1e-9)
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.1f}")
             run_log.write({"iteration": done, "loss": mean_loss, "lr": lr, "images_per_second": images_per_second},
                           {"train/loss": mean_loss, "train/lr": lr})  # fmt: skip
 
-        improved = False
-        if done % t.val_every == 0 or done == run.iterations:
-            evaluation = validate(run)
-            scores = evaluation.scores
-            improved, run.best = scores["mIoU"] > run.best, max(run.best, scores["mIoU"])
-            summary = {key: value for key, value in scores.items() if not key.startswith("per_class")}
-            run_log.write({"iteration": done, "val": summary}, {"val/mIoU": scores["mIoU"]})
-            if info.is_main:
-                progress.write(f"iteration {done}: mIoU {scores['mIoU']:.4f}  pixel accuracy "
-                               f"{scores['pixel_accuracy']:.4f}  (best {run.best:.4f})")  # fmt: skip
-
-        if done % t.save_every == 0 or done == end or improved:
-            state = training_state(run)  # every rank: the random states are gathered
-            if info.is_main:
-                save_checkpoint(state, run_dir / "checkpoints", iteration=done, keep_last=t.keep_last, is_best=improved)
-            distributed.barrier()
+        validating = _validation_due(run, done)
+        if done % t.save_every == 0 or done == end or validating:
+            _save(run, is_best=False)  # before validating: a crash in validation loses no training
+        if validating:
+            evaluation = _validate_and_keep_best(run, run_log, progress)
     progress.close()
     in_sync = distributed.parameters_in_sync(run.model)
     if info.distributed and info.is_main:

@@ -30,3 +30,30 @@ class MissingFileError(AtrousError, FileNotFoundError):
 
 class MissingDependencyError(AtrousError, ImportError):
     """An optional package is not installed; the message gives the install command."""
+
+
+class TrainingError(AtrousError, RuntimeError):
+    """Training cannot go on as configured (the loss or the weights stopped being finite numbers)."""
+
+
+class StorageError(AtrousError, OSError):
+    """A file could not be written for want of space: the message says how much was needed, how much is free, where."""
+
+
+class DistributedTimeoutError(AtrousError, TimeoutError):
+    """The other processes of a distributed run did not answer within the collective timeout (one stalled or died)."""
+
+
+def user_message(error: BaseException) -> str:
+    """What to print for ``error``: its message, unwrapped when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process as the same type whose message is the whole worker
+    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ... atrous.errors.DataError:
+    x.png: ..."); the user's message is what follows the last "<module>.<Type>: " of that traceback.
+    """
+    text = str(error)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    kind = type(error)
+    _, found, message = text.rpartition(f"\n{kind.__module__}.{kind.__qualname__}: ")
+    return message.strip() if found else text.strip().rsplit("\n", 1)[-1]

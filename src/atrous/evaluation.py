@@ -4,6 +4,7 @@ report writer (``write_run_report``)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .inference import InferenceOptions, model_input, predict
 from .metrics import ConfusionMatrix
+
+log = logging.getLogger(__name__)
 
 REPORT_SAMPLES = 8  # images shown in a report's prediction grid
 
@@ -54,6 +57,29 @@ def _sample_name(dataset, index: int) -> str:
     return Path(samples[index][0]).name if samples is not None else f"sample {index}"
 
 
+class _Shard(Dataset):
+    """``dataset``'s items at ``indices`` as (index, (image, mask)), or (index, None) for a sample that fails to load
+    when the dataset skips bad samples (``on_error="skip"``): evaluation leaves it out, where ``dataset[index]`` would
+    stand the next sample in for it and count that one twice."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+        self.skips = getattr(dataset, "on_error", "raise") == "skip" and hasattr(dataset, "load")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        index = self.indices[position]
+        if not self.skips:
+            return index, self.dataset[index]
+        try:
+            return index, self.dataset.load(index)
+        except DataError as error:
+            log.warning("evaluation skips sample %d: %s", index, error)
+            return index, None
+
+
 def _as_batch(items: list) -> list:
     return items  # (image, mask) arrays of any size; ``model_input`` stacks them
 
@@ -87,14 +113,16 @@ def evaluate(
         model.eval()
     indices = shard(len(dataset), rank, world_size)
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=_as_batch,
+        _Shard(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=_as_batch,
         generator=torch.Generator(),  # never draws from the global RNG (exact resume)
     )  # fmt: skip
     matrix = ConfusionMatrix(model.num_classes, device=device)
     samples: list[ReportSample] = []
-    position = 0
     for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, unit="batch", leave=False):
-        images, masks = [image for image, _ in batch], [mask for _, mask in batch]
+        batch = [(index, item) for index, item in batch if item is not None]
+        if not batch:
+            continue
+        images, masks = [image for _, (image, _) in batch], [mask for _, (_, mask) in batch]
         if len({image.shape for image in images}) > 1:
             raise DataError(f"a validation batch of {batch_size} needs images of one size, got "
                             f"{sorted({image.shape[:2] for image in images})}: set data.val_batch_size=1")  # fmt: skip
@@ -103,9 +131,7 @@ def evaluate(
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         labels = predict(model, inputs, options, raw_images=images)
         matrix.update(labels, torch.from_numpy(np.stack(masks)).to(device).long())
-        for image, mask, label in zip(images, masks, labels):
-            index = indices[position]
-            position += 1
+        for (index, _), image, mask, label in zip(batch, images, masks, labels):
             if len(samples) < keep_samples or on_prediction is not None:
                 label = label.cpu().numpy()
             if len(samples) < keep_samples:
@@ -131,18 +157,31 @@ def run_evaluation(
     progress: bool = True,
     report: dict | None = None,
     training_log: str | Path | None = None,
+    on_scores: Callable[[Evaluation], None] | None = None,
 ) -> Evaluation:
     """``evaluate`` and write ``metrics.json``, the figures and ``report.html`` (and coloured predictions) to
-    ``out_dir`` on rank 0. ``report``: what the report states about the run (weights, mode, configuration)."""
+    ``out_dir`` on rank 0. ``report``: what the report states about the run (weights, mode, configuration).
+
+    No evaluation is lost to its output folder. Before the first image, ``out_dir`` (on rank 0) and its
+    ``predictions`` folder (on every rank, which all save theirs) are created and proven writable, else
+    ``ConfigError`` naming the folder and the system's reason (under torchrun the failing rank ends the job).
+    ``on_scores(result)`` is called on rank 0 as soon as the scores exist, before any report file is written: the
+    command line prints them there. A write that fails after that (a full disk) raises ``ConfigError`` naming the
+    file and the mIoU.
+    """
     from PIL import Image
 
+    from .paths import check_writable_dir
     from .visualize import colorize
 
     out_dir = Path(out_dir)
     predictions = out_dir / "predictions"
+    if rank == 0:
+        check_writable_dir(out_dir, "evaluation output folder")
+    if save_predictions:
+        check_writable_dir(predictions, "folder for the saved predictions")
 
     def save(index: int, labels: np.ndarray) -> None:
-        predictions.mkdir(parents=True, exist_ok=True)
         stem = Path(dataset.samples[index][0]).stem
         Image.fromarray(colorize(labels, dataset.palette)).save(predictions / f"{stem}.png")
 
@@ -150,15 +189,21 @@ def run_evaluation(
         model, dataset, device=device, options=options, rank=rank, world_size=world_size, progress=progress,
         on_prediction=save if save_predictions else None,
     )  # fmt: skip
-    if rank == 0:
-        scores = result.scores
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = {**scores, "class_names": dataset.class_names, "confusion_matrix": result.matrix.matrix.cpu().tolist()}
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if rank != 0:
+        return result
+    if on_scores is not None:
+        on_scores(result)
+    scores = result.scores
+    metrics = {**scores, "class_names": dataset.class_names, "confusion_matrix": result.matrix.matrix.cpu().tolist()}
+    try:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # first: the one file scripts read
         write_run_report(
             out_dir, title=f"atrous evaluation: {dataset.name}", class_names=dataset.class_names,
             palette=dataset.palette, evaluation=result, training_log=training_log, details=report,
         )  # fmt: skip
+    except OSError as error:
+        raise ConfigError(f"the evaluation finished (mIoU {scores['mIoU']:.4f}) but writing its results failed: "
+                          f"{error.filename or out_dir}: {error.strerror or error}") from error  # fmt: skip
     return result
 
 

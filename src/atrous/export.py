@@ -8,6 +8,9 @@ graphs atrous's own ONNX Runtime path runs).
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import torch
 
 from .errors import ConfigError, MissingDependencyError
 from .models.segmenter import Segmenter
+from .paths import refuse_overwrite
 
 PARITY_SIZES = ((513, 513), (321, 479), (257, 385))  # one odd pair, as the check promises
 FORMATS = ("onnx", "torchscript")
@@ -53,25 +57,43 @@ def example_images(size: tuple[int, int], *, normalized_input: bool, generator: 
 
 
 def export_model(
-    model: Segmenter, path: str | Path, *, format: str, normalized_input: bool = False, example_size: int = 129
+    model: Segmenter,
+    path: str | Path,
+    *,
+    format: str,
+    normalized_input: bool = False,
+    example_size: int = 129,
+    protected: Mapping[str | Path, str] | None = None,
 ) -> Path:
-    """Write ``model`` (in eval mode) as ONNX (opset 17) or TorchScript; batch, height and width stay dynamic."""
+    """Write ``model`` (in eval mode) as ONNX (opset 17) or TorchScript; batch, height and width stay dynamic.
+
+    protected: files ``path`` must not be (path -> what it is, e.g. ``{"model.pt": "the weights file"}``):
+    ``ConfigError`` before any work if it is one of them. The file appears whole or not at all (written beside
+    ``path`` and renamed), so a failed export never leaves a broken file where a good one was.
+    """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose from {list(FORMATS)}")
     path = Path(path)
+    refuse_overwrite([path], protected or {}, hint="choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ExportedGraph(model, normalized_input=normalized_input).eval()
     example = example_images((example_size, example_size), normalized_input=normalized_input,
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
-    if format == "onnx":
-        dynamic = {0: "batch", 2: "height", 3: "width"}
-        torch.onnx.export(
-            graph, (example,), str(path), input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": dynamic, "logits": dynamic}, opset_version=17, dynamo=False,
-        )  # fmt: skip
-    else:
-        with torch.no_grad():
-            torch.jit.trace(graph, example, check_trace=False).save(str(path))
+    # Named rather than mkstemp'd: the export is created with the user's usual permissions, not mkstemp's 0600.
+    temporary = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        if format == "onnx":
+            dynamic = {0: "batch", 2: "height", 3: "width"}
+            torch.onnx.export(
+                graph, (example,), temporary, input_names=["images"], output_names=["logits"],
+                dynamic_axes={"images": dynamic, "logits": dynamic}, opset_version=17, dynamo=False,
+            )  # fmt: skip
+        else:
+            with torch.no_grad():
+                torch.jit.trace(graph, example, check_trace=False).save(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
     return path
 
 

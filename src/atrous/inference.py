@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,16 +30,13 @@ def whole_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images).logits
 
 
-@torch.no_grad()
-def slide_logits(
-    model: torch.nn.Module, images: torch.Tensor, *, crop: int, stride: int, window_batch: int = 4
-) -> torch.Tensor:
-    """Sliding-window logits: ``crop`` x ``crop`` windows every ``stride`` pixels (the last flush with the border),
-    evaluated ``window_batch`` at a time; overlapping logits are averaged. Images smaller than ``crop`` along
-    a side use one window of the image's size there."""
+def slide_windows(height: int, width: int, *, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, bottom, right) of the ``crop`` x ``crop`` windows every ``stride`` pixels, row by row (the last
+    of a row or column flush with the border); one window of the image's size along a side shorter than ``crop``."""
     if stride < 1 or crop < 1:
         raise ConfigError(f"crop and stride must be >= 1, got crop={crop}, stride={stride}")
-    batch, _, height, width = images.shape
+    if stride > crop:
+        raise ConfigError(f"stride {stride} is larger than crop {crop}: the pixels between windows get no prediction")
     rows = max(height - crop + stride - 1, 0) // stride + 1
     cols = max(width - crop + stride - 1, 0) // stride + 1
     boxes = []
@@ -47,18 +44,85 @@ def slide_logits(
         for col in range(cols):
             bottom, right = min(row * stride + crop, height), min(col * stride + crop, width)
             boxes.append((max(bottom - crop, 0), max(right - crop, 0), bottom, right))
-    summed = counts = None
+    return boxes
+
+
+def _window_logits(model, images: torch.Tensor, boxes, window_batch: int, normalization=None):
+    """Each box with its (N, C, h, w) logits, in ``boxes``' order, the model run on ``window_batch`` boxes at a
+    time (the windows of all N images of a box in one call), each window normalised first if ``normalization``."""
+    batch = images.shape[0]
     for start in range(0, len(boxes), window_batch):
         chunk = boxes[start : start + window_batch]
         windows = torch.cat([images[:, :, t:b, l:r] for t, l, b, r in chunk])
-        logits = model(windows).logits.split(batch)
+        if normalization is not None:
+            windows = normalization(windows)
+        yield from zip(chunk, model(windows).logits.split(batch))
+
+
+@torch.no_grad()
+def slide_logits(
+    model: torch.nn.Module, images: torch.Tensor, *, crop: int, stride: int, window_batch: int = 4
+) -> torch.Tensor:
+    """Sliding-window logits: ``crop`` x ``crop`` windows every ``stride`` pixels (the last flush with the border),
+    evaluated ``window_batch`` at a time; overlapping logits are averaged. Images smaller than ``crop`` along
+    a side use one window of the image's size there. Holds (N, C, H, W) float32 logits: for labels alone,
+    ``slide_labels`` gives the same result in a fraction of the memory."""
+    batch, _, height, width = images.shape
+    summed = counts = None
+    boxes = slide_windows(height, width, crop=crop, stride=stride)
+    for (t, l, b, r), window_logits in _window_logits(model, images, boxes, window_batch):
         if summed is None:
-            summed = images.new_zeros((batch, logits[0].shape[1], height, width))
+            summed = images.new_zeros((batch, window_logits.shape[1], height, width))
             counts = images.new_zeros((1, 1, height, width))
-        for (t, l, b, r), window_logits in zip(chunk, logits):
-            summed[:, :, t:b, l:r] += window_logits
-            counts[:, :, t:b, l:r] += 1
-    return summed / counts
+        summed[:, :, t:b, l:r] += window_logits
+        counts[:, :, t:b, l:r] += 1
+    return summed.div_(counts)  # in place: a second (N, C, H, W) copy is what large images cannot afford
+
+
+@torch.no_grad()
+def slide_labels(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    crop: int,
+    stride: int,
+    window_batch: int = 4,
+    normalization: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.int64,
+) -> torch.Tensor:
+    """(N, H, W) labels: exactly ``slide_logits(...).argmax(1)`` (same windows, same sums in the same order),
+    without ever holding the image's logits.
+
+    images: (N, 3, H, W) float32, normalised; or, given the model's ``normalization``, uint8 RGB 0..255, each window
+    normalised as it is cut, so the image is never held as float32 (12 bytes a pixel). dtype: the labels' (uint8
+    saves 7 bytes a pixel where the classes fit).
+
+    Windows come row by row, and a row of windows never reaches above the row before it, so once a window starting
+    at row ``t`` arrives every pixel row above ``t`` has all its windows: those rows are averaged, argmax-ed and
+    dropped. Memory bound: the logits of at most two bands of ``crop`` rows, 2 x N x C x crop x W x 4 bytes, plus
+    the labels — for 21 classes on a 6000 x 4000 image 0.5 GB, where ``slide_logits`` holds 2 GB.
+    """
+    batch, _, height, width = images.shape
+    labels = torch.empty((batch, height, width), dtype=dtype, device=images.device)
+    band_top = 0  # the image row of the band's first row; the band holds the sums of rows not yet final
+    summed = counts = None
+    boxes = slide_windows(height, width, crop=crop, stride=stride)
+    for (t, l, b, r), window_logits in _window_logits(model, images, boxes, window_batch, normalization):
+        if summed is None:
+            summed = window_logits.new_zeros((batch, window_logits.shape[1], 0, width))
+            counts = window_logits.new_zeros((1, 1, 0, width))
+        if t > band_top:  # no later window reaches above t (stride <= crop: the band holds every row up to t)
+            final = t - band_top
+            labels[:, band_top:t] = (summed[:, :, :final] / counts[:, :, :final]).argmax(1)
+            summed, counts, band_top = summed[:, :, final:], counts[:, :, final:], t
+        missing = b - band_top - summed.shape[2]
+        if missing > 0:  # the first window of a row: the band grows down to its bottom (a new tensor frees the old)
+            summed = torch.cat([summed, summed.new_zeros((*summed.shape[:2], missing, width))], dim=2)
+            counts = torch.cat([counts, counts.new_zeros((1, 1, missing, width))], dim=2)
+        summed[:, :, t - band_top : b - band_top, l:r] += window_logits
+        counts[:, :, t - band_top : b - band_top, l:r] += 1
+    labels[:, band_top:] = (summed / counts).argmax(1)
+    return labels
 
 
 @dataclass
@@ -83,6 +147,13 @@ class InferenceOptions:
     def plain(self) -> bool:
         return tuple(self.scales) == (1.0,) and not self.flip
 
+    @property
+    def window_stride(self) -> int | None:
+        """The sliding windows' step: ``stride``, or 2/3 of ``crop``; None without windows."""
+        if self.crop is None:
+            return None
+        return self.stride or max(1, self.crop * 2 // 3)
+
     def __post_init__(self) -> None:
         if self.fusion not in ("mean", "max"):
             raise ConfigError(f"unknown fusion {self.fusion!r}; choose from ['mean', 'max']")
@@ -93,8 +164,8 @@ class InferenceOptions:
 def _logits(model, images, options: InferenceOptions) -> torch.Tensor:
     if options.crop is None:
         return whole_logits(model, images)
-    stride = options.stride or max(1, options.crop * 2 // 3)
-    return slide_logits(model, images, crop=options.crop, stride=stride, window_batch=options.window_batch)
+    stride, window_batch = options.window_stride, options.window_batch
+    return slide_logits(model, images, crop=options.crop, stride=stride, window_batch=window_batch)
 
 
 @torch.no_grad()
@@ -146,7 +217,10 @@ def predict(
     """(N, H, W) int64 labels. ``raw_images`` ((N, H, W, 3) uint8 RGB) are needed for ``options.crf``."""
     options = options or InferenceOptions()
     if options.plain and not options.crf:
-        return _logits(model, images, options).argmax(dim=1)
+        if options.crop is None:
+            return whole_logits(model, images).argmax(dim=1)
+        stride, window_batch = options.window_stride, options.window_batch
+        return slide_labels(model, images, crop=options.crop, stride=stride, window_batch=window_batch)
     probabilities = predict_probabilities(model, images, options)
     if options.crf:
         if raw_images is None:

@@ -1,9 +1,19 @@
-"""``atrous predict``: label PNGs and overlays for image files, folders and globs."""
+"""``atrous predict``: label PNGs and overlays for image files, folders and globs.
+
+Safe by construction: every output path is known, distinct from every other and checked against the inputs (and
+any protected file, such as the weights) before the first image is read; images are decoded one batch at a time;
+images above ``WHOLE_IMAGE_MAX_PIXELS`` are predicted in sliding windows, so memory stays bounded by the image
+rather than by the network's activations on it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import logging
+import os
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +23,23 @@ from tqdm import tqdm
 
 from .data.folder import IMAGE_EXTENSIONS
 from .data.io import read_image, save_mask
-from .errors import MissingFileError
-from .inference import InferenceOptions, model_input, predict
+from .errors import DataError, MissingFileError
+from .inference import InferenceOptions, model_input, predict, slide_labels
+from .paths import check_writable_dir, refuse_overwrite
 from .visualize import overlay
+
+log = logging.getLogger(__name__)
+
+# Above this many pixels an image is predicted in sliding windows (when the options ask for no windows of their own).
+# A whole-image forward pass holds the network's activations at the image's full size — hundreds of bytes a pixel
+# (a 6000 x 4000 photo: 7.6 GB with a ResNet-18 DeepLabV3) — and windows hold them for one window batch only.
+# 2048 x 2048 keeps whole-image inference, and its exact results, for Cityscapes frames (2048 x 1024) and
+# photos up to 4 megapixels. Batches of smaller images are capped at this many pixels too.
+WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
+# The windows then used: the CLI's --crop / --stride defaults (DeepLab's 513 training crop, 2/3 of it as stride).
+AUTO_CROP, AUTO_STRIDE = 513, 341
+# The overlay is blended this many pixels at a time: ``overlay`` makes float copies of what it blends.
+OVERLAY_PIXELS_PER_STRIP = 1 << 20
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -35,6 +59,69 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return sorted(found)
 
 
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """The name each input's outputs get under the output folder (``<name>.png``, ``<name>_overlay.jpg``).
+
+    The name is the file's stem (``photos/cat.jpg`` -> ``cat``), with two exceptions, so that no two inputs share
+    outputs (names compared ignoring case, as macOS and Windows disks do):
+
+    - files of one folder whose stems clash keep their extension: ``x.jpg``, ``x.png`` -> ``x.jpg``, ``x.png``
+      (written ``x.jpg.png``, ``x.jpg_overlay.jpg``, ...);
+    - files of different folders whose names clash get as many of their parent folders (below the inputs' common
+      folder) as tell them apart, as subfolders: ``a/b/x.png``, ``c/b/x.png`` -> ``a/b/x``, ``c/b/x``.
+
+    Unique by construction: within a folder file names are unique, and at the most a name is the input's whole path
+    below the common folder.
+    """
+    paths = list(paths)
+    root = Path(os.path.commonpath([path.absolute().parent for path in paths])) if paths else Path()
+    folders = {path: path.absolute().parent.relative_to(root).parts for path in paths}
+    base = {path: path.stem for path in paths}
+    while True:  # a stem may clash with a stem, or with a file name ("x.jpg" and the stem of "x.jpg.png")
+        clashing = [path for path in _clashing({p: (folders[p], base[p]) for p in paths}) if base[path] != path.name]
+        if not clashing:
+            break
+        for path in clashing:
+            base[path] = path.name
+    depth = dict.fromkeys(paths, 0)  # how many parent folders a name carries
+    while True:
+        names = {path: "/".join([*folders[path][len(folders[path]) - depth[path] :], base[path]]) for path in paths}
+        clashing = [path for path in _clashing(names) if depth[path] < len(folders[path])]
+        if not clashing:
+            break
+        for path in clashing:
+            depth[path] += 1
+    # Still equal only if identical, or differing in letter case alone: then only a case-sensitive disk holds both.
+    assert len(set(names.values())) == len(names), f"output names clash: {sorted(names.values())}"
+    return names
+
+
+def _clashing(keys: Mapping[Path, object]) -> list[Path]:
+    """The paths whose key another path shares, letter case ignored."""
+    holders = defaultdict(list)
+    for path, key in keys.items():
+        holders[str(key).casefold()].append(path)
+    return [path for group in holders.values() if len(group) > 1 for path in group]
+
+
+def output_paths(names: Mapping[Path, str], out_dir: Path) -> dict[Path, tuple[Path, Path]]:
+    """Input -> (label PNG, overlay JPEG) under ``out_dir``."""
+    return {path: (out_dir / f"{name}.png", out_dir / f"{name}_overlay.jpg") for path, name in names.items()}
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the image ``read_image`` will return (EXIF rotation applied), from its header alone."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)  # the tag ImageOps.exif_transpose reads
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{path}: refused: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot read image header: {error}") from error
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # the transposing orientations
+
+
 def predict_files(
     model,
     paths: list[Path],
@@ -45,33 +132,101 @@ def predict_files(
     batch_size: int = 4,
     device: torch.device | None = None,
     progress: bool = True,
+    protected: Mapping[str | Path, str] | None = None,
+    whole_image_max_pixels: int = WHOLE_IMAGE_MAX_PIXELS,
 ) -> list[Path]:
-    """Write ``<stem>.png`` (palette label image) and ``<stem>_overlay.jpg`` per input, at the image's own size
-    (EXIF orientation applied). Images of equal size are batched together."""
+    """Write ``<name>.png`` (palette label image) and ``<name>_overlay.jpg`` per input, at the image's own size
+    (EXIF orientation applied); ``<name>`` as ``output_names`` says. Returns the label PNGs' paths.
+
+    Before any image is decoded: ``ConfigError`` if an output would replace an input or a ``protected`` file (path
+    -> what it is, e.g. ``{"model.pt": "the weights file"}``), or if ``out_dir`` cannot be written.
+
+    Memory: images are grouped by size from their headers and decoded ``batch_size`` at a time (and at most
+    ``whole_image_max_pixels`` pixels a batch). An image above ``whole_image_max_pixels`` goes alone, in sliding
+    windows (``AUTO_CROP`` / ``AUTO_STRIDE``, logged at INFO) unless ``options`` set windows or max fusion. Plain
+    sliding-window inference (no scales, flip or CRF) normalises window by window, so one image costs about 7
+    bytes a pixel (the decoded image, its copy as a tensor, the uint8 labels; decoding briefly adds 7 more) plus
+    two bands of ``crop`` rows of float32 logits (``slide_labels``) plus the network on one window batch.
+    Multi-scale, flip and CRF hold the (N, 3, H, W) float32 input and (N, C, H, W) float32 probabilities on top.
+    """
+    paths = list(dict.fromkeys(paths))  # a file named twice is predicted once
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = output_paths(output_names(paths), out_dir)
+    never_write = {path: "the input image" for path in paths} | dict(protected or {})
+    refuse_overwrite([file for pair in outputs.values() for file in pair], never_write,
+                     hint="choose another --out folder")  # fmt: skip
+    check_writable_dir(out_dir, "prediction output folder")
+    options = options or InferenceOptions()
     device = device or torch.device("cpu")
-    images = {path: read_image(path) for path in paths}
-    stem_counts = defaultdict(int)
-    for path in paths:
-        stem_counts[path.stem] += 1
-    # Same stem in two folders: prefix the folder name rather than overwrite.
-    names = {path: path.stem if stem_counts[path.stem] == 1 else f"{path.parent.name}_{path.stem}" for path in paths}
-    by_size: dict[tuple[int, int], list[Path]] = defaultdict(list)
-    for path, image in images.items():
-        by_size[image.shape[:2]].append(path)
     written = []
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
-            raw = [images[path] for path in chunk]
-            labels = predict(model, model_input(raw, model, device), options, raw_images=raw).cpu().numpy()
-            for path, image, label in zip(chunk, raw, labels):
-                mask_path = out_dir / f"{names[path]}.png"
-                save_mask(mask_path, label.astype(np.uint8), palette)
-                Image.fromarray(overlay(image, label, palette)).save(out_dir / f"{names[path]}_overlay.jpg", quality=92)
-                written.append(mask_path)
-            bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        for batch in _batches(paths, batch_size, whole_image_max_pixels):
+            written += _predict_batch(model, batch, outputs, palette, options, device, whole_image_max_pixels)
+            bar.update(len(batch))
     return written
+
+
+def _predict_batch(model, batch, outputs, palette, options, device, max_pixels) -> list[Path]:
+    """Decode, predict and write one batch; its images and labels are freed on return, before the next is decoded."""
+    images = [read_image(path) for path in batch]
+    written = []
+    for shape in dict.fromkeys(image.shape for image in images):  # one shape unless a header misled us
+        group = [(path, image) for path, image in zip(batch, images) if image.shape == shape]
+        raw = [image for _, image in group]
+        labels = _labels(model, raw, _options_for_size(options, shape[:2], max_pixels, group[0][0]), device)
+        for (path, image), label in zip(group, labels.numpy()):
+            mask_path, overlay_path = outputs[path]
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            save_mask(mask_path, label, palette)
+            _save_overlay(overlay_path, image, label, palette)
+            written.append(mask_path)
+    return written
+
+
+def _batches(paths: list[Path], batch_size: int, max_pixels: int) -> list[list[Path]]:
+    """Inputs of one size (read from the headers) in batches of at most ``batch_size`` images and ``max_pixels``
+    pixels (at least one image)."""
+    by_size: dict[tuple[int, int], list[Path]] = defaultdict(list)
+    for path in paths:
+        by_size[image_size(path)].append(path)
+    batches = []
+    for (height, width), group in by_size.items():
+        size = max(1, min(batch_size, max_pixels // (height * width)))
+        batches += [group[start : start + size] for start in range(0, len(group), size)]
+    return batches
+
+
+def _options_for_size(
+    options: InferenceOptions, size: tuple[int, int], max_pixels: int, path: Path
+) -> InferenceOptions:
+    """``options``, with sliding windows for an image above ``max_pixels`` when they have none of their own."""
+    height, width = size
+    if height * width <= max_pixels or options.crop is not None:
+        return options
+    if options.fusion == "max":  # MSC runs whole images only
+        log.warning("%s: %dx%d pixels with max fusion (MSC) runs on the whole image: memory grows with its size",
+                    path, width, height)  # fmt: skip
+        return options
+    log.info("%s: %dx%d is over %d pixels: sliding-window inference (%dx%d windows every %d px) to bound memory",
+             path, width, height, max_pixels, AUTO_CROP, AUTO_CROP, AUTO_STRIDE)  # fmt: skip
+    return dataclasses.replace(options, crop=AUTO_CROP, stride=AUTO_STRIDE)
+
+
+def _labels(model, images: list[np.ndarray], options: InferenceOptions, device: torch.device) -> torch.Tensor:
+    """(N, H, W) uint8 labels on the CPU (``save_mask`` writes 8-bit PNGs) of equal-sized (H, W, 3) uint8 images."""
+    if options.plain and not options.crf and options.crop is not None:
+        # predict's sliding-window path, fed uint8: each window is normalised as it is cut, never the whole image.
+        pixels = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)
+        return slide_labels(model, pixels, crop=options.crop, stride=options.window_stride,
+                            window_batch=options.window_batch, normalization=model.normalization,
+                            dtype=torch.uint8).cpu()  # fmt: skip
+    return predict(model, model_input(images, model, device), options, raw_images=images).to("cpu", torch.uint8)
+
+
+def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> None:
+    """``overlay`` strip by strip into one uint8 image: its float copies never hold more than a strip."""
+    blended = np.empty_like(image)
+    rows = max(1, OVERLAY_PIXELS_PER_STRIP // image.shape[1])
+    for top in range(0, image.shape[0], rows):
+        blended[top : top + rows] = overlay(image[top : top + rows], labels[top : top + rows], palette)
+    Image.fromarray(blended).save(path, quality=92)

@@ -7,7 +7,9 @@ images (N, 3, H, W) float32, it returns ``SegmentationOutput`` with float32 logi
 Measured on the development CPU (``atrous bench``, BENCHMARKS.md): ONNX Runtime and inductor with frozen weights
 are the fastest fp32 paths, and ONNX Runtime keeps that speed at every image size from one export, where a
 compiled graph recompiles for new sizes. ``auto`` therefore picks ONNX Runtime on the CPU and eager elsewhere.
-The exported file is cached (keyed by architecture, weights and library versions), so its cost is paid once.
+The exported file is cached (keyed by architecture, weights and library versions), so its cost is paid once; the
+cache keeps the ``ONNX_CACHE_ENTRIES`` most recently used exports, replaces an entry ONNX Runtime cannot load, and
+a cache folder that cannot be written costs an export per run, never the run (``cached_onnxruntime_logits``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from .errors import AtrousError, ConfigError
 from .models.segmenter import SegmentationOutput, Segmenter
 
+log = logging.getLogger(__name__)
+
 RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16")
+# Exports kept in the cache, the most recently used (a ResNet-101 DeepLab's is about 64 MB: about 0.5 GB in all);
+# the environment variable overrides it.
+ONNX_CACHE_ENTRIES = 8
+ONNX_CACHE_ENTRIES_VARIABLE = "ATROUS_ONNX_CACHE_ENTRIES"
+# An unfinished export older than this belongs to a process that was killed: no export takes a day.
+STALE_PARTIAL_SECONDS = 24 * 3600
 
 
 class InferenceModel:
@@ -72,9 +84,7 @@ def prepare_inference(
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ConfigError(f"the onnxruntime runtime runs on the CPU; got device {device}")
-        from .export import onnxruntime_logits
-
-        return InferenceModel(model, runtime, onnxruntime_logits(cached_onnx(model, cache_dir)))
+        return InferenceModel(model, runtime, cached_onnxruntime_logits(model, cache_dir))
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images)).logits)
@@ -127,18 +137,104 @@ def model_fingerprint(model: Segmenter) -> str:
 
 
 def cached_onnx(model: Segmenter, cache_dir: str | Path | None = None) -> Path:
-    """Path of ``model`` exported to ONNX, exporting (atomically) only when this exact model has no file yet."""
+    """Path of ``model`` exported to ONNX, exporting (atomically) only when this exact model has no file yet.
+
+    Least recently used entries go: every use sets the file's access time (its modification time stays the time
+    of the export), and each new export deletes the entries beyond the ``ONNX_CACHE_ENTRIES`` (or
+    ``$ATROUS_ONNX_CACHE_ENTRIES``) most recently used, and unfinished exports of killed processes. A cache folder
+    that cannot be written raises ``OSError`` (``cached_onnxruntime_logits`` then exports to a temporary folder).
+    """
     from .export import export_model
 
-    model = model.cpu().float().to(memory_format=torch.contiguous_format)
-    path = cache_directory(cache_dir) / "onnx" / f"{model_fingerprint(model)}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".onnx.partial")
-        os.close(handle)
-        try:
-            export_model(model, temporary, format="onnx", normalized_input=True)
-            os.replace(temporary, path)  # a concurrent or killed export never leaves a half-written cache entry
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+    model = _exportable(model)
+    folder = cache_directory(cache_dir) / "onnx"
+    path = folder / f"{model_fingerprint(model)}.onnx"
+    if path.is_file():
+        _mark_used(path)
+        return path
+    keep = _cache_entries()  # a bad setting fails before the export, not after
+    folder.mkdir(parents=True, exist_ok=True)
+    export_model(model, path, format="onnx", normalized_input=True)  # written beside, then renamed: never half an entry
+    _evict(folder, keep=keep, current=path)
     return path
+
+
+def cached_onnxruntime_logits(model: Segmenter, cache_dir: str | Path | None = None):
+    """An ONNX Runtime session on ``model``'s cached export (``cached_onnx``), as images -> logits tensor.
+
+    No cache problem stops the run: an entry ONNX Runtime cannot load (a truncated or corrupted file) is deleted
+    and exported again, once, with a warning; a cache folder that cannot be written (read-only, not ours, full) gets
+    a warning, and the model is exported to a temporary folder that is deleted once the session holds the graph —
+    the export is then paid on every run, and ONNX Runtime stays the runtime (its logits match eager's; a silent
+    switch to eager would change the speed the user chose).
+    """
+    from .export import onnxruntime_logits
+
+    try:
+        path = cached_onnx(model, cache_dir)
+        try:
+            return onnxruntime_logits(path)
+        except Exception as error:  # ONNX Runtime's load errors (InvalidProtobuf, Fail, ...) share no narrower base
+            if isinstance(error, AtrousError):  # onnxruntime missing: the install hint, not a re-export
+                raise
+            log.warning("%s: the cached ONNX export cannot be loaded (%s); exporting it again", path, error)
+            path.unlink(missing_ok=True)
+            return onnxruntime_logits(cached_onnx(model, cache_dir))
+    except OSError as error:
+        log.warning("the ONNX cache %s cannot be written (%s): exporting to a temporary folder for this run only; "
+                    "set ATROUS_CACHE to a writable folder to export once", cache_directory(cache_dir) / "onnx",
+                    error.strerror or error)  # fmt: skip
+    return _temporary_onnxruntime_logits(model)
+
+
+def _temporary_onnxruntime_logits(model: Segmenter):
+    from .export import export_model, onnxruntime_logits
+
+    with tempfile.TemporaryDirectory(prefix="atrous-onnx-") as folder:
+        path = export_model(_exportable(model), Path(folder) / "model.onnx", format="onnx", normalized_input=True)
+        return onnxruntime_logits(path)  # the session has read the graph: the file may go
+
+
+def _exportable(model: Segmenter) -> Segmenter:
+    return model.cpu().float().to(memory_format=torch.contiguous_format)
+
+
+def _cache_entries() -> int:
+    text = os.environ.get(ONNX_CACHE_ENTRIES_VARIABLE, str(ONNX_CACHE_ENTRIES))
+    try:
+        entries = int(text)
+    except ValueError:
+        entries = 0
+    if entries < 1:
+        raise ConfigError(f"${ONNX_CACHE_ENTRIES_VARIABLE} must be a whole number >= 1 (exports kept), got {text!r}")
+    return entries
+
+
+def _mark_used(path: Path) -> None:
+    """Set the access time, which ``_evict`` orders by; the modification time keeps saying when it was exported."""
+    try:
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+    except OSError:  # a shared cache of someone else's files: using them is fine, only their order goes stale
+        pass
+
+
+def _evict(folder: Path, *, keep: int, current: Path) -> None:
+    """Delete all but the ``keep`` most recently used exports (never ``current``) and stale unfinished exports."""
+    entries = sorted((path for path in folder.glob("*.onnx") if path != current), key=lambda p: _times(p)[0])
+    now = time.time()
+    stale = [path for path in folder.glob("*.partial") if now - _times(path)[1] > STALE_PARTIAL_SECONDS]
+    for path in entries[: max(len(entries) - (keep - 1), 0)] + stale:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # another user's file in a shared cache: not ours to delete
+            continue
+        log.debug("deleted %s from the ONNX cache", path)
+
+
+def _times(path: Path) -> tuple[float, float]:
+    """(last use, last modification); an entry another process deleted meanwhile counts as never used."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return 0.0, 0.0
+    return status.st_atime, status.st_mtime

@@ -41,7 +41,7 @@ def conv_ceiling(*, rounds: int = 7) -> float:
             conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
             conv = conv.to(memory_format=torch.channels_last)
             x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
-            seconds = ab_medians({"conv": lambda: conv(x)}, rounds=rounds, warmup=2)["conv"]
+            seconds = ab_medians({"conv": lambda conv=conv, x=x: conv(x)}, rounds=rounds, warmup=2)["conv"]
             best = max(best, 2 * channels * channels * 9 * size * size / seconds / 1e9)
     return best
 

@@ -12,33 +12,65 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from .base import SegmentationDataset
 from .io import DataError
+from .labels import IGNORE_INDEX
+
+IGNORE_DOMINATES = 0.5  # more ignored pixels than this fraction: the masks are probably read wrongly
 
 
 @dataclass
 class CheckReport:
+    """Bad pairs (``problems``: the dataset cannot be used as it is) and ``warnings``: it loads, but what it holds
+    looks unlike what was meant (a class with no pixel, mostly ignored pixels)."""
+
     dataset: str
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def __str__(self) -> str:
-        head = f"{self.dataset}: {self.checked} pairs checked, {len(self.problems)} bad"
-        return "\n".join([head, *(f"  BAD {problem}" for problem in self.problems)])
+        head = f"{self.dataset}: {self.checked} pairs checked, {len(self.problems)} bad, {len(self.warnings)} warnings"
+        return "\n".join([head, *(f"  BAD {problem}" for problem in self.problems),
+                          *(f"  WARNING {warning}" for warning in self.warnings)])  # fmt: skip
 
 
 def check_dataset(dataset: SegmentationDataset, *, progress: bool = True) -> CheckReport:
-    """Decode every pair fully; collect unreadable/truncated files, size mismatches and invalid label values."""
+    """Decode every pair fully; collect unreadable/truncated files, size mismatches and invalid label values, and warn
+    about label distributions that mean the masks are read wrongly (e.g. 0/255 masks read as class 0 / ignore)."""
     report = CheckReport(dataset=dataset.name)
+    counts = np.zeros(256, dtype=np.int64)  # pixels per class index after the dataset's mapping; 255: ignored
     for index in tqdm(range(len(dataset)), desc=f"check {dataset.name}", disable=not progress, unit="pair"):
         report.checked += 1
         try:
-            dataset.load(index)
+            _, mask = dataset.load(index)
         except (DataError, FileNotFoundError) as error:
             report.problems.append(str(error))
+            continue
+        counts += np.bincount(mask.ravel(), minlength=256)[:256]
+    report.warnings += _distribution_warnings(dataset, counts)
     return report
+
+
+def _distribution_warnings(dataset: SegmentationDataset, counts: np.ndarray) -> list[str]:
+    total = int(counts.sum())
+    if not total:
+        return []
+    warnings = []
+    ignored = counts[IGNORE_INDEX] / total
+    empty = [name for name, count in zip(dataset.class_names, counts) if count == 0]
+    if empty:
+        warnings.append(f"{len(empty)} of {dataset.num_classes} classes have no pixel in this split: "
+                        f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}")  # fmt: skip
+    if ignored > IGNORE_DOMINATES or (empty and ignored > 0):
+        # The classic mistake: 0/255 binary masks, where 255 (the ignore label) was meant as the foreground class.
+        warnings.append(
+            f"{ignored:.1%} of all pixels are 255, ignored in training and scoring. If 255 marks a class (0/255 "
+            "binary masks), map it: --label-map 0:0,255:1 (data.label_mapping={0: 0, 255: 1} in a config)"
+        )
+    return warnings
 
 
 def class_statistics(dataset: SegmentationDataset, *, progress: bool = True) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,9 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB (a read-only array), EXIF orientation applied.
 
     Grayscale, RGBA (alpha dropped), palette, CMYK and 16-bit images are converted; a file that fails to
-    decode raises ``DataError`` naming it.
+    decode, or a PNG whose data ends before its last row, raises ``DataError`` naming it.
     """
+    require_complete_png(path, what="image")
     try:
         with Image.open(path) as image:
             image.load()
@@ -45,11 +48,13 @@ def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a label mask as (H, W) raw values: palette PNGs by index (never converted to RGB), 8- or 16-bit.
 
-    Colour (RGB) masks are refused: their classes are colours, and the dataset must say how to map them.
+    Colour (RGB) masks are refused: their classes are colours, and the dataset must say how to map them. A PNG whose
+    data ends before its last row raises ``DataError`` (its missing rows would read as class 0).
     SBD's ``cls/*.mat`` files are read too (needs SciPy).
     """
     if Path(path).suffix == ".mat":
         return read_sbd_mat(path)
+    require_complete_png(path, what="mask")
     try:
         with Image.open(path) as mask:
             if mask.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
@@ -70,6 +75,76 @@ def read_mask(path: str | Path) -> np.ndarray:
             return array.astype(np.int64)
         array = array.astype(np.uint8)
     return array
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+# Adam7's passes: (first column, first row, column step, row step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_BLOCK = 1 << 20  # bytes of image data inflated at a time: counted, never kept
+
+
+def _png_chunks(data: memoryview):
+    """(type, payload) of each complete chunk, in file order; stops where the file does."""
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        yield kind, data[position + 8 : position + 8 + length]
+        position += 12 + length
+
+
+def _png_data_size(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> tuple[int, int]:
+    """(bytes of filtered image data the header promises, bytes per row when not interlaced)."""
+
+    def size(columns: int, rows: int) -> int:
+        return rows * (1 + (columns * bits_per_pixel + 7) // 8) if columns and rows else 0
+
+    if not interlaced:
+        return size(width, height), size(width, 1)
+    passes = [size(max(0, -(-(width - x) // dx)), max(0, -(-(height - y) // dy))) for x, y, dx, dy in _ADAM7]
+    return sum(passes), 0
+
+
+def require_complete_png(path: str | Path, *, what: str) -> None:
+    """Raise ``DataError`` when a PNG's image data ends before the size its header gives.
+
+    Pillow decodes such a file without an error: a zlib stream that is complete but holds only the first rows (a
+    damaged or half-written file) leaves the other rows zero, which would read as black pixels or class-0 labels.
+    Only the compressed data is inflated here, counted and discarded, before Pillow allocates the image. Files that
+    are not PNG, or cannot be opened, are left to Pillow.
+    """
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+                return
+            data = memoryview(_PNG_SIGNATURE + handle.read())  # slices of it are views, not copies
+    except OSError:
+        return
+    chunks = _png_chunks(data)
+    kind, header = next(chunks, (None, b""))
+    if kind != b"IHDR" or len(header) < 13:
+        return  # Pillow says what is wrong with the header
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
+    if colour not in _PNG_CHANNELS:
+        return
+    expected, row = _png_data_size(width, height, depth * _PNG_CHANNELS[colour], interlace == 1)
+    inflater, decoded = zlib.decompressobj(), 0
+    try:
+        for kind, payload in chunks:
+            if kind != b"IDAT" or decoded >= expected:
+                continue
+            while payload and decoded < expected:
+                decoded += len(inflater.decompress(payload, _INFLATE_BLOCK))
+                payload = inflater.unconsumed_tail
+    except zlib.error as error:
+        raise DataError(f"{path}: cannot decode {what}: its compressed PNG data is damaged ({error})") from error
+    if decoded < expected:
+        if row:
+            ends = f"after {decoded // row} of {height} rows"
+        else:
+            ends = f"after {decoded} of {expected} bytes (interlaced)"
+        raise DataError(f"{path}: {what} data ends {ends}: a truncated or damaged PNG (its other rows would read as "
+                        "zeros)")  # fmt: skip
 
 
 def save_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray) -> None:

@@ -5,12 +5,17 @@
 such files are still plain tensors. ``read_checkpoint`` lists the classes and functions a file names (without
 unpickling it), lets the harmless ones through (numpy scalars and dtypes) and stands an ``Inert`` placeholder in
 for every other one, then loads with torch's own weights-only unpickler: a class in the file is never imported,
-a function in it never called.
+a function in it never called. A file that calls what torch refuses outright (``os``, ``posix``, ``nt``, ``sys``), or
+that holds placeholders where its weights should be, is refused with ``refusal``'s message, which names what the file
+asked to call and never suggests ``weights_only=False``.
 """
 
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +93,72 @@ def read_checkpoint(path: str | Path) -> tuple[Any, list[str]]:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True), inert
     except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"{path}: refused to load: the file holds Python objects atrous cannot read without running code from it "
-            f"(it loads with weights_only=True only). Details: {error}"
-        ) from error
+        # torch's own text suggests weights_only=False, which would run the file's code: never passed on.
+        asked = _refused_globals(error) or inert or (_globals_named_in(path) if not names else [])
+        if asked:
+            raise WeightsError(f"{path}: {refusal(asked)}") from error
+        detail = str(error.__context__ or "") if "weights_only" in str(error) else str(error)
+        raise WeightsError(f"{path}: cannot read weights (truncated or corrupt file?): {detail}") from error
     except Exception as error:  # torch/zipfile raise their own types for damaged files
         raise WeightsError(f"{path}: cannot read weights (truncated or corrupt file?): {error}") from error
+
+
+def refusal(names: list[str]) -> str:
+    """Why a file that holds pickled code or objects instead of weights was not read."""
+    shown = ", ".join(sorted(set(names))[:5])
+    return (
+        f"refused for safety: the file holds pickled code or objects, not only weights, and asks to call {shown}; "
+        "atrous never runs code from a weights file, and nothing of this one ran. Ask its publisher for a plain "
+        "state dict (torch.save(model.state_dict(), path)) or a .safetensors file"
+    )
+
+
+def _refused_globals(error: pickle.UnpicklingError) -> list[str]:
+    """The global torch's weights-only unpickler stopped at ("GLOBAL posix.system whose module posix is blocked")."""
+    return re.findall(r"GLOBAL ([\w.]+)", str(error))
+
+
+# Files torch.save wrote before the zip format (or plain pickle.dump files) are a few pickles in a row: magic number,
+# protocol, system info, the object, the storage keys.
+_LEADING_PICKLES = 5
+# Globals a weights file names legitimately (tensors, storages, ordered dicts, bytes): not worth naming as code.
+_PLAIN_MODULES = ("torch", "collections", "_codecs")
+
+
+def _globals_named_in(path: Path) -> list[str]:
+    """The classes and functions (module.name) the pickles at the start of a non-zip file name, listed by
+    ``pickletools``, which builds nothing. Best effort, for messages: a name assembled on the stack in an unusual
+    way is missed."""
+    names: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for _ in range(_LEADING_PICKLES):
+                strings, memo, last = [], {}, None  # `last`: the string the previous opcode pushed, if any
+                for opcode, arg, _ in pickletools.genops(handle):
+                    if opcode.name in ("GLOBAL", "INST"):
+                        names.append(arg.replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(".".join(strings[-2:]))
+                    if opcode.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                        memo[len(memo) if opcode.name == "MEMOIZE" else arg] = last
+                        continue  # storing in the memo leaves the stack as it was
+                    last = memo.get(arg) if opcode.name.endswith("GET") else arg if isinstance(arg, str) else None
+                    if last is not None:
+                        strings.append(last)
+    except (OSError, ValueError, EOFError):
+        pass  # the end of the pickles, or not a pickle at all
+    return [name for name in dict.fromkeys(names) if name.split(".", 1)[0] not in _PLAIN_MODULES]
+
+
+def placeholders_in(obj: Any, depth: int = 4) -> list[str]:
+    """The names of the classes and functions that ``Inert`` placeholders in ``obj`` (and in the dicts, lists and
+    tuples in it, ``depth`` levels down) stand in for."""
+    if isinstance(obj, Inert):
+        return [obj.qualified_name]
+    if depth == 0:
+        return []
+    values = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else ()
+    return sorted({name for value in values for name in placeholders_in(value, depth - 1)})
 
 
 def module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import MissingFileError, WeightsError
 from .backbones import BACKBONES, backbone_entry
-from .safe_load import module_state_dict, read_checkpoint
+from .safe_load import module_state_dict, placeholders_in, read_checkpoint, refusal
 from .segmenter import Segmenter
 
 _FIRST_KEYS_SHOWN = 5
@@ -95,6 +95,12 @@ def _count_tensors(value: object) -> int:
     return sum(isinstance(item, torch.Tensor) for item in value.values()) if isinstance(value, Mapping) else 0
 
 
+def _refused(contents: object) -> str:
+    """Why a file without weights holds objects instead, when it does: what its pickle asked to call."""
+    names = placeholders_in(contents)
+    return f"; {refusal(names)}" if names else ""
+
+
 def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[str, torch.Tensor]:
     """The tensor mapping inside a checkpoint: ``state[c]`` for the first container key ``c`` of ``CONTAINERS`` that
     holds one, the state dict of a whole pickled model, or ``state`` itself; without DDP's ``module.`` prefix."""
@@ -107,11 +113,11 @@ def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[st
     if whole_model:
         state = whole_model
     if not isinstance(state, Mapping) or not state:
-        raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors")
+        raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors{_refused(state)}")
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not tensors:
         nested = {key: _count_tensors(value) for key, value in state.items() if _count_tensors(value)}
-        hint = ""
+        hint = _refused(state)
         if nested:
             key = max(nested, key=nested.get)
             hint = f"; its tensors are under [{key!r}] ({nested[key]} of them): pass ckpt[{key!r}]"
@@ -221,11 +227,67 @@ def _head_of(key: str) -> str:
     return key.split(".", 1)[0]
 
 
+def _require_trained_classifier(
+    model_state: Mapping[str, torch.Tensor],
+    to_load: Mapping[str, torch.Tensor],
+    skipped_classifiers: Mapping[str, tuple[int, int]],
+    *,
+    name: str,
+    held: str,
+) -> None:
+    """A model that predicts as trained needs the file's own main classifier: a fresh one answers at random."""
+    for module, (theirs, ours) in skipped_classifiers.items():
+        if _head_of(module) == "head":
+            raise WeightsError(
+                f"{name}'s classifier predicts {theirs} classes but the model was built for {ours}: build it with "
+                f"num_classes={theirs} (--num-classes {theirs}) to use it as trained, or fine-tune from it "
+                f"(model.weights={name}; in Python new_classifier_ok=True)"
+            )
+    classifier = [key for key in model_state if _head_of(key) == "head" and _is_classifier(key)]
+    if not all(key in to_load for key in classifier):
+        raise WeightsError(
+            f"{name} holds no classifier for the model's head ({held}), so the model would predict from a random "
+            f"one: pass a trained segmentation model, or start training from this file (model.weights or "
+            f"pretrained_backbone)"
+        )
+
+
+def _dtype_kind(tensor: torch.Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_complex():
+        return "complex"
+    return "floating" if tensor.is_floating_point() else "integer"
+
+
+def _require_usable_values(
+    to_load: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], *, name: str
+) -> None:
+    """Refuse what ``load_state_dict`` would silently cast or copy into garbage: an integer, bool or complex tensor
+    where the model holds floats (BatchNorm's integer ``num_batches_tracked`` stays legitimate), and NaN or inf."""
+    problems = []
+    for key, value in to_load.items():
+        ours = model_state[key]
+        if _dtype_kind(value) != _dtype_kind(ours):
+            problems.append(f"{key} is {str(value.dtype).removeprefix('torch.')} (the model's is "
+                            f"{str(ours.dtype).removeprefix('torch.')})")  # fmt: skip
+        elif value.is_floating_point() and not torch.isfinite(value).all():
+            count = int((~torch.isfinite(value)).sum())
+            problems.append(f"{key} has {count} NaN/inf value{'s' if count != 1 else ''} of {value.numel()}")
+    if problems:
+        raise WeightsError(
+            f"{name}: {len(problems)} tensor{'s' if len(problems) != 1 else ''} cannot be the model's weights: "
+            f"{_first(problems)} (keys as atrous names them): a damaged file, a training run that diverged (NaN/inf), "
+            "or not a model's weights"
+        )
+
+
 def load_weights(
     model: Segmenter,
     source: str | Path | Mapping[str, torch.Tensor],
     *,
     strict: bool = True,
+    new_classifier_ok: bool = True,
     name: str | None = None,
     inert: list[str] | tuple[str, ...] = (),
 ) -> WeightsReport:
@@ -234,9 +296,14 @@ def load_weights(
     source: a weights file path (``read_weights_file``), or what one holds (a state dict or a training-run dict);
     ``name`` and ``inert`` then say, for the report, where it was read and which of its objects were placeholders.
     The format is recognised by its keys.
-    A classifier whose class count differs from the model's is skipped (keeps its fresh init), as are aux-head
-    weights when the model has no aux head (and vice versa). Anything else missing, unexpected or
-    shape-mismatched raises ``WeightsError`` naming the first offending keys, unless ``strict=False``.
+    new_classifier_ok: whether the model's classifier may keep its fresh init, as fine-tuning to other classes
+    wants: a classifier in the file whose class count differs from the model's is then skipped, and a file with
+    none (a backbone) loads too. False, for a model that will predict as the file trained it, raises
+    ``WeightsError`` instead.
+    Aux-head weights are skipped when the model has no aux head (and vice versa). Anything else missing, unexpected
+    or shape-mismatched raises ``WeightsError`` naming the first offending keys, unless ``strict=False``. Tensors that
+    cannot be the model's values (another kind of dtype: integer, bool or complex for a float parameter; NaN or
+    inf) always raise ``WeightsError``; float16/bfloat16/float64 are cast to the model's dtype.
     """
     if isinstance(source, (str, Path)):
         name, (source, inert) = str(source), read_weights_file(source)
@@ -296,6 +363,9 @@ def load_weights(
 
     if strict and not report.ok:
         raise WeightsError(f"{name}: does not fit the model (strict=False loads what fits):\n{report}")
+    if not new_classifier_ok:
+        _require_trained_classifier(model_state, to_load, skipped_classifiers, name=name, held=_key_groups(translated))
+    _require_usable_values(to_load, model_state, name=name)
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     return report

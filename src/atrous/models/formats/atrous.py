@@ -15,8 +15,13 @@ def _recognise(state, source) -> bool:
 
 
 def _describe(state, contents, source):
-    if isinstance(contents, Mapping) and isinstance(contents.get("spec"), Mapping):
-        return ModelSpec.from_dict(dict(contents["spec"]), source=source), []
+    spec = contents.get("spec") if isinstance(contents, Mapping) else None
+    if isinstance(spec, Mapping):
+        return ModelSpec.from_dict(dict(spec), source=source), []
+    if spec is not None:  # written by hand or by another tool: say what is there rather than "no description"
+        raise WeightsError(f"{source}: its 'spec' is {type(spec).__name__} {str(spec)[:60]!r}, not the mapping of "
+                           "ModelSpec fields atrous writes: pass --preset NAME, or --model, --backbone and "
+                           "--num-classes to say which architecture the weights are for")  # fmt: skip
     raise WeightsError(f"{source} holds no model description (a bare state dict): pass --preset NAME, or --model, "
                        "--backbone and --num-classes to say which architecture the weights are for")  # fmt: skip
 

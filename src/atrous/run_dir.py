@@ -1,0 +1,185 @@
+"""A run directory (``out_dir/name``): who owns it, what it holds, and its metrics log.
+
+A training run claims its directory before it builds anything (``claim``): it takes an exclusive lock on
+``run_dir/.atrous.lock``, which the kernel drops when the process ends however it ends, so a killed run never leaves
+a stale lock behind; it refuses a directory that already holds a run unless told to continue it (resume) or replace
+it (overwrite); and it deletes the temporary files that killed saves left (no other process can be writing there
+while the lock is held).
+
+The lock is a POSIX record lock (``fcntl.lockf``), not ``flock``: an flock belongs to the open file, which the
+DataLoader's forked workers share, so it would outlive the run in them; a record lock belongs to the process alone.
+A process does not conflict with its own record locks, so the directories this process holds are also listed here.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .errors import ConfigError, DataError, MissingFileError
+
+LOCK_FILE = ".atrous.lock"
+CHECKPOINTS, METRICS, CONFIG = "checkpoints", "metrics.jsonl", "config.yaml"
+# What a training run writes into its directory: all that ``overwrite`` deletes. Anything else there (the user's
+# notes, ``atrous eval`` output) is not the run's to delete.
+RUN_FILES = (CHECKPOINTS, METRICS, CONFIG, "tensorboard", "report.html", "report_assets", "curves.png",
+             "per_class_iou.png", "confusion_matrix.png")  # fmt: skip
+_SNAPSHOT = re.compile(r"iter_(\d+)\.pt")
+_HELD: dict[Path, RunDirLock] = {}  # resolved run directory -> this process's lock on it
+
+
+@dataclass
+class RunDirLock:
+    """The held lock of a run directory; ``release`` (or the end of the process) frees it."""
+
+    run_dir: Path
+    handle: IO[str] | None
+
+    def release(self) -> None:
+        if self.handle is not None:
+            _HELD.pop(self.run_dir.resolve(), None)
+            self.handle.close()  # closing the file drops this process's record lock on it
+            self.handle = None
+
+
+def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overwrite: bool = False) -> RunDirLock:
+    """Lock ``run_dir`` for this process's training run and make it ready to start.
+
+    resume: True (continue the run in ``run_dir``) or a checkpoint path: the run's files stay, to be continued.
+    overwrite: delete the run already there (``RUN_FILES`` only) first.
+    Raises ``ConfigError`` when another process holds the directory, when it holds a run and neither ``resume`` nor
+    ``overwrite`` is given, or when both are; ``MissingFileError`` when ``resume=True`` finds no run to continue.
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ConfigError(f"{run_dir}: resume and overwrite were both asked for: --resume continues the run there, "
+                          "--overwrite deletes it; give one")  # fmt: skip
+    lock = _lock(run_dir)
+    try:
+        held = describe_run(run_dir)
+        if resume is True and not (run_dir / CHECKPOINTS / "last.pt").is_file():
+            raise MissingFileError(f"{run_dir} holds no run to resume ({held or 'no checkpoints'}): start it without "
+                                   "--resume, or pass --resume PATH to a checkpoint")  # fmt: skip
+        if held is not None and not resume:
+            if not overwrite:
+                raise ConfigError(f"{run_dir} already holds a training run ({held}): pass --resume to continue it, "
+                                  "--overwrite to replace it, or choose another name (name=...)")  # fmt: skip
+            remove_run(run_dir)
+        remove_temporary_files(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _lock(run_dir: Path) -> RunDirLock:
+    """Take the directory's lock without waiting and write who holds it into the lock file."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    held = _HELD.get(run_dir.resolve())
+    if held is not None:  # checked before opening: closing any descriptor of the file would drop our lock
+        held.handle.seek(0)
+        raise ConfigError(f"{run_dir} is in use by another training run ({_describe_holder(held.handle.read())}, "
+                          "this process): wait for it to end, or choose another name (name=...)")  # fmt: skip
+    # "a": opening must not truncate the holder's details before the lock is ours.
+    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for as long as the lock)
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = handle.read()
+        handle.close()
+        if error.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        raise ConfigError(f"{run_dir} is in use by another training run ({_describe_holder(holder)}): wait for it to "
+                          "end or stop it, or choose another name (name=...)") from None  # fmt: skip
+    except BaseException:
+        handle.close()
+        raise
+    handle.truncate(0)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n")
+    handle.flush()
+    lock = _HELD[run_dir.resolve()] = RunDirLock(run_dir, handle)
+    return lock
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+    except (ValueError, TypeError, KeyError):  # the holder is between taking the lock and writing its details
+        return "a process that has not written its details yet"
+
+
+def describe_run(run_dir: str | Path) -> str | None:
+    """What says ``run_dir`` holds a run ("last checkpoint: iteration 8 (checkpoints/iter_0000008.pt); metrics.jsonl;
+    config.yaml"), or None when it holds none of a run's checkpoints, metrics or config."""
+    run_dir = Path(run_dir)
+    found = []
+    checkpoints = run_dir / CHECKPOINTS
+    snapshots = sorted(checkpoints.glob("iter_*.pt"))
+    if snapshots:
+        iteration = _SNAPSHOT.fullmatch(snapshots[-1].name)
+        number = f"iteration {int(iteration[1])} " if iteration else ""
+        found.append(f"last checkpoint: {number}({CHECKPOINTS}/{snapshots[-1].name})")
+    elif any(checkpoints.glob("*.pt")):
+        found.append(f"checkpoints in {CHECKPOINTS}/")
+    found += [name for name in (METRICS, CONFIG) if (run_dir / name).exists()]
+    return "; ".join(found) or None
+
+
+def remove_run(run_dir: str | Path) -> None:
+    """Delete what a training run wrote into ``run_dir`` (``RUN_FILES``), nothing else."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def remove_temporary_files(run_dir: str | Path) -> None:
+    """Delete the temporary files (``.<name>.<writer>.tmp``) in ``run_dir`` and its checkpoints: with the directory
+    locked, each is the remains of a process killed while writing."""
+    for directory in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        for temporary in directory.glob(".*.tmp"):
+            temporary.unlink(missing_ok=True)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (empty when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines, rows = path.read_text().splitlines(), []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as error:
+            if number == len(lines):  # the last line of a run killed while writing it
+                break
+            raise DataError(f"{path}: line {number} is not JSON ({error}): repair or delete the line") from error
+    return rows
+
+
+def trim_metrics(path: str | Path, iteration: int) -> list[dict]:
+    """Keep the rows of ``metrics.jsonl`` up to ``iteration`` (a resumed run writes those after it again) and return
+    them. The file is replaced atomically: a crash leaves the old or the new log, never half of one."""
+    path = Path(path)
+    rows = [row for row in read_metrics(path) if row.get("iteration", 0) <= iteration]
+    if path.is_file():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(temporary, path)
+    return rows
