@@ -120,6 +120,11 @@ def test_predict_writes_one_output_per_input(model, tmp_path):
     heights = sorted(Image.open(path).size[1] for path in written)
     assert heights == [20 + index for index in range(len(inputs))]
     assert len(list(out.rglob("*_overlay.jpg"))) == len(inputs)
+    # The Python API takes the paths as strings too, to the same outputs.
+    again = _predict(model, [str(path) for path in expand_inputs([str(tmp_path / "in")])], tmp_path / "again")
+    assert sorted(path.relative_to(tmp_path / "again") for path in again) == sorted(
+        path.relative_to(out) for path in written
+    )
 
 
 # ------------------------------------------------------------------------------------------ predict: memory

@@ -149,7 +149,7 @@ def predict_files(
     two bands of ``crop`` rows of float32 logits (``slide_labels``) plus the network on one window batch.
     Multi-scale, flip and CRF hold the (N, 3, H, W) float32 input and (N, C, H, W) float32 probabilities on top.
     """
-    paths = list(dict.fromkeys(paths))  # a file named twice is predicted once
+    paths = list(dict.fromkeys(Path(path) for path in paths))  # a file named twice is predicted once
     out_dir = Path(out_dir)
     outputs = output_paths(output_names(paths), out_dir)
     never_write = {path: "the input image" for path in paths} | dict(protected or {})
