@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from atrous.checkpoint import load_checkpoint
 from atrous.cli import main
 
@@ -12,6 +14,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert main(["demo", "--fast", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data")]) == 0
     printed = capsys.readouterr().out
     assert "validation mIoU" in printed and "report:" in printed
+    assert "--fast is a smoke test of the pipeline (60 iterations): its model is barely trained" in printed
     run = tmp_path / "runs" / "demo-fast"
     state = load_checkpoint(run / "checkpoints" / "best.pt")
     assert state["spec"]["name"] == "deeplabv3plus"
@@ -26,7 +29,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
         assert (run / link).is_file(), link
     assert "Resolved configuration" in report and "mIoU" in report
     # Re-running reuses the generated data instead of writing it again.
-    marker = next((tmp_path / "data").rglob("atrous_synthetic.json"))
+    marker = next((tmp_path / "data" / "fast").rglob("atrous_synthetic.json"))
     stamp = marker.stat().st_mtime_ns
     from atrous.data import write_synthetic
     from atrous.demo import demo_spec
@@ -52,6 +55,14 @@ def test_the_synthetic_recipe_is_the_demo_configuration(tmp_path):
 
     recipe = config_to_dict(load_config(Path(__file__).resolve().parents[1] / "configs" / "deeplabv3plus_r18-os16_synthetic_64x64_2k.yaml"))
     demo = config_to_dict(demo_config(data_root=Path("data/synthetic"), out_dir=Path("runs"), fast=False))
-    for section in ("model", "optim", "train"):
+    for section in ("model", "optim", "train", "data"):  # data.root too: `atrous eval --config <recipe>` finds it
         assert recipe[section] == demo[section], section
-    assert {k: v for k, v in recipe["data"].items() if k != "root"} == {k: v for k, v in demo["data"].items() if k != "root"}
+
+
+def test_a_missing_synthetic_dataset_says_how_to_write_it(tmp_path):
+    from atrous.data import build_dataset
+    from atrous.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match=rf"no synthetic dataset under {tmp_path}: write it with `atrous data "
+                                               rf"synth --out {tmp_path}`, or run `atrous demo`"):  # fmt: skip
+        build_dataset("synthetic", tmp_path, "val")

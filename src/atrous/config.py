@@ -28,6 +28,9 @@ class DataConfig:
     root: str = "data"
     train_split: str = "train"
     val_split: str = "val"
+    # Validation on another dataset (GTA5 -> Cityscapes): its name and root; the train set's when null.
+    val_dataset: str | None = None
+    val_root: str | None = None
     crop_size: int | list[int] = 513  # square side, or [height, width]
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     flip: bool = True
@@ -249,8 +252,10 @@ def check_config(config: Config) -> None:
     for key, value, holds, wanted in _ranges(config):
         if not holds:
             raise ConfigError(f"{key}={value!r}: must be {wanted}")
-    if config.data.dataset not in DATASETS:
-        raise ConfigError(f"data.dataset: unknown value {config.data.dataset!r}; choose from {sorted(DATASETS)}")
+    for key in ("dataset", "val_dataset"):
+        name = getattr(config.data, key)
+        if name is not None and name not in DATASETS:
+            raise ConfigError(f"data.{key}: unknown value {name!r}; choose from {sorted(DATASETS)}")
     if config.data.label_mapping and config.data.dataset != "folder":
         raise ConfigError(f"data.label_mapping is for folder datasets (raw mask value -> class); dataset "
                           f"{config.data.dataset!r} maps its own labels: remove data.label_mapping")  # fmt: skip

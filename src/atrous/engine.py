@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import LAST, check_resumable, load_checkpoint, restore_training_state, save_checkpoint, training_state
@@ -33,6 +32,7 @@ from .errors import AtrousError, ConfigError, TrainingError
 from .evaluation import Evaluation, evaluate, write_run_report
 from .losses import SegmentationLoss
 from .models import Segmenter, build_model
+from .progress import progress_bar
 from .run_dir import RunDirLock, claim, trim_metrics
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,20 @@ def _datasets(config: Config, model: Segmenter) -> tuple[SegmentationDataset, Se
             f"model.num_classes={model.num_classes} but dataset {train_set.name!r} has {train_set.num_classes} "
             f"classes ({', '.join(train_set.class_names[:6])}{', ...' if train_set.num_classes > 6 else ''})"
         )
-    val_set = build_dataset(d.dataset, d.root, d.val_split, on_error=d.on_error, **dataset_options(config))
+    val_set = build_validation_set(config)
+    if list(val_set.class_names) != list(train_set.class_names):
+        raise ConfigError(f"validation dataset {val_set.name!r} has other classes than {train_set.name!r} "
+                          f"({val_set.num_classes} vs {train_set.num_classes}): data.val_dataset must label the "
+                          "same classes")  # fmt: skip
     return train_set, val_set
+
+
+def build_validation_set(config: Config, split: str | None = None) -> SegmentationDataset:
+    """The untransformed validation set: ``data.val_dataset`` / ``data.val_root`` when set, else the train set's."""
+    d = config.data
+    name, root = d.val_dataset or d.dataset, d.val_root or d.root
+    options = dataset_options(config) if name == d.dataset else {}
+    return build_dataset(name, root, split or d.val_split, on_error=d.on_error, **options)
 
 
 def _micro_batch(config: Config, world_size: int) -> int:
@@ -348,7 +360,7 @@ def _save(run: TrainingRun, *, is_best: bool) -> None:
     distributed.barrier()
 
 
-def _validate_and_keep_best(run: TrainingRun, run_log: RunLog, progress: tqdm) -> Evaluation:
+def _validate_and_keep_best(run: TrainingRun, run_log: RunLog, progress) -> Evaluation:
     """Validate; on a new best score save the iteration's checkpoint again, now holding that score, as best.pt and
     last.pt (a resume must know the best so far). The log row comes last: a logged validation is a finished one."""
     evaluation = validate(run)
@@ -390,7 +402,7 @@ def _train(config: Config, *, resume: str | Path | bool | None, stop_at: int | N
     t, info, run_dir = config.train, run.dist, config.run_dir
     run_log = RunLog(run, resumed=bool(resume))
     start, end = run.iteration, min(run.iterations, stop_at) if stop_at is not None else run.iterations
-    progress = tqdm(total=run.iterations, initial=start, disable=not info.is_main, desc="train")
+    progress = progress_bar(total=run.iterations, initial=start, disable=not info.is_main, desc="train")
     evaluation: Evaluation | None = None
     if resume and _validation_due(run, start) and not run_log.validated:
         # the run stopped after saving this iteration, before its validation finished: it is validated now

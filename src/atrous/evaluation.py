@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .errors import ConfigError, DataError
 from .inference import InferenceOptions, model_input, predict
 from .metrics import ConfusionMatrix
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def evaluate(
     )  # fmt: skip
     matrix = ConfusionMatrix(model.num_classes, device=device)
     samples: list[ReportSample] = []
-    for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, unit="batch", leave=False):
+    for batch in progress_bar(loader, desc="eval", disable=not progress or rank != 0, unit="batch", leave=False):
         batch = [(index, item) for index, item in batch if item is not None]
         if not batch:
             continue

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from .data.folder import IMAGE_EXTENSIONS
 from .data.io import read_image, save_mask
 from .errors import DataError, MissingFileError
 from .inference import InferenceOptions, model_input, predict, slide_labels
 from .paths import check_writable_dir, refuse_overwrite
+from .progress import progress_bar
 from .visualize import overlay
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def predict_files(
     options = options or InferenceOptions()
     device = device or torch.device("cpu")
     written = []
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         for batch in _batches(paths, batch_size, whole_image_max_pixels):
             written += _predict_batch(model, batch, outputs, palette, options, device, whole_image_max_pixels)
             bar.update(len(batch))

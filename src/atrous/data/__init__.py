@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 from ..errors import ConfigError, MissingFileError
@@ -14,7 +13,7 @@ from .coco_stuff import coco_stuff_dataset
 from .folder import folder_dataset
 from .io import DataError, read_image, read_mask
 from .labels import IGNORE_INDEX
-from .synthetic import SYNTHETIC_CLASSES, SynthSpec, write_synthetic
+from .synthetic import SYNTHETIC_CLASSES, SynthSpec, synthetic_dataset, write_synthetic
 from .transforms import eval_transforms, train_transforms
 from .voc import voc_dataset
 
@@ -25,7 +24,7 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "coco_stuff": coco_stuff_dataset,
     "gta5": gta5_dataset,
     "folder": folder_dataset,
-    "synthetic": partial(voc_dataset, class_names=SYNTHETIC_CLASSES, name="synthetic"),
+    "synthetic": synthetic_dataset,
 }
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..progress import progress_bar
 from .base import SegmentationDataset
 from .io import DataError
 from .labels import IGNORE_INDEX
@@ -42,7 +42,7 @@ def check_dataset(dataset: SegmentationDataset, *, progress: bool = True) -> Che
     about label distributions that mean the masks are read wrongly (e.g. 0/255 masks read as class 0 / ignore)."""
     report = CheckReport(dataset=dataset.name)
     counts = np.zeros(256, dtype=np.int64)  # pixels per class index after the dataset's mapping; 255: ignored
-    for index in tqdm(range(len(dataset)), desc=f"check {dataset.name}", disable=not progress, unit="pair"):
+    for index in progress_bar(range(len(dataset)), desc=f"check {dataset.name}", disable=not progress, unit="pair"):
         report.checked += 1
         try:
             _, mask = dataset.load(index)
@@ -80,7 +80,7 @@ def class_statistics(dataset: SegmentationDataset, *, progress: bool = True) -> 
     ``median_frequency``: median(freq) / freq (Eigen & Fergus). Absent classes get weight 0.
     """
     counts = np.zeros(dataset.num_classes, dtype=np.int64)
-    for index in tqdm(range(len(dataset)), desc=f"stats {dataset.name}", disable=not progress, unit="pair"):
+    for index in progress_bar(range(len(dataset)), desc=f"stats {dataset.name}", disable=not progress, unit="pair"):
         _, mask = dataset.load(index)
         counts += np.bincount(mask.ravel(), minlength=256)[: dataset.num_classes]
     total = counts.sum()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .cityscapes import LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX, cityscapes_dataset
 from .io import read_mask
 
@@ -18,7 +18,7 @@ def write_cityscapes_train_ids(root: str | Path, split: str, *, progress: bool =
     """
     dataset = cityscapes_dataset(root, split)
     written = 0
-    for _, mask_path in tqdm(dataset.samples, desc=f"convert {split}", disable=not progress, unit="mask"):
+    for _, mask_path in progress_bar(dataset.samples, desc=f"convert {split}", disable=not progress, unit="mask"):
         if not mask_path.name.endswith(LABEL_IDS_SUFFIX):
             continue  # this split already uses trainIds
         train_ids = dataset.map_labels(read_mask(mask_path), mask_path)

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
+from ..errors import MissingFileError
+from ..progress import progress_bar
+from .base import SegmentationDataset
 from .io import save_mask
 from .labels import IGNORE_INDEX, voc_palette
+from .voc import find_voc_root, voc_dataset
 
 SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "star", "ring", "cross")
 META_FILE = "atrous_synthetic.json"
@@ -161,7 +164,7 @@ def write_synthetic(out: str | Path, spec: SynthSpec = SynthSpec(), *, progress:
     ids = {"train": [f"synth_{i:05d}" for i in range(spec.train)]}
     ids["val"] = [f"synth_{i:05d}" for i in range(spec.train, spec.train + spec.val)]
     all_ids = ids["train"] + ids["val"]
-    for index, sample_id in enumerate(tqdm(all_ids, desc="synthetic data", disable=not progress, unit="img")):
+    for index, sample_id in enumerate(progress_bar(all_ids, desc="synthetic data", disable=not progress, unit="img")):
         image, mask = render_sample(spec, index)
         Image.fromarray(image).save(voc_root / "JPEGImages" / f"{sample_id}.jpg", quality=92)
         save_mask(voc_root / "SegmentationClass" / f"{sample_id}.png", mask, palette)
@@ -169,3 +172,15 @@ def write_synthetic(out: str | Path, spec: SynthSpec = SynthSpec(), *, progress:
         (split_dir / f"{split}.txt").write_text("\n".join(names) + "\n")
     meta_path.write_text(json.dumps(meta, indent=2))  # written last: its presence means the set is complete
     return voc_root
+
+
+def synthetic_dataset(root: str | Path, split: str, **options) -> SegmentationDataset:
+    """The set ``write_synthetic`` wrote under ``root`` (VOC layout, ``SYNTHETIC_CLASSES``)."""
+    try:
+        find_voc_root(root)
+    except MissingFileError:  # the VOC message would send the user after VOC's archives
+        raise MissingFileError(
+            f"no synthetic dataset under {root}: write it with `atrous data synth --out {root}`, or run `atrous demo`, "
+            "which writes it to data/synthetic"
+        ) from None
+    return voc_dataset(root, split, class_names=SYNTHETIC_CLASSES, name="synthetic", **options)
