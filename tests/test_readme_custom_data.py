@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def readme_commands() -> list[list[str]]:
     """The commands of the fenced block after "Your own data:" in README.md."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"Your own data:.*?```bash\n(.*?)```", text, re.S)
+    block = re.search(r"Your own data:.*?```bash\n(.*?)```", text, re.DOTALL)
     assert block, "README has no 'Your own data' block"
     return [shlex.split(line) for line in block[1].splitlines() if line.startswith("atrous ")]
 
