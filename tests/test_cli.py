@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -47,3 +48,26 @@ def test_models_table_from_the_console_entry_point():
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["model", "backbone", "OS"]
     assert any(line.split()[:3] == ["deeplabv3plus", "mobilenet_v3_large", "16"] for line in lines)
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: str = "atrous"):
+    """(command path, parser) for every (sub)command under ``parser``."""
+    yield path, parser
+    for action in parser._actions:  # argparse keeps its tree private; this test only reads it
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _subcommands(child, f"{path} {name}")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from atrous.cli import build_parser
+
+    silent = []
+    for path, parser in _subcommands(build_parser()):
+        for action in parser._actions:
+            hidden = action.help == argparse.SUPPRESS
+            if action.option_strings and not hidden and not action.help and action.dest != "help":
+                silent.append(f"{path} {action.option_strings[0]}")
+            elif not action.option_strings and action.dest not in ("command", "action", "run") and not action.help:
+                silent.append(f"{path} <{action.dest}>")
+    assert silent == []

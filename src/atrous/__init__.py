@@ -19,6 +19,19 @@ from .models.weights import WeightsReport, load_weights
 
 __version__ = "0.1.0"
 
+# Submodules README uses as `atrous.<module>.<name>` after a plain `import atrous`, imported on first use so that
+# `import atrous` stays light (onnxruntime, matplotlib and the datasets load only when asked for).
+_SUBMODULES = ("checkpoint", "config", "data", "engine", "evaluation", "export", "inference", "metrics", "models",
+               "predict", "runtime")  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'atrous' has no attribute {name!r}")
+
 __all__ = [
     "PRESETS",
     "AtrousError",

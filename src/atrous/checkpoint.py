@@ -369,14 +369,20 @@ def restore_training_state(run: TrainingRun, state: dict[str, Any], *, source: s
 
 
 def load_trained_model(
-    path: str | Path, *, spec: ModelSpec | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path,
+    *,
+    spec: ModelSpec | None = None,
+    overrides: dict[str, Any] | None = None,
+    other_architecture: str = "warn",
 ) -> Segmenter:
     """The model in eval mode, with its class names and palette when the file has them.
 
     path: an atrous checkpoint (it says which model it holds), or any weights file ``from_pretrained`` reads.
-    spec: the architecture to build instead of the one the file describes. overrides: ``ModelSpec`` fields to
-    change; None values change nothing.
+    spec: the architecture to build instead of the one the file describes (needed for a file without a description).
+    overrides: ``ModelSpec`` fields to change; None values change nothing; ``name`` with the others builds a file
+    without a description. other_architecture: "warn" or "refuse" (the command line) a spec or overrides that ask for
+    a model computing otherwise than the one the file implies (see ``from_pretrained``).
     """
     from .models.pretrained import from_pretrained
 
-    return from_pretrained(path, spec=spec, **(overrides or {}))
+    return from_pretrained(path, spec=spec, other_architecture=other_architecture, **(overrides or {}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .bench import SECTIONS
 from .errors import AtrousError, ConfigError, user_message
-from .models import MODELS, ModelSpec, list_backbones, list_models, list_presets, preset
+from .models import MODELS, list_backbones, list_models, list_presets, preset
 from .models.summary import model_rows
 from .runtime import RUNTIMES
 
@@ -138,11 +138,11 @@ def _add_data_commands(commands) -> None:
     data = commands.add_parser("data", help="prepare and inspect datasets")
     actions = data.add_subparsers(dest="action", required=True)
     synth = actions.add_parser("synth", help="write the embedded synthetic dataset (VOC layout)")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--train", type=POSITIVE_INT, default=600)
-    synth.add_argument("--val", type=POSITIVE_INT, default=120)
-    synth.add_argument("--size", type=POSITIVE_INT, default=64)
+    synth.add_argument("--out", type=Path, required=True, help="folder to write (VOCdevkit/VOC2012 inside)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same images (default 0)")
+    synth.add_argument("--train", type=POSITIVE_INT, default=600, help="training images (default 600)")
+    synth.add_argument("--val", type=POSITIVE_INT, default=120, help="validation images (default 120)")
+    synth.add_argument("--size", type=POSITIVE_INT, default=64, help="image side in pixels (default 64)")
     synth.set_defaults(run=_data_synth)
     for name, run, text in [
         ("check", _data_check, "decode every pair; report bad files (non-zero exit when any)"),
@@ -150,13 +150,14 @@ def _add_data_commands(commands) -> None:
         ("convert", _data_convert, "write Cityscapes *_labelTrainIds.png beside the labelIds"),
     ]:
         action = actions.add_parser(name, help=text)
-        action.add_argument("--dataset", required=True)
-        action.add_argument("--root", type=Path, required=True)
-        action.add_argument("--split", default="train")
+        action.add_argument("--dataset", required=True, help="voc, cityscapes, gta5, ade20k, coco_stuff, folder, ...")
+        action.add_argument("--root", type=Path, required=True, help="the dataset's folder, as its archives unpack")
+        action.add_argument("--split", default="train", help="default train")
         action.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="folder datasets")
         action.add_argument("--label-map", type=_label_mapping, default=None, help="folder datasets, e.g. 0:0,255:1")
         if name == "stats":
-            action.add_argument("--out", type=Path, default=Path("class_weights.json"))
+            action.add_argument("--out", type=Path, default=Path("class_weights.json"),
+                                help="class weights JSON for data.class_weights (default class_weights.json)")
         action.set_defaults(run=run)
 
 
@@ -266,21 +267,13 @@ SPEC_FLAGS = {"model": "name", "backbone": "backbone", "num_classes": "num_class
 
 def _load_model(args: argparse.Namespace):
     """The model ``--weights`` holds, as its own spec says, or ``--preset`` / ``--model`` for files with none; the
-    other spec flags override single fields."""
+    other spec flags override single fields. Flags that ask for a model computing otherwise than the one the file
+    implies (torchvision's files at output stride 16, say) are refused: the outputs would be silently wrong."""
     from .checkpoint import load_trained_model
 
     base = preset(args.preset) if args.preset else None
-    if base is None and args.model is not None:
-        base = ModelSpec(name=args.model)
-    overrides = {field: getattr(args, flag) for flag, field in SPEC_FLAGS.items()}
-    return load_trained_model(args.weights, spec=base, overrides=overrides)
-
-
-def _palette(model):
-    """The colours of the data the model was trained on; VOC's for files that do not say."""
-    from .data.labels import voc_palette
-
-    return model.palette if model.palette is not None else voc_palette()
+    overrides = {field: getattr(args, flag) for flag, field in SPEC_FLAGS.items()}  # --model is the name override
+    return load_trained_model(args.weights, spec=base, overrides=overrides, other_architecture="refuse")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -327,23 +320,25 @@ def _predict(args: argparse.Namespace) -> int:
     model = _load_model(args)
     paths = expand_inputs(args.inputs)
     inference = prepare_inference(model, args.runtime, device=device)
-    written = predict_files(inference, paths, args.out, palette=_palette(model), options=_inference_options(args),
-                            batch_size=args.batch_size, device=device, protected={args.weights: "the --weights file"})  # fmt: skip
-    print(f"{len(written)} label PNGs and overlays written to {args.out}")
+    # The colours and names of the data the model was trained on, as its file says (VOC's colours when it does not).
+    written = predict_files(inference, paths, args.out, palette=model.palette, class_names=model.class_names,
+                            options=_inference_options(args), batch_size=args.batch_size, device=device,
+                            protected={args.weights: "the --weights file"})  # fmt: skip
+    print(f"{len(written)} label PNGs and overlays, and the legend of their colours, written to {args.out}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import PARITY_TOLERANCE, export_model, parity
+    from .export import PARITY_TOLERANCE, export_model, exported_metadata, parity
 
     model = _load_model(args)
     out = args.out or Path(args.weights).with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
     export_model(model, out, format=args.format, normalized_input=args.normalized_input,
                  protected={args.weights: "the --weights file"})  # fmt: skip
-    norm = model.normalization
-    takes = ("float32 images normalised as " + norm.name if args.normalized_input
-             else f"uint8 RGB 0..255 (normalised inside: {norm.name})")  # fmt: skip
-    print(f"exported {args.format} to {out}: images (N, 3, H, W) {takes} -> logits; dynamic batch, height and width")
+    stored = "ONNX metadata_props" if args.format == "onnx" else "TorchScript extra file metadata.json"
+    print(f"exported {args.format} to {out}, batch, height and width dynamic; what it takes and gives ({stored}):")
+    for key, value in exported_metadata(out).items():  # read back: what the file says, not what was meant
+        print(f"  {key}: {value if len(value) <= 400 else f'{value[:400]}... ({len(value)} characters)'}")
     ok = True
     for size, difference, largest in parity(model, out, format=args.format, normalized_input=args.normalized_input):
         print(f"  parity {size[0]}x{size[1]}: max |{args.format} - eager| = {difference:.2e} (logits up to {largest:.1f})")
@@ -365,13 +360,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
                         "or any weights file atrous reads (--preset/--model for ones that do not say their model)")
     parser.add_argument("--preset", choices=list_presets(), help="the architecture of a file that has no description")
     parser.add_argument("--model", choices=list_models(), help="architecture, for weights files without a description")
-    parser.add_argument("--backbone", choices=list_backbones())
-    _add_flag(parser, "num-classes", type=POSITIVE_INT)
-    _add_flag(parser, "output-stride", type=int, choices=[4, 8, 16, 32])  # 4: the HRNets' (fixed) stride
+    parser.add_argument("--backbone", choices=list_backbones(), help="backbone, for weights files without a description")
+    _add_flag(parser, "num-classes", type=POSITIVE_INT, help="classes, for weights files without a description")
+    _add_flag(parser, "output-stride", type=int, choices=[4, 8, 16, 32],
+              help="the file's unless given; 4: the HRNets' (fixed) stride")  # fmt: skip
     _add_flag(parser, "atrous-rates", type=_int_list, help="e.g. 12,24,36")
     parser.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None, help="build the aux head")
     if runtime:  # export always traces on the CPU
-        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                            help="auto: cuda when present, else cpu (default auto)")
         parser.add_argument(
             "--runtime", choices=["auto", *RUNTIMES], default="auto",
             help="auto: ONNX Runtime on the CPU (exported once, cached), eager on GPUs; bf16: fastest, a few pixels "
@@ -382,8 +379,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser, runtime=True)
     parser.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip")
-    parser.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+", help="e.g. 0.5 1 1.5 (each > 0)")
-    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+",
+                        help="image scales whose probabilities are averaged, e.g. 0.5 1 1.5 (default: 1 only)")
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--slide", action="store_true", help="sliding-window inference")
     parser.add_argument("--crop", type=POSITIVE_INT, default=513, help="window side with --slide (default 513)")
     parser.add_argument("--stride", type=POSITIVE_INT, default=341, help="window step with --slide (default 341)")
@@ -394,24 +392,27 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_inference_commands(commands) -> None:
     evaluate = commands.add_parser("eval", help="mIoU and per-class scores on a dataset split, with plots")
-    evaluate.add_argument("--config", type=Path, required=True)
-    evaluate.add_argument("--split")
-    evaluate.add_argument("--out", type=Path)
-    _add_flag(evaluate, "save-predictions", action="store_true")
+    evaluate.add_argument("--config", type=Path, required=True,
+                          help="the run's config.yaml or a recipe: says the dataset, its root and split")
+    evaluate.add_argument("--split", help="dataset split (default: the config's data.val_split)")
+    evaluate.add_argument("--out", type=Path, help="output folder (default: <out_dir>/<name>/eval)")
+    _add_flag(evaluate, "save-predictions", action="store_true", help="also write coloured predictions")
     evaluate.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.root=/data/voc")
     _add_inference_arguments(evaluate)
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="label PNGs and overlays for images, folders or globs")
-    predict.add_argument("inputs", nargs="+")
-    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
+    predict.add_argument("--out", type=Path, required=True,
+                         help="output folder: a label PNG and an overlay per image (never over an input)")
     _add_flag(predict, "batch-size", type=POSITIVE_INT, default=4, help="images per forward pass (default 4)")
     _add_inference_arguments(predict)
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="ONNX or TorchScript with dynamic size, checked against eager")
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    export.add_argument("--out", type=Path)
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default onnx")
+    export.add_argument("--out", type=Path,
+                        help="file to write (default: beside --weights, .onnx or .torchscript.pt; never over it)")
     _add_flag(export, "normalized-input", action="store_true",
               help="the graph takes normalised float32 images (the old behaviour) instead of uint8 RGB 0..255")  # fmt: skip
     _add_model_arguments(export, runtime=False)
@@ -451,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     models = commands.add_parser("models", help="table of every architecture x backbone: params, GFLOPs, output stride")
     models.add_argument("--size", type=POSITIVE_INT, default=513, help="square input size for the FLOP count (default 513)")
-    models.add_argument("--num-classes", type=POSITIVE_INT, default=21)
+    models.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classifier width for the counts (default 21)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--pretrained", action="store_true", help="list the model zoo (published checkpoints)")
     models.set_defaults(run=_models)

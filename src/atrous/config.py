@@ -41,6 +41,9 @@ class DataConfig:
     workers: int = 4
     on_error: Literal["raise", "skip"] = "raise"
     label_mapping: dict[int, int] | None = None  # folder datasets, e.g. {0: 0, 255: 1}
+    # Folder datasets: a name and an [r, g, b] colour per class, kept by the model, its checkpoints and predictions.
+    class_names: list[str] | None = None
+    palette: list[list[int]] | None = None
     class_weights: str | None = None  # the JSON `atrous data stats` writes
     class_weights_kind: Literal["median_frequency", "inverse"] = "median_frequency"
 
@@ -259,6 +262,7 @@ def check_config(config: Config) -> None:
     if config.data.label_mapping and config.data.dataset != "folder":
         raise ConfigError(f"data.label_mapping is for folder datasets (raw mask value -> class); dataset "
                           f"{config.data.dataset!r} maps its own labels: remove data.label_mapping")  # fmt: skip
+    _check_class_labels(config)
     if config.data.batch_size % config.train.grad_accum:
         raise ConfigError(
             f"data.batch_size={config.data.batch_size} (global) must be divisible by train.grad_accum="
@@ -266,6 +270,21 @@ def check_config(config: Config) -> None:
         )
     if config.train.amp == "fp16" and not _cuda_selected(config.train.device):
         raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on the CPU")
+
+
+def _check_class_labels(config: Config) -> None:
+    """data.class_names and data.palette: folder datasets only, one distinct entry per class of the model."""
+    from .data.labels import checked_class_names, checked_palette
+
+    d, num_classes = config.data, config.model.num_classes
+    for key in ("class_names", "palette"):
+        if getattr(d, key) is not None and d.dataset != "folder":
+            raise ConfigError(f"data.{key} is for folder datasets; dataset {d.dataset!r} names and colours its own "
+                              f"classes: remove data.{key}")  # fmt: skip
+    if d.class_names is not None:
+        checked_class_names(d.class_names, num_classes, key="data.class_names", count_from="model.num_classes")
+    if d.palette is not None:
+        checked_palette(d.palette, num_classes, key="data.palette", count_from="model.num_classes")
 
 
 def _cuda_selected(device: str) -> bool:

@@ -116,12 +116,14 @@ def poly_with_warmup(iterations: int, power: float, warmup_iters: int, warmup_ra
 
 
 def dataset_options(config: Config) -> dict:
-    """Options only some dataset families take: a folder dataset's classes come from the model config."""
+    """Options only some dataset families take: a folder dataset's classes come from the model config, their names
+    and colours from ``data.class_names`` / ``data.palette``."""
     if config.data.dataset != "folder":
         return {}
     options = {"num_classes": config.model.num_classes}
-    if config.data.label_mapping:
-        options["label_mapping"] = config.data.label_mapping
+    for key in ("label_mapping", "class_names", "palette"):
+        if getattr(config.data, key):
+            options[key] = getattr(config.data, key)
     return options
 
 

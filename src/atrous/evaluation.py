@@ -3,6 +3,7 @@ report writer (``write_run_report``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -195,11 +196,14 @@ def run_evaluation(
         on_scores(result)
     scores = result.scores
     metrics = {**scores, "class_names": dataset.class_names, "confusion_matrix": result.matrix.matrix.cpu().tolist()}
+    # The report says what ran the model and how, also for callers that do not say (the demo, Python scripts).
+    details = {"runtime": getattr(model, "runtime", "eager"),
+               "inference": dataclasses.asdict(options or InferenceOptions()), **(report or {})}  # fmt: skip
     try:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # first: the one file scripts read
         write_run_report(
             out_dir, title=f"atrous evaluation: {dataset.name}", class_names=dataset.class_names,
-            palette=dataset.palette, evaluation=result, training_log=training_log, details=report,
+            palette=dataset.palette, evaluation=result, training_log=training_log, details=details,
         )  # fmt: skip
     except OSError as error:
         raise ConfigError(f"the evaluation finished (mIoU {scores['mIoU']:.4f}) but writing its results failed: "
@@ -218,10 +222,14 @@ def write_run_report(
     details: dict | None = None,
 ) -> Path:
     """The report of a run or an evaluation: training curves (when ``training_log`` exists), the scores table,
-    per-class IoU chart, confusion matrix and prediction grid (when ``evaluation`` is given), and ``details`` (the
-    weights, the inference mode, the resolved configuration), in ``directory/report.html`` beside its PNGs."""
+    per-class IoU chart, confusion matrix and prediction grid (when ``evaluation`` is given), and ``details``, in
+    ``directory/report.html`` beside its PNGs.
+
+    details: ``weights`` (path), ``inference`` (``InferenceOptions`` as a dict) and ``runtime``, stated under the
+    title, and the resolved configuration under ``config``, shown at the end; a dict with none of these keys is the
+    configuration itself (a training run's report)."""
     from .plots import plot_confusion_matrix, plot_per_class_iou, plot_training_curves
-    from .report import write_report
+    from .report import EVALUATED, write_report
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -238,9 +246,12 @@ def write_run_report(
             names, evaluation.matrix.matrix.cpu().numpy(), directory / "confusion_matrix.png"
         )
     samples = [(s.name, s.image, s.truth, s.prediction) for s in evaluation.samples] if evaluation else None
+    details = dict(details or {})
+    evaluated = {key: details.pop(key) for key in EVALUATED if key in details}
+    config = details.get("config") if evaluated or "config" in details else details or None
     return write_report(
-        directory, title=title, class_names=names, palette=palette, config=details, scores=scores, figures=figures,
-        samples=samples,
+        directory, title=title, class_names=names, palette=palette, evaluated=evaluated, config=config,
+        scores=scores, figures=figures, samples=samples,
     )  # fmt: skip
 
 

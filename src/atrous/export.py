@@ -4,12 +4,18 @@ An exported graph takes what a deployment has: RGB images with values 0..255, (N
 model's own normalisation inside (ImageNet mean/std, or DeepLab-v2's Caffe BGR mean), so no deployment has to
 re-implement it. ``normalized_input=True`` exports the bare network on normalised float32 images instead (the
 graphs atrous's own ONNX Runtime path runs).
+
+The file says what it takes and gives (``export_metadata``): ONNX ``metadata_props`` and axes named batch, height,
+width and classes; a TorchScript file's extra file ``metadata.json``. A deployment that guesses the preprocessing
+wrong gets plausible, wrong labels, so nothing about it is left to guess.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +28,10 @@ from .paths import refuse_overwrite
 
 PARITY_SIZES = ((513, 513), (321, 479), (257, 385))  # one odd pair, as the check promises
 FORMATS = ("onnx", "torchscript")
+# The names of the graph's axes, as ONNX shapes and ONNX Runtime show them.
+INPUT_AXES = {0: "batch", 2: "height", 3: "width"}  # axis 1: the 3 colour channels
+OUTPUT_AXES = {0: "batch", 1: "classes", 2: "height", 3: "width"}
+TORCHSCRIPT_METADATA = "metadata.json"  # the extra file of a TorchScript export that holds its metadata
 
 
 class ExportedGraph(torch.nn.Module):
@@ -49,6 +59,49 @@ class ExportedGraph(torch.nn.Module):
         return self.model(images).logits
 
 
+def export_metadata(model: Segmenter, *, normalized_input: bool = False) -> dict[str, str]:
+    """What a deployment needs to feed the exported graph and read its output, as strings (JSON where structured):
+    input (what the graph takes, in words), input_dtype, input_layout, normalization (name, mean, std, channel_order,
+    the units of mean and std, and who applies it), output, num_classes, class_names and palette (JSON; null when the
+    weights file named none), model_spec (JSON; null for a hand-composed model) and atrous_version."""
+    from . import __version__
+
+    norm = model.normalization
+    applied = "by the caller, before the graph" if normalized_input else "inside the graph"
+    if normalized_input:
+        takes = (f"images (batch, 3, height, width) float32, normalised: (x - mean) / std per channel, x the image's "
+                 f"0..255 values in {norm.channel_order} order")  # fmt: skip
+    else:
+        takes = f"images (batch, 3, height, width) uint8, RGB 0..255 as decoded; the graph normalises them ({norm.name})"
+    normalization = {"name": norm.name, "mean": [round(v, 6) for v in norm.mean], "std": [round(v, 6) for v in norm.std],
+                     "channel_order": norm.channel_order, "units": "0..255", "applied": applied}  # fmt: skip
+    palette = model.palette[: model.num_classes].tolist() if model.palette is not None else None
+    return {
+        "input": takes,
+        "input_dtype": "float32" if normalized_input else "uint8",
+        "input_layout": f"NCHW, {norm.channel_order if normalized_input else 'RGB'}",
+        "normalization": json.dumps(normalization),
+        "output": "logits (batch, classes, height, width) float32, pre-softmax, at the input's height and width; the "
+        "label of a pixel is the argmax over classes",
+        "num_classes": str(model.num_classes),
+        "class_names": json.dumps(model.class_names),
+        "palette": json.dumps(palette),
+        "model_spec": json.dumps(model.spec.to_dict() if model.spec is not None else None),
+        "atrous_version": __version__,
+    }
+
+
+def exported_metadata(path: str | Path) -> dict[str, str]:
+    """The ``export_metadata`` an ONNX or TorchScript file written by ``export_model`` holds."""
+    if zipfile.is_zipfile(path):  # TorchScript: a zip archive
+        extra_files = {TORCHSCRIPT_METADATA: ""}
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+        return json.loads(extra_files[TORCHSCRIPT_METADATA] or "{}")
+    import onnx
+
+    return {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+
+
 def example_images(size: tuple[int, int], *, normalized_input: bool, generator: torch.Generator) -> torch.Tensor:
     """A random (1, 3, H, W) batch of what the graph takes: uint8 0..255, or normalised float32."""
     if normalized_input:
@@ -65,7 +118,8 @@ def export_model(
     example_size: int = 129,
     protected: Mapping[str | Path, str] | None = None,
 ) -> Path:
-    """Write ``model`` (in eval mode) as ONNX (opset 17) or TorchScript; batch, height and width stay dynamic.
+    """Write ``model`` (in eval mode) as ONNX (opset 17) or TorchScript; batch, height and width stay dynamic. The
+    file carries ``export_metadata`` (ONNX: ``metadata_props``; TorchScript: the extra file ``metadata.json``).
 
     protected: files ``path`` must not be (path -> what it is, e.g. ``{"model.pt": "the weights file"}``):
     ``ConfigError`` before any work if it is one of them. The file appears whole or not at all (written beside
@@ -81,20 +135,31 @@ def export_model(
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
     # Named rather than mkstemp'd: the export is created with the user's usual permissions, not mkstemp's 0600.
     temporary = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    metadata = export_metadata(model, normalized_input=normalized_input)
     try:
         if format == "onnx":
-            dynamic = {0: "batch", 2: "height", 3: "width"}
+            # The class axis is named too: the exporter would call it after the op that makes it (Resizelogits_dim_1).
             torch.onnx.export(
                 graph, (example,), temporary, input_names=["images"], output_names=["logits"],
-                dynamic_axes={"images": dynamic, "logits": dynamic}, opset_version=17, dynamo=False,
+                dynamic_axes={"images": INPUT_AXES, "logits": OUTPUT_AXES}, opset_version=17, dynamo=False,
             )  # fmt: skip
+            _set_onnx_metadata(temporary, metadata)
         else:
             with torch.no_grad():
-                torch.jit.trace(graph, example, check_trace=False).save(temporary)
+                traced = torch.jit.trace(graph, example, check_trace=False)
+            traced.save(temporary, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata, indent=1)})
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
     return path
+
+
+def _set_onnx_metadata(path: str, metadata: Mapping[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(path)
+    onnx.helper.set_model_props(graph, dict(metadata))
+    onnx.save(graph, path)
 
 
 def onnxruntime_logits(path: str | Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 # The object-oriented API (Figure, not pyplot) renders to files without choosing a backend: importing atrous never
@@ -23,7 +24,8 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
 def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
     """Loss, learning rate and validation mIoU against the iteration, side by side."""
     train_rows, val_rows = read_log(log_path)
-    figure = Figure(figsize=(13, 3.6))
+    # Shown about 700 px wide on a narrow screen: its text is set larger than matplotlib's default to stay legible.
+    figure = Figure(figsize=(12, 3.6))
     axes = figure.subplots(1, 3)
     axes[0].plot([r["iteration"] for r in train_rows], [r["loss"] for r in train_rows], color="tab:blue")
     axes[0].set(title="training loss", xlabel="iteration")
@@ -31,18 +33,25 @@ def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
     axes[1].set(title="learning rate (backbone)", xlabel="iteration")
     axes[2].plot([r["iteration"] for r in val_rows], [r["val"]["mIoU"] for r in val_rows], "o-", color="tab:green")
     axes[2].set(title="validation mIoU", xlabel="iteration", ylim=(0, 1))
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))  # 1.5 x 1e-3, not 0.00150
     for axis in axes:
         axis.grid(alpha=0.3)
+        axis.title.set_fontsize(13)
+        axis.xaxis.label.set_fontsize(12)
+        axis.tick_params(labelsize=11)
     figure.tight_layout()
     out = Path(out)
     figure.savefig(out, dpi=100)
     return out
 
 
-def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path) -> Path:
-    """Horizontal bars of per-class IoU (absent classes shown as 'n/a')."""
-    import math
+# A bar at least this long carries its value inside its end (white on the bar); a shorter one just past its end, in
+# the empty part of the axes. Either way the label never straddles the bar's end or leaves the axes.
+LABEL_INSIDE_FROM = 0.2
 
+
+def per_class_iou_figure(class_names: list[str], iou: list[float]) -> Figure:
+    """Horizontal bars of per-class IoU with their values (absent classes shown as 'n/a')."""
     height = max(3.0, 0.28 * len(class_names) + 1)
     figure = Figure(figsize=(7, height))
     axis = figure.subplots()
@@ -50,13 +59,22 @@ def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path
     positions = list(range(len(class_names)))
     axis.barh(positions, values, color="tab:blue")
     for position, value in zip(positions, iou):
-        axis.text(min(value, 0.9) + 0.01 if not math.isnan(value) else 0.01, position,
-                  "n/a" if math.isnan(value) else f"{value:.3f}", va="center", fontsize=8)  # fmt: skip
+        if math.isnan(value):
+            axis.text(0.01, position, "n/a", va="center", ha="left", fontsize=8, color="dimgray")
+        elif value >= LABEL_INSIDE_FROM:
+            axis.text(value - 0.01, position, f"{value:.3f}", va="center", ha="right", fontsize=8, color="white")
+        else:
+            axis.text(value + 0.01, position, f"{value:.3f}", va="center", ha="left", fontsize=8)
     axis.set_yticks(positions, class_names, fontsize=8)
     axis.invert_yaxis()
     axis.set(xlim=(0, 1), xlabel="IoU", title="per-class IoU")
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
+    return figure
+
+
+def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path) -> Path:
+    """``per_class_iou_figure`` as a PNG."""
+    per_class_iou_figure(class_names, iou).savefig(out, dpi=100)
     return Path(out)
 
 

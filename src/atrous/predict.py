@@ -1,4 +1,4 @@
-"""``atrous predict``: label PNGs and overlays for image files, folders and globs.
+"""``atrous predict``: label PNGs and overlays for image files, folders and globs, and the legend of their colours.
 
 Safe by construction: every output path is known, distinct from every other and checked against the inputs (and
 any protected file, such as the weights) before the first image is read; images are decoded one batch at a time;
@@ -22,11 +22,12 @@ from PIL import Image
 
 from .data.folder import IMAGE_EXTENSIONS
 from .data.io import read_image, save_mask
+from .data.labels import full_palette
 from .errors import DataError, MissingFileError
 from .inference import InferenceOptions, model_input, predict, slide_labels
 from .paths import check_writable_dir, refuse_overwrite
 from .progress import progress_bar
-from .visualize import overlay
+from .visualize import edge_width, legend, overlay
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
 AUTO_CROP, AUTO_STRIDE = 513, 341
 # The overlay is blended this many pixels at a time: ``overlay`` makes float copies of what it blends.
 OVERLAY_PIXELS_PER_STRIP = 1 << 20
+LEGEND_NAME = "legend"  # legend.png beside the outputs (legend_1.png, ... when an input's outputs take the name)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -109,6 +111,14 @@ def output_paths(names: Mapping[Path, str], out_dir: Path) -> dict[Path, tuple[P
     return {path: (out_dir / f"{name}.png", out_dir / f"{name}_overlay.jpg") for path, name in names.items()}
 
 
+def legend_path(outputs: Mapping[Path, tuple[Path, ...]], out_dir: Path) -> Path:
+    """``out_dir/legend.png``, or the first of ``legend_1.png``, ``legend_2.png``, ... that no input's output takes
+    (an input named ``legend.jpg`` writes ``legend.png``), letter case ignored."""
+    taken = {str(file).casefold() for files in outputs.values() for file in files}
+    candidates = (out_dir / f"{LEGEND_NAME}{f'_{number}' if number else ''}.png" for number in range(len(taken) + 1))
+    return next(path for path in candidates if str(path).casefold() not in taken)
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of the image ``read_image`` will return (EXIF rotation applied), from its header alone."""
     try:
@@ -127,7 +137,8 @@ def predict_files(
     paths: list[Path],
     out_dir: str | Path,
     *,
-    palette: np.ndarray,
+    palette: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
     options: InferenceOptions | None = None,
     batch_size: int = 4,
     device: torch.device | None = None,
@@ -136,7 +147,12 @@ def predict_files(
     whole_image_max_pixels: int = WHOLE_IMAGE_MAX_PIXELS,
 ) -> list[Path]:
     """Write ``<name>.png`` (palette label image) and ``<name>_overlay.jpg`` per input, at the image's own size
-    (EXIF orientation applied); ``<name>`` as ``output_names`` says. Returns the label PNGs' paths.
+    (EXIF orientation applied), ``<name>`` as ``output_names`` says, and ``legend.png`` (``legend_path``): a swatch of
+    each class's colour with its index and name. Returns the label PNGs' paths.
+
+    palette: (K, 3) uint8 RGB, the colours of the classes; the model's own (``model.palette``, the colours of the
+    data it was trained on) when None, VOC's when the model has none. class_names: the legend's names; the model's
+    when None, ``class_<i>`` when it has none.
 
     Before any image is decoded: ``ConfigError`` if an output would replace an input or a ``protected`` file (path
     -> what it is, e.g. ``{"model.pt": "the weights file"}``), or if ``out_dir`` cannot be written.
@@ -152,10 +168,13 @@ def predict_files(
     paths = list(dict.fromkeys(Path(path) for path in paths))  # a file named twice is predicted once
     out_dir = Path(out_dir)
     outputs = output_paths(output_names(paths), out_dir)
+    legend_file = legend_path(outputs, out_dir)
     never_write = {path: "the input image" for path in paths} | dict(protected or {})
-    refuse_overwrite([file for pair in outputs.values() for file in pair], never_write,
+    refuse_overwrite([*(file for pair in outputs.values() for file in pair), legend_file], never_write,
                      hint="choose another --out folder")  # fmt: skip
     check_writable_dir(out_dir, "prediction output folder")
+    palette, class_names = _labels_of(model, palette, class_names)
+    Image.fromarray(legend(class_names, palette)).save(legend_file)
     options = options or InferenceOptions()
     device = device or torch.device("cpu")
     written = []
@@ -181,6 +200,14 @@ def _predict_batch(model, batch, outputs, palette, options, device, max_pixels) 
             _save_overlay(overlay_path, image, label, palette)
             written.append(mask_path)
     return written
+
+
+def _labels_of(model, palette, class_names) -> tuple[np.ndarray, list[str]]:
+    """The (256, 3) palette and the class names to write with: those given, else the model's, else VOC's colours
+    and ``class_<i>``."""
+    palette = full_palette(palette if palette is not None else getattr(model, "palette", None))
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    return palette, list(names) if names is not None else [f"class_{i}" for i in range(model.num_classes)]
 
 
 def _batches(paths: list[Path], batch_size: int, max_pixels: int) -> list[list[Path]]:
@@ -224,9 +251,15 @@ def _labels(model, images: list[np.ndarray], options: InferenceOptions, device: 
 
 
 def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> None:
-    """``overlay`` strip by strip into one uint8 image: its float copies never hold more than a strip."""
+    """``overlay`` strip by strip into one uint8 image: its float copies never hold more than a strip. Each strip
+    is blended with ``edge`` rows of its neighbours, so region edges run through the strip boundaries unbroken."""
+    height, width = image.shape[:2]
+    edge = edge_width(height, width)
     blended = np.empty_like(image)
-    rows = max(1, OVERLAY_PIXELS_PER_STRIP // image.shape[1])
-    for top in range(0, image.shape[0], rows):
-        blended[top : top + rows] = overlay(image[top : top + rows], labels[top : top + rows], palette)
-    Image.fromarray(blended).save(path, quality=92)
+    rows = max(1, OVERLAY_PIXELS_PER_STRIP // width)
+    for top in range(0, height, rows):
+        start, stop = max(0, top - edge), min(height, top + rows + edge)
+        strip = overlay(image[start:stop], labels[start:stop], palette, edge=edge)
+        blended[top : top + rows] = strip[top - start : top - start + rows]
+    # Full-resolution colour (no 4:2:0 chroma subsampling): edges a pixel or two wide keep their class colour.
+    Image.fromarray(blended).save(path, quality=92, subsampling=0)

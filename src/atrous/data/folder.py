@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ConfigError, MissingFileError
 from .base import SegmentationDataset
 from .io import DataError
-from .labels import IGNORE_INDEX, identity_table, lookup_table, voc_palette
+from .labels import IGNORE_INDEX, checked_class_names, checked_palette, identity_table, lookup_table, voc_palette
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -21,11 +21,15 @@ def folder_dataset(
     *,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
     label_mapping: Mapping[int, int] | None = None,
     **options,
 ) -> SegmentationDataset:
     """``<root>[/<split>]/images/*`` with ``masks/<same stem>.png`` (or any image extension).
 
+    class_names: one per class (``class_0``, ``class_1``, ... without them). palette: one [r, g, b] (0..255) per class,
+    the colours of predictions, overlays and legends (VOC's without it). Both travel into the model trained on the
+    data and its checkpoints.
     label_mapping: raw mask value -> class, e.g. ``{0: 0, 255: 1}`` for 0/255 binary masks; raw values not in
     it are errors. Without it, mask values are class indices 0..num_classes-1 (255 = ignore).
     """
@@ -39,9 +43,12 @@ def folder_dataset(
         if num_classes is None:
             raise ConfigError("folder datasets need num_classes, class_names or a label_mapping")
         class_names = [f"class_{i}" for i in range(num_classes)]
-    elif num_classes is not None and num_classes != len(class_names):
-        raise ConfigError(f"num_classes={num_classes} but {len(class_names)} class_names were given")
+    else:
+        expected = len(class_names) if num_classes is None else num_classes
+        class_names = checked_class_names(class_names, expected, key="class_names", count_from="num_classes")
     num_classes = len(class_names)
+    if palette is not None:
+        palette = checked_palette(palette, num_classes, key="palette", count_from="the dataset's classes")
 
     masks = {path.stem: path for path in mask_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS}
     images = sorted(path for path in image_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
@@ -64,7 +71,7 @@ def folder_dataset(
     return SegmentationDataset(
         [(image, masks[image.stem]) for image in images],
         class_names=class_names,
-        palette=voc_palette(),
+        palette=voc_palette() if palette is None else palette,
         label_table=table,
         valid_raw=valid,
         name=f"folder {base}",

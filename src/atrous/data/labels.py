@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -48,3 +48,53 @@ def palette_from_colors(colors: list[tuple[int, int, int]], *, void=(224, 224, 1
     palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
     palette[IGNORE_INDEX] = void
     return palette
+
+
+def full_palette(palette: np.ndarray | Sequence[Sequence[int]] | None) -> np.ndarray:
+    """The (256, 3) uint8 palette a label PNG is written with: ``palette``'s colours first (a model's may list only its
+    classes), VOC's after them; VOC's whole when ``palette`` is None."""
+    full = voc_palette()
+    if palette is not None:
+        colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+        full[: len(colours)] = colours
+    return full
+
+
+def checked_class_names(names: Sequence[str], num_classes: int, *, key: str, count_from: str) -> list[str]:
+    """``names`` as a list when there is one distinct, non-empty name per class, else ``ConfigError`` naming ``key``
+    (``count_from`` says where the number of classes comes from, e.g. ``"model.num_classes"``)."""
+    names = list(names)
+    if len(names) != num_classes:
+        raise ConfigError(f"{key} gives {len(names)} names for {num_classes} classes ({count_from}): "
+                          "give one name per class, in class-index order")  # fmt: skip
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{key}[{index}]={name!r}: every class needs a name (a non-empty string)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # reports and legends would show two classes under one name
+        raise ConfigError(f"{key}: {repeated[0]!r} is given twice; each class needs its own name")
+    return names
+
+
+def checked_palette(colours: Sequence[Sequence[int]], num_classes: int, *, key: str, count_from: str) -> np.ndarray:
+    """A (256, 3) uint8 palette (``full_palette``) from one [r, g, b] per class, integers 0..255, no colour given twice;
+    else ``ConfigError`` naming ``key`` and the entry."""
+    colours = list(colours)
+    if len(colours) != num_classes:
+        raise ConfigError(f"{key} gives {len(colours)} colours for {num_classes} classes ({count_from}): "
+                          "give one [r, g, b] per class, in class-index order")  # fmt: skip
+    for index, colour in enumerate(colours):
+        channels = list(colour) if isinstance(colour, (list, tuple, np.ndarray)) else [colour]
+        if len(channels) != 3 or not all(_is_byte(value) for value in channels):
+            raise ConfigError(f"{key}[{index}]={colour!r}: must be [r, g, b] with integers 0..255")
+    seen: dict[tuple[int, ...], int] = {}
+    for index, colour in enumerate(colours):
+        first = seen.setdefault(tuple(int(value) for value in colour), index)
+        if first != index:  # a colour that stands for two classes tells the reader neither
+            raise ConfigError(f"{key}[{index}]: classes {first} and {index} have the same colour {list(colour)}; "
+                              "give each class its own colour")  # fmt: skip
+    return full_palette(colours)
+
+
+def _is_byte(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= 255

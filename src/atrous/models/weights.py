@@ -67,8 +67,13 @@ def _first(items: list[str]) -> str:
 
 def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
     """(what a ``.pt``/``.pth``/``.pth.tar``/``.bin`` or ``.safetensors`` file holds, the names in it that were read as
-    inert placeholders). Never runs code from the file (see ``atrous.models.safe_load``)."""
-    path = Path(path)
+    inert placeholders). Never runs code from the file (see ``atrous.models.safe_load``).
+
+    A published file named by a path that does not exist is read from the torch hub cache when it is there, and
+    otherwise the error says where to download it (``atrous.models.zoo.locate_weights``)."""
+    from .zoo import locate_weights
+
+    path = locate_weights(path)
     if path.suffix != ".safetensors":
         return read_checkpoint(path)
     if not path.is_file():
@@ -247,8 +252,8 @@ def _require_trained_classifier(
     if not all(key in to_load for key in classifier):
         raise WeightsError(
             f"{name} holds no classifier for the model's head ({held}), so the model would predict from a random "
-            f"one: pass a trained segmentation model, or start training from this file (model.weights or "
-            f"pretrained_backbone)"
+            f"one: pass a trained segmentation model, or start training from this file (model.weights=PATH, or "
+            f"model.pretrained_backbone=PATH for its backbone only)"
         )
 
 
@@ -382,15 +387,18 @@ def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"backbone {backbone!r}: {entry.imagenet_hint}")
     import torchvision
 
+    from .zoo import hub_checkpoints
+
     weights = torchvision.models.get_weight(entry.imagenet_weights)
     filename = weights.url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    cached = hub_checkpoints() / filename
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (urllib.error.URLError, OSError) as error:
         raise WeightsError(
             f"could not download {weights.url} ({error}). Offline? Put the file {filename} at {cached} "
-            f"(the torch hub cache; set TORCH_HOME to move it), or pass pretrained_backbone=<path to the file>"
+            f"(the torch hub cache; set TORCH_HOME to move it), or pass the path of a copy: "
+            f"model.pretrained_backbone=PATH (pretrained_backbone=PATH in Python)"
         ) from error
 
 

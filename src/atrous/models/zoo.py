@@ -1,10 +1,13 @@
 """The model zoo: ``zoo.yaml`` (shipped in the package) names published checkpoints; ``zoo_file`` fetches one into
-the torch hub cache, checking the publisher's hash, and says offline which file to put where."""
+the torch hub cache, checking the publisher's hash, and says offline which file to put where. ``locate_weights``
+finds a published file the user names by its file name in that cache, where torchvision keeps its downloads too."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import re
 import urllib.error
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,8 +18,10 @@ import numpy as np
 import torch
 import yaml
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, MissingFileError, WeightsError
 from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def _labels(name: str) -> tuple[list[str], np.ndarray]:
@@ -81,7 +86,7 @@ def zoo() -> dict[str, ZooEntry]:
     return entries
 
 
-def _check_hash(path: Path, entry: ZooEntry) -> None:
+def _check_hash(path: Path, entry: ZooEntry | PublishedFile) -> None:
     """A cached file still is the publisher's: a byte flipped on disk (or a file put there by hand that is another
     one) would otherwise load as silently wrong weights. About 0.2 s for a 170 MB file."""
     if entry.hash is None:
@@ -96,10 +101,16 @@ def _check_hash(path: Path, entry: ZooEntry) -> None:
                            "download it again (or put the right file there)")  # fmt: skip
 
 
+def hub_checkpoints() -> Path:
+    """The torch hub cache's checkpoints folder (``$TORCH_HOME/hub/checkpoints``), where torchvision and the zoo keep
+    their downloads."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def zoo_file(entry: ZooEntry) -> Path:
     """The entry's file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded with a progress bar and
     checked against the publisher's hash when it is not there yet."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / entry.filename
+    path = hub_checkpoints() / entry.filename
     if path.is_file():
         _check_hash(path, entry)
         return path
@@ -117,3 +128,69 @@ def zoo_file(entry: ZooEntry) -> Path:
     except RuntimeError as error:  # torch.hub's hash check
         raise WeightsError(f"{entry.url}: the download does not match the published hash {entry.hash}: {error}") from error
     return path
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A weights file a publisher distributes under its file name: what it is and how to get it."""
+
+    name: str  # the zoo entry's name, or torchvision's weights name
+    what: str  # what it is, in words
+    url: str | None
+    hash: str | None  # the sha256 prefix its file name carries, checked before a cached copy is used
+    download: str | None  # how to get it by hand, where there is no url
+    fetch: str  # how atrous downloads it itself, as the user would type it
+
+
+def _torchvision_hash(filename: str) -> str | None:
+    """torchvision's file names carry their sha256 prefix, as torch.hub checks it: ``resnet50-0676ba61.pth``."""
+    match = re.search(r"-([0-9a-f]{8,})\.", filename)
+    return match[1] if match else None
+
+
+@functools.cache
+def published_files() -> dict[str, PublishedFile]:
+    """Every file atrous knows a publisher of, by file name: the zoo's entries and torchvision's ImageNet backbones."""
+    import torchvision
+
+    from .backbones import BACKBONES
+
+    files = {}
+    for entry in zoo().values():
+        fetch = (f"--weights {entry.name} (atrous.from_pretrained({entry.name!r}))" if entry.kind == "model" else
+                 f"model.pretrained_backbone={entry.name} (pretrained_backbone={entry.name!r} in Python)")  # fmt: skip
+        what = f"the file of the zoo entry {entry.name} (published by {entry.publisher})"
+        files[entry.filename] = PublishedFile(entry.name, what, entry.url, entry.hash, entry.download, fetch)
+    for backbone, entry in BACKBONES.items():
+        if entry.imagenet_weights is not None:
+            url = torchvision.models.get_weight(entry.imagenet_weights).url
+            filename = url.rsplit("/", 1)[-1]
+            files.setdefault(filename, PublishedFile(
+                entry.imagenet_weights, f"torchvision's ImageNet weights of {backbone}", url, _torchvision_hash(filename),
+                None,
+                "model.pretrained_backbone=imagenet (pretrained_backbone='imagenet' in Python)",
+            ))  # fmt: skip
+    return files
+
+
+def locate_weights(path: str | Path) -> Path:
+    """``path``, or, when it does not exist and names a published file (``published_files``), that file in the torch
+    hub cache, checked against its publisher's hash (the path used is logged at INFO level).
+
+    Raises ``MissingFileError`` naming where to download a published file and the folder to put it in when the cache
+    does not have it either; any other missing path comes back as it is, for its reader to say so."""
+    path = Path(path)
+    published = None if path.exists() else published_files().get(path.name)
+    if published is None:
+        return path
+    cached = hub_checkpoints() / path.name
+    if cached.is_file():
+        _check_hash(cached, published)
+        log.info("%s does not exist: using %s from the torch hub cache, %s", path, published.what, cached)
+        return cached
+    where = f"{cached.parent} (the torch hub cache, where atrous looks for it by name; set TORCH_HOME to move it)"
+    if published.url is None:
+        raise MissingFileError(f"weights file not found: {path}. It is {published.what}, which has no direct download: "
+                               f"{published.download}. Put {path.name} in {where}, or pass the file's path")  # fmt: skip
+    raise MissingFileError(f"weights file not found: {path}. It is {published.what}: download {published.url} into "
+                           f"{where}, or let atrous download it: {published.fetch}")  # fmt: skip

@@ -6,6 +6,8 @@
   imply, and the fields it had to assume ([(field, why)]); None for files that hold a backbone only;
 - ``translate(state, model) -> (state, scope)``: its keys renamed to atrous's, and the key prefix the file must fill.
 
+``describe`` raises ``Undescribed`` for a file of its layout that does not say which model it holds.
+
 A new format is one module here plus one line in ``FORMATS``. The model code never sees these names.
 """
 
@@ -29,6 +31,13 @@ class Format:
     normalization: InputNormalization | None = None  # the input its weights expect (checked against the model's)
     hints: Callable[..., list[str]] | None = None  # (model) -> notes for the loading report
     labels: Callable[..., tuple] | None = None  # (contents) -> (class names, palette) the file carries
+    # Spec fields a user may set otherwise than the file says without changing what its weights mean; any other field
+    # asked otherwise than the file implies builds a model that computes something else (``from_pretrained`` says so).
+    free_fields: tuple[str, ...] = ()
+
+
+class Undescribed(WeightsError):
+    """A file that does not say which model its weights are for (a bare state dict): the caller has to."""
 
 
 def registry() -> list[Format]:

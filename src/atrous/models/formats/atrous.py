@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ...errors import WeightsError
 from ..spec import ModelSpec
-from . import Format
+from . import Format, Undescribed
 
 
 def _recognise(state, source) -> bool:
@@ -19,15 +18,17 @@ def _describe(state, contents, source):
     if isinstance(spec, Mapping):
         return ModelSpec.from_dict(dict(spec), source=source), []
     if spec is not None:  # written by hand or by another tool: say what is there rather than "no description"
-        raise WeightsError(f"{source}: its 'spec' is {type(spec).__name__} {str(spec)[:60]!r}, not the mapping of "
-                           "ModelSpec fields atrous writes: pass --preset NAME, or --model, --backbone and "
-                           "--num-classes to say which architecture the weights are for")  # fmt: skip
-    raise WeightsError(f"{source} holds no model description (a bare state dict): pass --preset NAME, or --model, "
-                       "--backbone and --num-classes to say which architecture the weights are for")  # fmt: skip
+        raise Undescribed(f"{source}: its 'spec' is {type(spec).__name__} {str(spec)[:60]!r}, not the mapping of "
+                          "ModelSpec fields atrous writes: pass --preset NAME, or --model, --backbone and "
+                          "--num-classes to say which architecture the weights are for")  # fmt: skip
+    raise Undescribed(f"{source} holds no model description (a bare state dict): pass --preset NAME, or --model, "
+                      "--backbone and --num-classes to say which architecture the weights are for")  # fmt: skip
 
 
 def _translate(state, model):
     return dict(state), ""
 
 
-FORMATS = [Format("atrous", _recognise, _translate, _describe)]
+# Trained at one output stride, a DeepLab runs at another with its rates scaled (the papers train at 16 and evaluate
+# at 8): the command line's --output-stride and --atrous-rates change an atrous checkpoint's on purpose.
+FORMATS = [Format("atrous", _recognise, _translate, _describe, free_fields=("output_stride", "atrous_rates"))]

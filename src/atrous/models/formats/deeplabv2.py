@@ -45,8 +45,9 @@ def _describe(state, contents, source):
 
     found = {m[1] for key in state if (m := re.match(r"(?:Scale\.)?(layer[56])\.conv2d_list\.0\.weight", key))}
     if not found:
-        raise WeightsError(f"{source}: DeepLab-v2's ImageNet init file (no classifier): pass it as "
-                           "pretrained_backbone, e.g. build_model('deeplabv2', num_classes=N, pretrained_backbone=path)")  # fmt: skip
+        raise WeightsError(f"{source}: DeepLab-v2's ImageNet init file (no classifier): start a training from it, "
+                           f"model.pretrained_backbone={source} (in Python build_model('deeplabv2', num_classes=N, "
+                           "pretrained_backbone=path))")  # fmt: skip
     prefix = "Scale." if any(key.startswith("Scale.") for key in state) else ""
     main = max(found)  # the port's multi-level model: layer5 reads layer3 (the aux head), layer6 layer4
     count = classes(state, f"{prefix}{main}.conv2d_list.0.weight")

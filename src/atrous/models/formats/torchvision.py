@@ -14,7 +14,6 @@ HEAD_KEYS = [
     (r"^aux_classifier\.4\.", "aux_head.classifier."),
     (r"^backbone\.(\d+)\.", r"backbone.features.\1."),  # MobileNetV3: IntermediateLayerGetter over `features`
 ]  # fmt: skip
-_ASSUMED = [("output_stride", "torchvision's output stride and ASPP rates (12, 24, 36): the file does not record them")]
 _STRIDE = {"torchvision_deeplabv3_resnet": 8, "torchvision_deeplabv3_mobilenet_v3_large": 16}
 
 
@@ -27,7 +26,9 @@ def _describe(state, contents, source):
 
     name = f"deeplabv3_{resnet(state)}" if "backbone.conv1.weight" in state else "deeplabv3_mobilenet_v3_large"
     aux = any(key.startswith("aux_classifier.") for key in state)
-    return PRESETS[name].with_overrides(num_classes=classes(state, "classifier.4.weight"), aux=aux), _ASSUMED
+    # The file records neither the output stride nor the rates, but torchvision's builders fix both: they are implied,
+    # not assumed, and a model asked with others computes something else (``from_pretrained`` says so).
+    return PRESETS[name].with_overrides(num_classes=classes(state, "classifier.4.weight"), aux=aux), []
 
 
 def _translate(state, model):
