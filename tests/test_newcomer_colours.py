@@ -311,3 +311,19 @@ def test_per_class_iou_values_sit_inside_the_axes_and_never_across_a_bar_end():
         assert inside_bar or past_the_end, (text.get_text(), box, end)
         if inside_bar and box.x1 > end.x0:  # on the bar: light text on the dark blue
             assert text.get_color() == "white"
+
+
+def test_eval_of_a_folder_config_without_names_uses_the_models_names_and_colours(tmp_path, capsys):
+    data = _write_folder(tmp_path / "data", size=24)
+    model = _tiny_model(3)
+    model.set_labels(FOLDER_CLASSES, np.asarray(FOLDER_COLOURS, dtype=np.uint8))
+    torch.save(model_checkpoint(model), tmp_path / "model.pt")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {{name: deeplabv2, backbone: mobilenet_v3_large, num_classes: 3}}\n"
+                      f"data: {{dataset: folder, root: {data}}}\n")  # fmt: skip
+    assert main(["eval", "--config", str(config), "--weights", str(tmp_path / "model.pt"), "--out", str(tmp_path / "e"),
+                 "--runtime", "eager"]) == 0  # fmt: skip
+    printed, report = capsys.readouterr().out, (tmp_path / "e" / "report.html").read_text()
+    assert "class_0" not in printed and "class_0" not in report
+    for name, (r, g, b) in zip(FOLDER_CLASSES, FOLDER_COLOURS):
+        assert name in printed and f"<td>{name}</td>" in report and f"rgb({r},{g},{b})" in report

@@ -276,6 +276,17 @@ def _load_model(args: argparse.Namespace):
     return load_trained_model(args.weights, spec=base, overrides=overrides, other_architecture="refuse")
 
 
+def _names_from_the_model(config, model):
+    """A folder dataset's config that does not name its classes takes the model's names and colours (the ones it
+    was trained with), so reports say "crack", not "class_1"."""
+    d = config.data
+    if d.dataset != "folder" or d.class_names or model.class_names is None:
+        return config
+    palette = model.palette[: model.num_classes].tolist() if d.palette is None and model.palette is not None else None
+    data = dataclasses.replace(d, class_names=list(model.class_names), palette=palette or d.palette)
+    return dataclasses.replace(config, data=data)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_to_dict, load_config
     from .distributed import init_distributed, shutdown
@@ -288,6 +299,7 @@ def _eval(args: argparse.Namespace) -> int:
     info = init_distributed(args.device if args.device != "auto" else config.train.device)
     try:
         model = _load_model(args)
+        config = _names_from_the_model(config, model)
         dataset = build_validation_set(config, args.split)
         if dataset.num_classes != model.num_classes:
             raise ConfigError(f"the model has {model.num_classes} classes, dataset {dataset.name!r} {dataset.num_classes}")
