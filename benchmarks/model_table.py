@@ -1,6 +1,7 @@
 """The README's model table: parameters, GFLOPs at 513x513, CPU latency measured here, published accuracy.
 
     python benchmarks/model_table.py [--repeats 3] > benchmarks/model_table.md
+    python benchmarks/model_table.py --timm       # DeepLabV3+ OS16 on the timm families README lists
 
 Latency: one 513x513 image, eval mode, fp32, all cores, median of ``repeats`` runs after one warm-up.
 """
@@ -36,6 +37,17 @@ def rows():
             yield f"{name}", ModelSpec(name=name, backbone=backbone, output_stride=16, num_classes=21), ""
 
 
+# timm families README's table lists: the DeepLabV3+ paper's aligned Xception-65, ResNet-D, ResNeSt, RegNet,
+# EfficientNet, ConvNeXt, MobileNetV2/V4.
+TIMM_FAMILIES = ("xception65", "resnet50d", "resnest50d", "regnety_040", "efficientnet_b3", "convnext_tiny",
+                 "mobilenetv2_100", "mobilenetv4_conv_medium")  # fmt: skip
+
+
+def timm_rows():
+    for name in TIMM_FAMILIES:
+        yield "deeplabv3plus", ModelSpec(name="deeplabv3plus", backbone=f"timm:{name}", output_stride=16), ""
+
+
 def latency_ms(spec: ModelSpec, repeats: int) -> float:
     model = atrous.build_model(spec).eval()
     images = torch.randn(1, 3, 513, 513)
@@ -52,10 +64,11 @@ def latency_ms(spec: ModelSpec, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timm", action="store_true", help="the timm backbones' rows instead")
     args = parser.parse_args()
     print("| model | backbone | OS | params (M) | GFLOPs @513 | CPU latency @513 (ms) | published mIoU |")
     print("|---|---|---|---|---|---|---|")
-    for label, spec, published in rows():
+    for label, spec, published in timm_rows() if args.timm else rows():
         params, flops = count_flops(513, spec)
         model = atrous.build_model(spec)
         latency = latency_ms(spec, args.repeats)

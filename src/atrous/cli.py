@@ -33,9 +33,25 @@ def _zoo_table() -> int:
     return 0
 
 
+def _backbone_list() -> int:
+    from .models.backbones import backbone_entry
+
+    for name in list_backbones():
+        entry = backbone_entry(name)
+        strides = "/".join(str(stride) for stride in entry.output_strides)
+        imagenet = "ImageNet: imagenet" if entry.imagenet_weights else "ImageNet: a file (see its error)"
+        print(f"{name:24s} output stride {strides:12s} {entry.normalization.name:12s} {imagenet}")
+    print("\nAny timm CNN too: --backbone timm:<model name> (pip install 'atrous[timm]'), e.g. timm:xception65, "
+          "timm:convnext_tiny, timm:efficientnet_b3; find names with python -c \"import timm; "
+          "print(timm.list_models('*convnext*'))\"")  # fmt: skip
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     if args.pretrained:
         return _zoo_table()
+    if args.backbones:
+        return _backbone_list()
     rows = model_rows(size=args.size, num_classes=args.num_classes)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -359,6 +375,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _backbone_name(text: str) -> str:
+    if text in list_backbones() or text.startswith("timm:"):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown backbone {text!r}; choose from {list_backbones()} or timm:<model name>")
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(value) for value in text.split(","))
@@ -372,7 +394,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
                         "or any weights file atrous reads (--preset/--model for ones that do not say their model)")
     parser.add_argument("--preset", choices=list_presets(), help="the architecture of a file that has no description")
     parser.add_argument("--model", choices=list_models(), help="architecture, for weights files without a description")
-    parser.add_argument("--backbone", choices=list_backbones(), help="backbone, for weights files without a description")
+    parser.add_argument("--backbone", type=_backbone_name, metavar="NAME",
+                        help="backbone, for weights files without a description: atrous models --backbones lists them, "
+                             "or timm:<model name>")  # fmt: skip
     _add_flag(parser, "num-classes", type=POSITIVE_INT, help="classes, for weights files without a description")
     _add_flag(parser, "output-stride", type=int, choices=[4, 8, 16, 32],
               help="the file's unless given; 4: the HRNets' (fixed) stride")  # fmt: skip
@@ -467,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classifier width for the counts (default 21)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--pretrained", action="store_true", help="list the model zoo (published checkpoints)")
+    models.add_argument("--backbones", action="store_true", help="list the backbones, and how to name timm's")
     models.set_defaults(run=_models)
     _add_data_commands(commands)
     _add_train_command(commands)

@@ -582,8 +582,14 @@ BACKBONES: dict[str, BackboneEntry] = {
 
 
 def backbone_entry(name: str) -> BackboneEntry:
+    """The registry entry of ``name``: one of ``BACKBONES``, or ``timm:<model name>`` (any timm CNN)."""
+    from .timm_backbone import is_timm, timm_entry
+
+    if is_timm(name):
+        return timm_entry(name)
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)} or timm:<model name> "
+                          "(pip install 'atrous[timm]'; timm.list_models('*pattern*') lists them)")  # fmt: skip
     return BACKBONES[name]
 
 

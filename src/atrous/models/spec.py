@@ -70,7 +70,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         from . import MODELS  # the registries import this module
-        from .backbones import BACKBONES
+        from .backbones import backbone_entry
 
         for name in ("atrous_rates", "multi_grid"):  # lists from YAML or JSON; frozen: set through object
             value = getattr(self, name)
@@ -81,14 +81,15 @@ class ModelSpec:
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.name not in MODELS:
             raise ConfigError(f"unknown model {self.name!r}; choose from {sorted(MODELS)}")
-        if self.backbone is not None and self.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONES)}")
+        if self.backbone is not None:
+            backbone_entry(self.backbone)  # ConfigError for an unknown name
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or not 1 <= self.num_classes <= MAX_CLASSES:
             raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES}], got {self.num_classes!r}")
         backbone = self.backbone or MODELS[self.name].backbone
-        if self.output_stride is not None and self.output_stride not in BACKBONES[backbone].output_strides:
-            raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from "
-                              f"{list(BACKBONES[backbone].output_strides)} on {backbone}")  # fmt: skip
+        strides = backbone_entry(backbone).output_strides
+        if self.output_stride is not None and self.output_stride not in strides:
+            raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from {list(strides)} on "
+                              f"{backbone}")  # fmt: skip
         if self.frozen_bn is not None and self.frozen_bn not in FROZEN_BN_CHOICES:
             raise ConfigError(f"unknown frozen_bn {self.frozen_bn!r}; choose from {list(FROZEN_BN_CHOICES)}")
         for name in ("atrous_rates", "multi_grid"):
@@ -110,11 +111,11 @@ class ModelSpec:
     def resolved(self) -> ModelSpec:
         """The same spec with the architecture's defaults written in (what a built model reports)."""
         from . import MODELS
-        from .backbones import BACKBONES
+        from .backbones import backbone_entry
 
         defaults = MODELS[self.name]
         backbone = self.backbone or defaults.backbone
-        strides = BACKBONES[backbone].output_strides  # a backbone without the default's (HRNet) gets its own
+        strides = backbone_entry(backbone).output_strides  # a backbone without the default's (HRNet) gets its own
         output_stride = defaults.output_stride if defaults.output_stride in strides else strides[0]
         return dataclasses.replace(
             self,
