@@ -274,16 +274,23 @@ def test_inference_modes_in_words(options, words):
     assert describe_inference(options) == words
 
 
-def test_eval_reports_say_which_weights_and_mode_they_evaluated(tmp_path):
+def _eval_named_folder_model(tmp_path, data_section: str, *options: str) -> None:
+    """`atrous eval` into tmp_path/e of a 3-class model that knows FOLDER_CLASSES / FOLDER_COLOURS, on a folder
+    dataset whose config's data section adds ``data_section``."""
     data = _write_folder(tmp_path / "data", size=24)
     model = _tiny_model(3)
     model.set_labels(FOLDER_CLASSES, np.asarray(FOLDER_COLOURS, dtype=np.uint8))
     torch.save(model_checkpoint(model), tmp_path / "model.pt")
     config = tmp_path / "config.yaml"
     config.write_text(f"model: {{name: deeplabv2, backbone: mobilenet_v3_large, num_classes: 3}}\n"
-                      f"data: {{dataset: folder, root: {data}, class_names: {FOLDER_CLASSES}}}\n")  # fmt: skip
+                      f"data: {{dataset: folder, root: {data}{data_section}}}\n")  # fmt: skip
     assert main(["eval", "--config", str(config), "--weights", str(tmp_path / "model.pt"), "--out", str(tmp_path / "e"),
-                 "--tta", "--slide", "--crop", "16", "--stride", "8", "--runtime", "eager"]) == 0  # fmt: skip
+                 *options, "--runtime", "eager"]) == 0  # fmt: skip
+
+
+def test_eval_reports_say_which_weights_and_mode_they_evaluated(tmp_path):
+    _eval_named_folder_model(tmp_path, f", class_names: {FOLDER_CLASSES}", "--tta", "--slide", "--crop", "16",
+                             "--stride", "8")
     top = (tmp_path / "e" / "report.html").read_text().split("<h2>")[0]
     assert f"<code>{tmp_path / 'model.pt'}</code>" in top
     assert "sliding window 16 px, stride 8 px; test-time augmentation: scales 0.5, 0.75, 1, 1.25, 1.5, 1.75" in top
@@ -314,15 +321,7 @@ def test_per_class_iou_values_sit_inside_the_axes_and_never_across_a_bar_end():
 
 
 def test_eval_of_a_folder_config_without_names_uses_the_models_names_and_colours(tmp_path, capsys):
-    data = _write_folder(tmp_path / "data", size=24)
-    model = _tiny_model(3)
-    model.set_labels(FOLDER_CLASSES, np.asarray(FOLDER_COLOURS, dtype=np.uint8))
-    torch.save(model_checkpoint(model), tmp_path / "model.pt")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"model: {{name: deeplabv2, backbone: mobilenet_v3_large, num_classes: 3}}\n"
-                      f"data: {{dataset: folder, root: {data}}}\n")  # fmt: skip
-    assert main(["eval", "--config", str(config), "--weights", str(tmp_path / "model.pt"), "--out", str(tmp_path / "e"),
-                 "--runtime", "eager"]) == 0  # fmt: skip
+    _eval_named_folder_model(tmp_path, "")
     printed, report = capsys.readouterr().out, (tmp_path / "e" / "report.html").read_text()
     assert "class_0" not in printed and "class_0" not in report
     for name, (r, g, b) in zip(FOLDER_CLASSES, FOLDER_COLOURS):
