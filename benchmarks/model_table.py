@@ -15,6 +15,7 @@ import time
 import torch
 
 import atrous
+from atrous.bench.machine import this_machine
 from atrous.models import PRESETS, TORCHVISION_DEEPLABV3, ModelSpec
 from atrous.models.summary import count_flops
 
@@ -39,7 +40,7 @@ def rows():
 
 # timm families README's table lists: the DeepLabV3+ paper's aligned Xception-65, ResNet-D, ResNeSt, RegNet,
 # EfficientNet, ConvNeXt, MobileNetV2/V4.
-TIMM_FAMILIES = ("xception65", "resnet50d", "resnest50d", "regnety_040", "efficientnet_b3", "convnext_tiny",
+TIMM_FAMILIES = ("xception65.tf_in1k", "resnet50d", "resnest50d", "regnety_040", "efficientnet_b3", "convnext_tiny",
                  "mobilenetv2_100", "mobilenetv4_conv_medium")  # fmt: skip
 
 
@@ -77,7 +78,8 @@ def main() -> None:
             f"{latency:.0f} | {published} |",
             flush=True,
         )
-    print(f"\n{torch.get_num_threads()} threads, fp32, eval mode, batch 1; GFLOPs = 2 x multiply-accumulates.")
+    print(f"\n{this_machine()}; {torch.get_num_threads()} threads, fp32, eval mode, batch 1; GFLOPs = 2 x "
+          "multiply-accumulates.")
 
 
 if __name__ == "__main__":

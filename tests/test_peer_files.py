@@ -403,9 +403,12 @@ class _SmpDeepLab(nn.Module):
         super().__init__()
         self.plus, self.output_stride = plus, output_stride
         self.encoder = _smp_encoder(depth, output_stride)
-        top, low = (2048, 256) if depth >= 50 else (512, 64)
+        self._decoder((2048, 256) if depth >= 50 else (512, 64), classes)
+
+    def _decoder(self, channels, classes):
+        top, low = channels
         self.decoder = nn.Module()
-        if plus:
+        if self.plus:
             self.decoder.aspp = nn.Sequential(_SmpASPP(top, (12, 24, 36), True), _SmpSeparableConv(256, 256),
                                               nn.BatchNorm2d(256), nn.ReLU())  # fmt: skip
             self.decoder.block1 = nn.Sequential(nn.Conv2d(low, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
@@ -415,10 +418,14 @@ class _SmpDeepLab(nn.Module):
             self.decoder.conv, self.decoder.bn = nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256)
         self.segmentation_head = nn.Sequential(nn.Conv2d(256, classes, 1))
 
-    def forward(self, x):
+    def features(self, x):
+        """(the stride-4 feature, the deepest)."""
         e = self.encoder
         layer1 = e.layer1(e.maxpool(e.relu(e.bn1(e.conv1(x)))))
-        top = e.layer4(e.layer3(e.layer2(layer1)))
+        return layer1, e.layer4(e.layer3(e.layer2(layer1)))
+
+    def forward(self, x):
+        layer1, top = self.features(x)
         if self.plus:
             up = 4 if self.output_stride == 16 else 2  # to stride 4
             context = F.interpolate(self.decoder.aspp(top), scale_factor=up, mode="bilinear", align_corners=True)
@@ -457,6 +464,54 @@ def test_smp_files_and_folders_give_smps_logits(depth, output_stride, plus, tmp_
         broken = dict(state, **{key: state[key].flip(0)})
         assert _relative_difference(atrous.from_pretrained(broken, output_stride=output_stride)(images).logits,
                                     expected) > 1e-3  # fmt: skip
+
+
+class _SmpTimmDeepLab(_SmpDeepLab):
+    """smp's model on a timm encoder ("tu-NAME", smp 0.5's TimmUniversalEncoder): timm's features_only network under
+    ``encoder.model``; the decoder takes its stride-4 feature and its deepest."""
+
+    def __init__(self, timm_name, classes, output_stride, plus):
+        import timm
+
+        nn.Module.__init__(self)
+        self.plus, self.output_stride = plus, output_stride
+        self.encoder = nn.Module()
+        self.encoder.model = timm.create_model(timm_name, features_only=True, output_stride=output_stride)
+        self.low_index = self.encoder.model.feature_info.reduction().index(4)
+        channels = self.encoder.model.feature_info.channels()
+        self._decoder((channels[-1], channels[self.low_index]), classes)
+
+    def features(self, x):
+        features = self.encoder.model(x)
+        return features[self.low_index], features[-1]
+
+
+@pytest.mark.parametrize("timm_name, output_stride, plus", [("xception65", 16, True), ("convnext_atto", 8, True),
+                                                            ("resnet18d", 8, False)])  # fmt: skip
+def test_smp_files_with_a_timm_encoder_give_smps_logits(timm_name, output_stride, plus, tmp_path):
+    """The encoder is the same network as atrous's timm:NAME backbone: its keys fill that backbone as they are."""
+    import json
+
+    from safetensors.torch import save_file
+
+    pytest.importorskip("timm")
+    torch.manual_seed(output_stride)
+    reference = randomise_batchnorm(_SmpTimmDeepLab(timm_name, 4, output_stride, plus), 1).eval()
+    state = {key: value.contiguous() for key, value in reference.state_dict().items()}
+    folder = tmp_path / "smp_model"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "_model_class": "DeepLabV3Plus" if plus else "DeepLabV3", "encoder_name": f"tu-{timm_name}", "classes": 4,
+        "encoder_output_stride": output_stride, "decoder_atrous_rates": [12, 24, 36], "decoder_aspp_separable": plus,
+    }))  # fmt: skip
+    images = torch.randn(1, 3, 64, 96)
+    model = atrous.from_pretrained(folder)
+    assert model.spec.backbone == f"timm:{timm_name}"
+    with torch.no_grad():
+        assert _relative_difference(model(images).logits, reference(images)) < 1e-5
+    with pytest.raises(WeightsError, match=r"a timm encoder .* pass the folder, or spec=ModelSpec\(name="):
+        atrous.from_pretrained(state)  # a bare state dict does not say which timm model
 
 
 def test_unknown_layouts_get_hints_only_when_they_are_true():

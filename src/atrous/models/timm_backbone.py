@@ -6,22 +6,32 @@ take features by reduction: "low" is the first at stride 4 (the V3+ decoder's), 
 the one before it (the nominal stride-16 stage, the aux head's). The input normalisation is what timm's
 ``pretrained_cfg`` declares for the model (e.g. 0.5/0.5 for ``xception65``, ImageNet's for most).
 
+``pretrained_backbone="imagenet"`` reads timm's pretrained file for the model (``timm:<model>.<tag>`` picks a tag,
+e.g. ``timm:xception65.tf_in1k``, the TF-DeepLab port): a copy in the torch hub cache named
+``<model>.<tag>.safetensors`` first, else timm's download through the Hugging Face hub cache. The file is read by atrous's safe reader
+(no code from it runs) and its keys renamed to the ``features_only`` network's (``to_body_keys``).
+
 timm is an optional extra (``pip install 'atrous[timm]'``), imported only when a ``timm:`` backbone is asked for.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError, MissingDependencyError, WeightsError
 from .backbones import Backbone, BackboneEntry
 from .normalization import IMAGENET_RGB, InputNormalization
 
+log = logging.getLogger(__name__)
+
 PREFIX = "timm:"
 # Families whose timm models take output_stride (by dilation); named in the error for one that does not.
-DILATABLE_FAMILIES = "ResNet/ResNet-D/ResNeXt/ResNeSt, RegNet, EfficientNet, MobileNetV3/V4, ConvNeXt, Xception"
+DILATABLE_FAMILIES = "ResNet/ResNet-D/ResNeXt/ResNeSt, RegNet, EfficientNet, MobileNetV2/V3/V4, ConvNeXt, Xception"
 
 
 def is_timm(name: str) -> bool:
@@ -48,7 +58,12 @@ def timm_entry(name: str) -> BackboneEntry:
         raise ConfigError(f"unknown timm model {model_name!r} (backbone {name!r}); "
                           f"{'similar: ' + ', '.join(close) + '; ' if close else ''}list them with "
                           "timm.list_models('*pattern*')")  # fmt: skip
-    config = timm.models.get_pretrained_cfg(model_name)
+    try:
+        config = timm.models.get_pretrained_cfg(model_name)
+    except RuntimeError as error:  # timm's "Invalid pretrained tag (x) for y."
+        architecture = model_name.split(".", 1)[0]
+        raise ConfigError(f"backbone {name!r}: {error} Its tags: {', '.join(timm.list_pretrained(architecture + '.*'))}"
+                          ) from error  # fmt: skip
     mean = getattr(config, "mean", None) or (0.485, 0.456, 0.406)
     std = getattr(config, "std", None) or (0.229, 0.224, 0.225)
     normalization = InputNormalization(
@@ -59,9 +74,67 @@ def timm_entry(name: str) -> BackboneEntry:
         normalization = IMAGENET_RGB  # the same numbers: one name, so weights made for either are recognised
     return BackboneEntry(
         build=functools.partial(TimmBackbone, model_name), normalization=normalization, output_strides=(8, 16, 32),
-        imagenet_hint=f"timm's {model_name} ImageNet weights are not read through atrous yet: build the model, then "
-        "load timm.create_model(name, pretrained=True).state_dict() into model.backbone.body (strict=False)",
+        imagenet_hint=f"pretrained_backbone='imagenet' reads timm's pretrained file for {model_name}",
     )  # fmt: skip
+
+
+def _pretrained_source(model_name: str) -> tuple[str, str, str]:
+    """(timm's "<architecture>.<tag>" of the weights, the URL of its file, the name atrous looks for in the torch hub
+    cache) for ``model_name`` (a tag in the name picks those weights, else timm's default)."""
+    config = _timm().models.get_pretrained_cfg(model_name)
+    weights = f"{config.architecture}.{config.tag}" if config.tag else config.architecture
+    if config.hf_hub_id:
+        url = f"https://huggingface.co/{config.hf_hub_id}/resolve/main/{config.hf_hub_filename or 'model.safetensors'}"
+    elif config.url:
+        url = config.url
+    else:
+        raise WeightsError(f"timm has no pretrained weights for {model_name!r} (its tags: "
+                           f"{', '.join(_timm().list_pretrained(config.architecture + '.*')) or 'none'})")  # fmt: skip
+    return weights, url, f"{weights}{Path(url).suffix or '.safetensors'}"
+
+
+def imagenet_file(model_name: str) -> Path:
+    """The file of timm's pretrained weights for ``model_name``: the copy in the torch hub cache when there is one,
+    else downloaded (Hugging Face hub cache for timm's hub-hosted weights, the torch hub cache for the others).
+    Offline, ``WeightsError`` names the file's URL and where to put it."""
+    from .zoo import hub_checkpoints
+
+    weights, url, filename = _pretrained_source(model_name)
+    for local in (hub_checkpoints() / filename, hub_checkpoints() / f"{weights}.safetensors"):
+        if local.is_file():
+            log.info("timm's %s weights from %s", weights, local)
+            return local
+    try:
+        if url.startswith("https://huggingface.co/"):
+            import huggingface_hub
+
+            repo, file = url.removeprefix("https://huggingface.co/").split("/resolve/main/")
+            return Path(huggingface_hub.hf_hub_download(repo, file))
+        hub_checkpoints().mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(hub_checkpoints() / filename), progress=True)
+        return hub_checkpoints() / filename
+    except Exception as error:  # requests', huggingface_hub's and urllib's own error types, all "could not download"
+        raise WeightsError(
+            f"could not download timm's {weights} weights, {url} ({type(error).__name__}: {str(error)[:200]}). "
+            f"Offline? Put that file at {hub_checkpoints() / filename} (the torch hub cache, where atrous looks for "
+            f"it first; set TORCH_HOME to move it), or pass its path: model.pretrained_backbone=PATH "
+            "(pretrained_backbone=PATH in Python)"
+        ) from error
+
+
+def to_body_keys(state: Mapping[str, torch.Tensor], body: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A whole timm model's tensors (its pretrained file: classifier included) under the keys of its ``features_only``
+    network ``body``. timm's feature wrappers keep the model's names, except that a flattened sequential's child
+    ``stages.0`` becomes ``stages_0``; keys the body does not have (the classifier) are left out, and keys of the body
+    that the file lacks stay absent, for the loader to report as missing."""
+    renamed = {}
+    for key in body.state_dict():
+        first, _, rest = key.partition(".")
+        unflattened = [f"{first[:i]}.{first[i + 1:]}.{rest}" for i, char in enumerate(first) if char == "_"]
+        source = next((name for name in (key, *unflattened) if name in state), None)
+        if source is not None:
+            renamed[key] = state[source]
+    return renamed
 
 
 class TimmBackbone(Backbone):
@@ -95,6 +168,16 @@ class TimmBackbone(Backbone):
         self.channels = {key: channels[index] for key, index in self.indices.items()}
         self.strides = {key: reductions[index] for key, index in self.indices.items()}
         self.output_stride = output_stride
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        return getattr(self, "_checkpointing", False)
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, enabled: bool) -> None:
+        """timm's own gradient checkpointing of the body's stages (recomputed in the backward pass)."""
+        self.body.set_grad_checkpointing(enabled)
+        self._checkpointing = enabled
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images: (N, 3, H, W) float32, normalised -> {"low", "aux", "out"} feature maps."""

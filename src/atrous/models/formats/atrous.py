@@ -26,7 +26,8 @@ def _describe(state, contents, source):
 
 
 def _translate(state, model):
-    return dict(state), ""
+    backbone_only = all(key.startswith("backbone.") for key in state)  # a backbone file fills the backbone alone
+    return dict(state), "backbone." if backbone_only else ""
 
 
 # Trained at one output stride, a DeepLab runs at another with its rates scaled (the papers train at 16 and evaluate
