@@ -76,3 +76,24 @@ def test_bench_rejects_unknown_sections_and_references(capsys):
         run_bench(sections=("gpu",))
     assert main(["bench", "--compare", "mmseg"]) == 2
     assert "--compare supports 'torchvision'" in capsys.readouterr().err
+
+
+def test_the_machine_is_named_with_the_instruction_sets_that_choose_paths(tmp_path):
+    from atrous.bench.machine import clock_ghz, fma_peak_gflops, this_machine
+
+    def cpuinfo(name, flags, mhz):
+        text = "".join(f"processor\t: {i}\nmodel name\t: {name}\ncpu MHz\t\t: {mhz}\nflags\t\t: {flags}\n\n"
+                       for i in range(2))  # fmt: skip
+        path = tmp_path / name.split()[0]
+        path.write_text(text)
+        return path
+
+    zen4 = cpuinfo("AMD EPYC 9R14 96-Core Processor", "fpu sse avx2 avx512f avx512_bf16 avx512_vnni", "2600.000")
+    intel = cpuinfo("Intel(R) Xeon(R) Platinum 8488C", "avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8",
+                    "2400.000")  # fmt: skip
+    amd = this_machine(zen4)
+    assert amd.cpu == "AMD EPYC 9R14 96-Core Processor" and amd.has("avx512_bf16") and not amd.has("amx_tile")
+    assert this_machine(intel).has("amx_int8") and "amx_tile" in str(this_machine(intel))
+    assert clock_ghz(zen4) == pytest.approx(2.6)
+    cores = amd.cores  # the machine running the test: cores come from the OS, not the file
+    assert fma_peak_gflops(amd, 2.6) == pytest.approx(cores * 2 * 16 * 2 * 2.6)

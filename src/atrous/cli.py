@@ -307,7 +307,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_to_dict, load_config
     from .distributed import init_distributed, shutdown
     from .engine import build_validation_set
-    from .evaluation import format_scores, run_evaluation
+    from .evaluation import evaluate, format_scores, run_evaluation
     from .paths import check_writable_dir
     from .runtime import prepare_inference
 
@@ -322,16 +322,27 @@ def _eval(args: argparse.Namespace) -> int:
         out_dir = args.out or config.run_dir / "eval"
         if info.is_main:  # before the export and the evaluation, not after them
             check_writable_dir(out_dir, "evaluation output folder")
-        inference = prepare_inference(model, args.runtime, device=info.device)
+        calibration = _dataset_calibration(config, model) if args.runtime == "int8" else None
+        inference = prepare_inference(model, args.runtime, device=info.device, calibration=calibration)
         options = _inference_options(args)
         details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
                    "config": config_to_dict(config)}  # fmt: skip
-        run_evaluation(
+        if args.runtime == "int8":  # what quantisation costs, on the same images: the fp32 graph's score first
+            fp32 = evaluate(prepare_inference(model, "onnxruntime", device=info.device), dataset, device=info.device,
+                            options=options, rank=info.rank, world_size=info.world_size)  # fmt: skip
+            details["fp32 mIoU (onnxruntime)"] = f"{fp32.scores['mIoU']:.4f}"
+            if info.is_main:
+                print(f"fp32 (onnxruntime) mIoU {fp32.scores['mIoU']:.4f}; int8 next")
+        result = run_evaluation(
             inference, dataset, options=options, out_dir=out_dir, device=info.device,
             save_predictions=args.save_predictions, rank=info.rank, world_size=info.world_size, report=details,
             training_log=Path(args.weights).resolve().parent.parent / "metrics.jsonl",
             on_scores=lambda result: print(format_scores(result.scores, dataset.class_names)),  # before any file
         )  # fmt: skip
+        if info.is_main and args.runtime == "int8":
+            lost = 100 * (fp32.scores["mIoU"] - result.scores["mIoU"])
+            print(f"mIoU fp32 (onnxruntime) {fp32.scores['mIoU']:.4f}, int8 {result.scores['mIoU']:.4f}: int8 loses "
+                  f"{lost:.2f} points")  # fmt: skip
         if info.is_main:
             print(f"metrics, per-class IoU chart, confusion matrix and report.html written to {out_dir}")
     finally:
@@ -347,7 +358,8 @@ def _predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = _load_model(args)
     paths = expand_inputs(args.inputs)
-    inference = prepare_inference(model, args.runtime, device=device)
+    calibration = _input_calibration(paths, model) if args.runtime == "int8" else None
+    inference = prepare_inference(model, args.runtime, device=device, calibration=calibration)
     # The colours and names of the data the model was trained on, as its file says (VOC's colours when it does not).
     written = predict_files(inference, paths, args.out, palette=model.palette, class_names=model.class_names,
                             options=_inference_options(args), batch_size=args.batch_size, device=device,
@@ -360,6 +372,8 @@ def _export(args: argparse.Namespace) -> int:
     from .export import PARITY_TOLERANCE, export_model, exported_metadata, parity
 
     model = _load_model(args)
+    if args.int8:
+        return _export_int8(args, model)
     out = args.out or Path(args.weights).with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
     export_model(model, out, format=args.format, normalized_input=args.normalized_input,
                  protected={args.weights: "the --weights file"})  # fmt: skip
@@ -373,6 +387,57 @@ def _export(args: argparse.Namespace) -> int:
         ok = ok and difference <= PARITY_TOLERANCE * max(1.0, largest)
     print(f"parity {'OK' if ok else 'FAILED'} (tolerance {PARITY_TOLERANCE:g} x the largest logit, at least 1)")
     return 0 if ok else 1
+
+
+def _dataset_calibration(config, model):
+    """int8 calibration images from the training split of the config's dataset, untransformed, evenly spread."""
+    from .engine import build_validation_set
+    from .quantize import CALIBRATION_IMAGES, calibration_batch, evenly_spaced
+
+    dataset = build_validation_set(config, config.data.train_split)
+    images = [dataset[index][0] for index in evenly_spaced(CALIBRATION_IMAGES, len(dataset))]
+    print(f"int8: calibrating on {len(images)} images of {dataset.name} {config.data.train_split} (cached once done)")
+    return calibration_batch(images, model)
+
+
+def _input_calibration(paths, model):
+    """int8 calibration images from the images to predict: the data the model is deployed on."""
+    from .data.io import read_image
+    from .quantize import CALIBRATION_IMAGES, calibration_batch, evenly_spaced
+
+    chosen = [paths[index] for index in evenly_spaced(CALIBRATION_IMAGES, len(paths))]
+    print(f"int8: calibrating on {len(chosen)} of the input images (cached for these images)")
+    return calibration_batch([read_image(path) for path in chosen], model)
+
+
+def _export_int8(args: argparse.Namespace, model) -> int:
+    """The int8 ONNX file (QDQ, normalised float32 input), calibrated on the --config dataset's training split, and
+    how far its predictions are from the fp32 graph's on those images."""
+    import shutil
+
+    import torch
+
+    from .config import apply_overrides, load_config
+    from .export import onnxruntime_logits
+    from .paths import refuse_overwrite
+    from .runtime import cached_int8_onnx, cached_onnx
+
+    if args.format != "onnx":
+        raise ConfigError("--int8 writes ONNX (ONNX Runtime's quantisation): drop --format torchscript")
+    if args.config is None:
+        raise ConfigError("--int8 calibrates on the model's data: pass --config (the run's config.yaml or a recipe)")
+    calibration = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides), model)
+    out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
+    refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")
+    partial = out.with_name(f"{out.name}.partial")
+    shutil.copyfile(cached_int8_onnx(model, calibration), partial)
+    partial.replace(out)  # never half a file at --out
+    with torch.no_grad():
+        expected = onnxruntime_logits(cached_onnx(model))(calibration).argmax(1)
+        agreement = (onnxruntime_logits(out)(calibration).argmax(1) == expected).float().mean().item()
+    print(f"exported int8 ONNX to {out}: input normalised float32 images (N, 3, H, W), {model.normalization}; "
+          f"{agreement:.2%} of the calibration pixels predicted as by the fp32 graph")
+    return 0
 
 
 def _backbone_name(text: str) -> str:
@@ -408,7 +473,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
         parser.add_argument(
             "--runtime", choices=["auto", *RUNTIMES], default="auto",
             help="auto: ONNX Runtime on the CPU (exported once, cached), eager on GPUs; bf16: fastest, a few pixels "
-            "may differ",
+            "may differ; int8: ONNX Runtime int8, calibrated on the data (eval: prints the fp32 score too)",
         )  # fmt: skip
 
 
@@ -451,6 +516,11 @@ def _add_inference_commands(commands) -> None:
                         help="file to write (default: beside --weights, .onnx or .torchscript.pt; never over it)")
     _add_flag(export, "normalized-input", action="store_true",
               help="the graph takes normalised float32 images (the old behaviour) instead of uint8 RGB 0..255")  # fmt: skip
+    export.add_argument("--int8", action="store_true",
+                        help="ONNX Runtime int8 (QDQ, per-channel weights, normalised float32 input), calibrated on "
+                             "the --config dataset's training images")  # fmt: skip
+    export.add_argument("--config", type=Path, help="with --int8: the run's config.yaml or a recipe (its dataset)")
+    export.add_argument("overrides", nargs="*", help="with --int8: config overrides key=value, e.g. data.root=DIR")
     _add_model_arguments(export, runtime=False)
     export.set_defaults(run=_export)
 

@@ -1,4 +1,5 @@
-"""Inference runtimes: the same model run eagerly, in channels_last, compiled, through ONNX Runtime, or in bfloat16.
+"""Inference runtimes: the same model run eagerly, in channels_last, compiled, through ONNX Runtime, in bfloat16, or
+quantised to int8 through ONNX Runtime.
 
 ``prepare_inference(model, runtime)`` returns an ``InferenceModel``: called like a ``Segmenter`` on normalised
 images (N, 3, H, W) float32, it returns ``SegmentationOutput`` with float32 logits, so every inference mode
@@ -31,7 +32,7 @@ from .models.segmenter import SegmentationOutput, Segmenter
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16")
+RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "int8")
 # Exports kept in the cache, the most recently used (a ResNet-101 DeepLab's is about 64 MB: about 0.5 GB in all);
 # the environment variable overrides it.
 ONNX_CACHE_ENTRIES = 8
@@ -66,25 +67,34 @@ def default_runtime(device: torch.device) -> str:
 
 
 def prepare_inference(
-    model: Segmenter, runtime: str = "auto", *, device: torch.device | None = None, cache_dir: str | Path | None = None
-) -> InferenceModel:
+    model: Segmenter, runtime: str = "auto", *, device: torch.device | None = None, cache_dir: str | Path | None = None,
+    calibration: torch.Tensor | None = None,
+) -> InferenceModel:  # fmt: skip
     """Put ``model`` (moved to ``device``, eval mode) behind ``runtime``: one of ``RUNTIMES`` or ``auto``.
 
     ``model`` itself is moved to ``device`` (and to channels_last for the runtimes that use it); its weights stay
-    float32. ``onnxruntime`` runs on the CPU only; ``cache_dir`` (default ``$ATROUS_CACHE`` or ``~/.cache/atrous``)
-    keeps its exported graphs.
+    float32. ``onnxruntime`` and ``int8`` run on the CPU only; ``cache_dir`` (default ``$ATROUS_CACHE`` or
+    ``~/.cache/atrous``) keeps their exported graphs. ``int8`` needs ``calibration``: normalised images of the model's
+    own data (``atrous.quantize.calibration_batch``), whose activation ranges the quantised graph keeps.
     """
     device = device or next(model.parameters()).device
     runtime = default_runtime(device) if runtime == "auto" else runtime
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose from {['auto', *RUNTIMES]}")
+    if runtime in ("onnxruntime", "int8") and device.type != "cpu":  # refused before the model is moved
+        raise ConfigError(f"the {runtime} runtime runs on the CPU (ONNX Runtime); got device {device}")
     model = model.to(device).eval()
     if runtime == "eager":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(images).logits)
     if runtime == "onnxruntime":
-        if device.type != "cpu":
-            raise ConfigError(f"the onnxruntime runtime runs on the CPU; got device {device}")
         return InferenceModel(model, runtime, cached_onnxruntime_logits(model, cache_dir))
+    if runtime == "int8":
+        if calibration is None:
+            raise ConfigError("the int8 runtime needs calibration images of the model's data (atrous eval and predict "
+                              "take them from the dataset or the inputs)")  # fmt: skip
+        from .export import onnxruntime_logits
+
+        return InferenceModel(model, runtime, onnxruntime_logits(cached_int8_onnx(model, calibration, cache_dir)))
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images)).logits)
@@ -156,6 +166,27 @@ def cached_onnx(model: Segmenter, cache_dir: str | Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     export_model(model, path, format="onnx", normalized_input=True)  # written beside, then renamed: never half an entry
     _evict(folder, keep=keep, current=path)
+    return path
+
+
+def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str | Path | None = None) -> Path:
+    """Path of ``model`` quantised to int8 (``atrous.quantize.quantize_onnx``) with activation ranges from
+    ``calibration``, cached beside the fp32 export under the model's and the calibration images' fingerprints."""
+    from .quantize import quantize_onnx
+
+    fp32 = cached_onnx(model, cache_dir)
+    digest = hashlib.sha256(calibration.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:12]
+    path = fp32.with_name(f"{fp32.stem}-int8-{digest}.onnx")
+    if path.is_file():
+        _mark_used(path)
+        return path
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        quantize_onnx(fp32, partial, calibration)
+        partial.replace(path)  # whole or absent: a killed quantisation leaves only a .partial the cache deletes
+    finally:
+        partial.unlink(missing_ok=True)
+    _evict(path.parent, keep=_cache_entries(), current=path)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 
@@ -32,6 +31,8 @@ TARGETS = {
     "plus_ceiling": 0.85,  # DeepLabV3+-R50 OS16 share of the conv ceiling
     "bf16_ratio": 2.5,  # bf16 / torchvision fp32 eager
     "bf16_agreement": 0.995,
+    "int8_ratio": 2.0,  # int8 ONNX Runtime / fp32 ONNX Runtime
+    "int8_agreement": 0.99,
     "training_ratio": 1.3,
     "checkpointing_saving": 0.30,
     "metrics_ms": 0.6,
@@ -63,12 +64,14 @@ class Report:
 
 
 def _inference(report: Report, ceiling: float, rounds: int) -> None:
-    from .agreement import bf16_agreement, fit_synthetic_model
+    from .agreement import bf16_agreement, fit_synthetic_model, int8_agreement
     from .inference import BASELINE, compare_deeplabv3, compare_deeplabv3plus
+    from .machine import this_machine
 
     header = ["path", "median s", "vs baseline", "GFLOP/s", "of ceiling", "accuracy", "one-off setup s"]
     for output_stride in (16, 8):
-        rows = compare_deeplabv3(output_stride, ceiling=ceiling, rounds=rounds, runtimes=(*FP32_RUNTIMES, "bf16"))
+        rows = compare_deeplabv3(output_stride, ceiling=ceiling, rounds=rounds,
+                                 runtimes=(*FP32_RUNTIMES, "bf16", "int8"))  # fmt: skip
         report(f"### DeepLabV3-ResNet50, output stride {output_stride}, 513x513, batch 1 (baseline: {BASELINE})")
         report()
         report.table(header, [_row(r) for r in rows])
@@ -81,6 +84,12 @@ def _inference(report: Report, ceiling: float, rounds: int) -> None:
                f">= {TARGETS['inference_ceiling']:.0%})")  # fmt: skip
         report(f"- bf16: {bf16.ratio:.2f}x torchvision fp32 ({_verdict(bf16.ratio >= TARGETS['bf16_ratio'])}: "
                f">= {TARGETS['bf16_ratio']}x)")  # fmt: skip
+        int8 = next(r for r in rows if r.name == "atrous int8")
+        onnx = next(r for r in rows if r.name == "atrous onnxruntime")
+        speedup = onnx.seconds / int8.seconds
+        report(f"- int8 (ONNX Runtime QDQ): {speedup:.2f}x the fp32 ONNX Runtime path "
+               f"({_verdict(speedup >= TARGETS['int8_ratio'])}: >= {TARGETS['int8_ratio']}x on a CPU with VNNI; this "
+               f"one {'has' if this_machine().has('avx512_vnni') else 'has no'} avx512_vnni)")  # fmt: skip
         report()
     rows = compare_deeplabv3plus(ceiling=ceiling, rounds=rounds, runtimes=("channels_last", "compile", "onnxruntime"))
     report("### DeepLabV3+-ResNet50, output stride 16 (rates 6, 12, 18), 513x513, batch 1")
@@ -93,11 +102,14 @@ def _inference(report: Report, ceiling: float, rounds: int) -> None:
     start = time.perf_counter()
     model, images = fit_synthetic_model()
     agreement = bf16_agreement(model, images)
-    report(f"### bf16 agreement on a trained network (DeepLabV3+-R18 fitted {time.perf_counter() - start:.0f} s "
+    report(f"### bf16 and int8 agreement on a trained network (DeepLabV3+-R18 fitted {time.perf_counter() - start:.0f} s "
            f"to synthetic images; {images.shape[0]} held-out {images.shape[-1]}px images)")  # fmt: skip
     report()
-    report(f"- {agreement:.3%} of pixels predicted as in fp32 ({_verdict(agreement >= TARGETS['bf16_agreement'])}: "
-           f">= {TARGETS['bf16_agreement']:.1%})")  # fmt: skip
+    report(f"- bf16: {agreement:.3%} of pixels predicted as in fp32 ({_verdict(agreement >= TARGETS['bf16_agreement'])}"
+           f": >= {TARGETS['bf16_agreement']:.1%})")  # fmt: skip
+    int8 = int8_agreement(model, images)
+    report(f"- int8 (calibrated on half the held-out images, counted on the other half): {int8:.3%} of pixels "
+           f"predicted as in fp32 ({_verdict(int8 >= TARGETS['int8_agreement'])}: >= {TARGETS['int8_agreement']:.0%})")  # fmt: skip
     report()
 
 
@@ -159,17 +171,25 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     """Run the chosen sections, reporting each line as it is measured (``echo``, default: the ``atrous.bench``
     logger, which the command line prints); returns the Markdown report."""
     echo = echo or log.info
-    from .timing import conv_ceiling
+    from .machine import clock_ghz, fma_peak_gflops, this_machine
+    from .timing import conv_ceiling, gemm_peak
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown bench sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     start = time.perf_counter()
     report = Report(echo)
-    ceiling = conv_ceiling()
-    report(f"atrous bench: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-           f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {rounds} alternating rounds")  # fmt: skip
-    report(f"convolution ceiling (3x3, 512-1024 channels, 65x65, channels_last, oneDNN, fp32): {ceiling:.0f} GFLOP/s")
+    ceiling, peak, machine, ghz = conv_ceiling(), gemm_peak(), this_machine(), clock_ghz()
+    report(f"atrous bench on {machine}: {torch.get_num_threads()} threads, torch {torch.__version__}, median of "
+           f"{rounds} alternating rounds")  # fmt: skip
+    report(f"practical fp32 peak (1x1 conv = 4096x1024x1024 GEMM, channels_last, oneDNN): {peak:.0f} GFLOP/s; "
+           f"convolution ceiling (3x3, 512-1024 channels, 65x65): {ceiling:.0f} GFLOP/s ({ceiling / peak:.0%} of the "
+           f"peak)")  # fmt: skip
+    if ghz is not None:
+        theoretical = fma_peak_gflops(machine, ghz)
+        report(f"theoretical FMA peak at the stated {ghz:.2f} GHz, 2 FMA units per core: {theoretical:.0f} GFLOP/s "
+               f"(the practical peak is {peak / theoretical:.0%} of it; it implies {ghz * peak / theoretical:.2f} GHz "
+               "sustained)")  # fmt: skip
     report()
     runs = {
         "inference": (lambda: _inference(report, ceiling, rounds), "about 2.5 minutes"),

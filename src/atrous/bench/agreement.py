@@ -46,3 +46,14 @@ def bf16_agreement(model: Segmenter, images: torch.Tensor) -> float:
         expected = model(images).logits.argmax(dim=1)
     got = prepare_inference(model, "bf16", device=torch.device("cpu"))(images).logits.argmax(dim=1)
     return (got == expected).double().mean().item()
+
+
+def int8_agreement(model: Segmenter, images: torch.Tensor) -> float:
+    """Fraction of pixels of the second half of ``images`` whose int8 class (ONNX Runtime, calibrated on the first
+    half) equals the fp32 ONNX Runtime class."""
+    half = max(1, images.shape[0] // 2)
+    calibration, counted = images[:half], images[half:]
+    cpu = torch.device("cpu")
+    expected = prepare_inference(model, "onnxruntime", device=cpu)(counted).logits.argmax(dim=1)
+    got = prepare_inference(model, "int8", device=cpu, calibration=calibration)(counted).logits.argmax(dim=1)
+    return (got == expected).double().mean().item()

@@ -29,9 +29,11 @@ class Machine:
         return f"{self.cpu}, {self.cores} cores ({' '.join(self.flags) or 'no AVX2/AVX-512'}){gpu}"
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo(path: Path = CPUINFO) -> tuple[str, set[str]]:
     """(model name, flags) from /proc/cpuinfo (Linux); the platform's processor name and no flags elsewhere."""
-    path = Path("/proc/cpuinfo")
     name, flags = platform.processor() or platform.machine(), set()
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
@@ -45,7 +47,24 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return name, flags
 
 
-def this_machine() -> Machine:
-    name, flags = _cpuinfo()
+def clock_ghz(path: Path = CPUINFO) -> float | None:
+    """The CPU's clock as the system states it (the highest "cpu MHz" in /proc/cpuinfo; virtual machines often show
+    the nominal one), or None."""
+    if not path.is_file():
+        return None
+    values = [float(line.split(":")[1]) for line in path.read_text(errors="replace").splitlines()
+              if line.startswith("cpu MHz") and ":" in line]  # fmt: skip
+    return max(values) / 1000 if values else None
+
+
+def fma_peak_gflops(machine: Machine, ghz: float) -> float:
+    """Theoretical fp32 peak: cores x 2 FMA units x lanes (16 with AVX-512, 8 with AVX2, 4 otherwise) x 2 FLOPs x
+    clock. Two FMA units is what server cores of both vendors have; the bench prints the figure as an assumption."""
+    lanes = 16 if machine.has("avx512f") else 8 if machine.has("avx2") else 4
+    return machine.cores * 2 * lanes * 2 * ghz
+
+
+def this_machine(cpuinfo: Path = CPUINFO) -> Machine:
+    name, flags = _cpuinfo(cpuinfo)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return Machine(cpu=name, cores=os.cpu_count() or 1, flags=tuple(f for f in ISA_FLAGS if f in flags), gpu=gpu)

@@ -46,6 +46,17 @@ def conv_ceiling(*, rounds: int = 7) -> float:
     return best
 
 
+def gemm_peak(*, rounds: int = 7) -> float:
+    """GFLOP/s of the largest-throughput shape a CPU has: a 1x1 convolution that is one big matrix product
+    (4096 pixels x 1024 -> 1024 channels, fp32, channels_last, oneDNN), the practical peak the networks are judged
+    against."""
+    with torch.no_grad():
+        conv = nn.Conv2d(1024, 1024, 1, bias=False).eval().to(memory_format=torch.channels_last)
+        x = torch.randn(1, 1024, 64, 64).contiguous(memory_format=torch.channels_last)
+        seconds = ab_medians({"gemm": lambda: conv(x)}, rounds=rounds, warmup=2)["gemm"]
+    return 2 * 1024 * 1024 * 64 * 64 / seconds / 1e9
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB.
 

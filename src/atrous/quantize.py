@@ -1,0 +1,85 @@
+"""int8 deployment: ONNX Runtime static quantisation of the exported graph.
+
+QDQ format, int8 weights quantised per output channel, uint8 activations whose ranges are calibrated on images of
+the model's own data (``calibration_images``): ONNX Runtime then runs the convolutions with integer kernels (VNNI /
+AMX int8 where the CPU has them). The quantised file is cached beside the fp32 export, keyed by the model and the
+calibration images (``atrous.runtime.cached_int8_onnx``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+# Images the activation ranges are measured on, and the side they are brought to (one batch shape). ONNX Runtime's
+# min-max calibrator reduces every activation to its min and max inside the graph, so memory stays that of one
+# forward pass.
+CALIBRATION_IMAGES = 32
+CALIBRATION_SIDE = 321
+
+
+def calibration_batch(images: Sequence[np.ndarray], model, *, side: int = CALIBRATION_SIDE) -> torch.Tensor:
+    """(N, 3, side, side) float32, normalised as ``model`` expects: each (H, W, 3) uint8 RGB image resized so that its
+    shorter side is ``side``, then its centre cropped."""
+    from .inference import model_input
+
+    if not images:
+        raise ConfigError("int8 calibration needs at least one image of the model's data")
+    batch = []
+    for image in images:
+        tensor = model_input([image], model, torch.device("cpu"))
+        height, width = tensor.shape[-2:]
+        scale = side / min(height, width)
+        size = (max(side, round(height * scale)), max(side, round(width * scale)))
+        tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+        top, left = (size[0] - side) // 2, (size[1] - side) // 2
+        batch.append(tensor[..., top : top + side, left : left + side])
+    return torch.cat(batch)
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """``count`` indices spread over ``range(total)`` (all of them when there are fewer)."""
+    if total <= count:
+        return list(range(total))
+    return [round(i * (total - 1) / (count - 1)) if count > 1 else 0 for i in range(count)]
+
+
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor) -> Path:
+    """Write ``fp32_path`` (an export taking normalised float32 ``images``) quantised to int8 at ``out_path``:
+    QDQ, per-channel int8 weights, uint8 activations with min-max ranges over ``calibration`` (N, 3, H, W)."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as error:
+        raise MissingDependencyError("int8 quantisation needs ONNX Runtime: pip install onnxruntime") from error
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(calibration.split(1))
+
+        def get_next(self):
+            image = next(self.images, None)
+            return None if image is None else {"images": image.contiguous().numpy()}
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="atrous-int8-") as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        # Shape inference and graph optimisation first (BatchNorm folded into convs), as ONNX Runtime advises.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        quantize_static(
+            str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            extra_options={"CalibTensorRangeSymmetric": False},
+        )  # fmt: skip
+    log.info("quantised %s to int8 (%d calibration images) at %s", fp32_path, len(calibration), out_path)
+    return out_path
