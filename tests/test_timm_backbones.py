@@ -44,7 +44,7 @@ def test_the_normalisation_is_what_timm_declares():
         "imagenet_rgb")  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["xception65", "convnext_atto"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_one_training_step_and_the_checkpoint_round_trip(name, tmp_path):
     torch.manual_seed(0)
     model = atrous.build_model("deeplabv3plus", backbone=f"timm:{name}", num_classes=3, output_stride=16).train()
@@ -62,7 +62,7 @@ def test_one_training_step_and_the_checkpoint_round_trip(name, tmp_path):
         assert torch.equal(again(images).logits, model(images).logits)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet18d"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_onnx_export_gives_eager_logits(name, tmp_path):
     from atrous.export import PARITY_TOLERANCE, export_model, parity
 
