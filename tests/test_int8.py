@@ -133,3 +133,5 @@ def test_predict_int8_and_export_int8(run_files, tmp_path, capsys):
     assert out.is_file() and agreement >= 95.0
     assert main(["export", "--weights", str(root / "model.pt"), "--int8", "--out", str(tmp_path / "x.onnx")]) != 0
     assert "--int8 calibrates on the model's data: pass --config" in capsys.readouterr().err
+    assert main(["export", "--weights", str(root / "model.pt"), "--config", str(root / "config.yaml")]) != 0
+    assert "are for --int8's calibration data" in capsys.readouterr().err

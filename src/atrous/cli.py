@@ -371,6 +371,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import PARITY_TOLERANCE, export_model, exported_metadata, parity
 
+    if not args.int8 and (args.config is not None or args.overrides):
+        raise ConfigError("--config and config overrides are for --int8's calibration data: add --int8, or drop them")
     model = _load_model(args)
     if args.int8:
         return _export_int8(args, model)
@@ -430,8 +432,11 @@ def _export_int8(args: argparse.Namespace, model) -> int:
     out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
     refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")
     partial = out.with_name(f"{out.name}.partial")
-    shutil.copyfile(cached_int8_onnx(model, calibration), partial)
-    partial.replace(out)  # never half a file at --out
+    try:
+        shutil.copyfile(cached_int8_onnx(model, calibration), partial)
+        partial.replace(out)  # never half a file at --out
+    finally:
+        partial.unlink(missing_ok=True)
     with torch.no_grad():
         expected = onnxruntime_logits(cached_onnx(model))(calibration).argmax(1)
         agreement = (onnxruntime_logits(out)(calibration).argmax(1) == expected).float().mean().item()
