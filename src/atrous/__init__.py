@@ -1,5 +1,15 @@
 """atrous: DeepLab (V2, V3, V3+) semantic segmentation for PyTorch."""
 
+import os
+
+# OpenMP threads that finish a kernel spin for a while before sleeping (libgomp's default: 300,000 spins). Alone on
+# the machine that costs nothing measurable; beside another CPU-heavy process, the spinning threads take the cores
+# that process needs and the demo's training slowed 2.4-10x instead of about 2x. 10,000 spins keeps the speed alone
+# and the slowdown near proportional (benchmarks/shared_machine.py). Read once, when torch first starts OpenMP: set
+# before importing torch; a value of the user's (or OMP_WAIT_POLICY) is kept.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 from .checkpoint import load_trained_model
 from .data import build_dataset
 from .errors import AtrousError, ConfigError, DataError, WeightsError
