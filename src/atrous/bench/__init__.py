@@ -64,10 +64,9 @@ class Report:
         self()
 
 
-def _inference(report: Report, ceiling: float, peak: float, rounds: int) -> None:
+def _inference(report: Report, ceiling: float, peak: float, vnni: bool, rounds: int) -> None:
     from .agreement import bf16_agreement, fit_synthetic_model, int8_agreement
     from .inference import BASELINE, compare_deeplabv3, compare_deeplabv3plus
-    from .machine import this_machine
 
     header = ["path", "median s", "vs baseline", "GFLOP/s", "of ceiling", "accuracy", "one-off setup s"]
     for output_stride in (16, 8):
@@ -95,7 +94,7 @@ def _inference(report: Report, ceiling: float, peak: float, rounds: int) -> None
         speedup = onnx.seconds / int8.seconds
         report(f"- int8 (ONNX Runtime QDQ): {speedup:.2f}x the fp32 ONNX Runtime path "
                f"({_verdict(speedup >= TARGETS['int8_ratio'])}: >= {TARGETS['int8_ratio']}x on a CPU with VNNI; this "
-               f"one {'has' if this_machine().has('avx512_vnni') else 'has no'} avx512_vnni)")  # fmt: skip
+               f"one {'has' if vnni else 'has no'} avx512_vnni)")  # fmt: skip
         report()
     rows = compare_deeplabv3plus(ceiling=ceiling, rounds=rounds, runtimes=("channels_last", "compile", "onnxruntime"))
     report("### DeepLabV3+-ResNet50, output stride 16 (rates 6, 12, 18), 513x513, batch 1")
@@ -108,14 +107,16 @@ def _inference(report: Report, ceiling: float, peak: float, rounds: int) -> None
     start = time.perf_counter()
     model, images = fit_synthetic_model()
     agreement = bf16_agreement(model, images)
-    report(f"### bf16 and int8 agreement on a trained network (DeepLabV3+-R18 fitted {time.perf_counter() - start:.0f} s "
-           f"to synthetic images; {images.shape[0]} held-out {images.shape[-1]}px images)")  # fmt: skip
+    report(f"### bf16 and int8 agreement on a trained network (DeepLabV3+-R18 fitted "
+           f"{time.perf_counter() - start:.0f} s to synthetic images; {images.shape[0]} held-out "
+           f"{images.shape[-1]}px images)")  # fmt: skip
     report()
     report(f"- bf16: {agreement:.3%} of pixels predicted as in fp32 ({_verdict(agreement >= TARGETS['bf16_agreement'])}"
            f": >= {TARGETS['bf16_agreement']:.1%})")  # fmt: skip
     int8 = int8_agreement(model, images)
     report(f"- int8 (calibrated on half the held-out images, counted on the other half): {int8:.3%} of pixels "
-           f"predicted as in fp32 ({_verdict(int8 >= TARGETS['int8_agreement'])}: >= {TARGETS['int8_agreement']:.0%})")  # fmt: skip
+           f"predicted as in fp32 ({_verdict(int8 >= TARGETS['int8_agreement'])}: "
+           f">= {TARGETS['int8_agreement']:.0%})")  # fmt: skip
     report()
 
 
@@ -177,7 +178,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     """Run the chosen sections, reporting each line as it is measured (``echo``, default: the ``atrous.bench``
     logger, which the command line prints); returns the Markdown report."""
     echo = echo or log.info
-    from .machine import clock_ghz, fma_peak_gflops, this_machine
+    from .machine import fma_peak_gflops, this_machine
     from .timing import conv_ceiling, gemm_peak
 
     unknown = set(sections) - set(SECTIONS)
@@ -185,20 +186,20 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
         raise ConfigError(f"unknown bench sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     start = time.perf_counter()
     report = Report(echo)
-    ceiling, peak, machine, ghz = conv_ceiling(), gemm_peak(), this_machine(), clock_ghz()
+    ceiling, peak, machine = conv_ceiling(), gemm_peak(), this_machine()
     report(f"atrous bench on {machine}: {torch.get_num_threads()} threads, torch {torch.__version__}, median of "
            f"{rounds} alternating rounds")  # fmt: skip
     report(f"practical fp32 peak (1x1 conv = 4096x1024x1024 GEMM, channels_last, oneDNN): {peak:.0f} GFLOP/s; "
            f"convolution ceiling (3x3, 512-1024 channels, 65x65): {ceiling:.0f} GFLOP/s ({ceiling / peak:.0%} of the "
            f"peak)")  # fmt: skip
-    if ghz is not None:
-        theoretical = fma_peak_gflops(machine, ghz)
-        report(f"theoretical FMA peak at the stated {ghz:.2f} GHz, 2 FMA units per core: {theoretical:.0f} GFLOP/s "
-               f"(the practical peak is {peak / theoretical:.0%} of it; it implies {ghz * peak / theoretical:.2f} GHz "
-               "sustained)")  # fmt: skip
+    if machine.ghz is not None:
+        theoretical = fma_peak_gflops(machine)
+        report(f"theoretical FMA peak at the stated {machine.ghz:.2f} GHz, 2 FMA units per core: {theoretical:.0f} "
+               f"GFLOP/s (the practical peak is {peak / theoretical:.0%} of it; it implies "
+               f"{machine.ghz * peak / theoretical:.2f} GHz sustained)")  # fmt: skip
     report()
     runs = {
-        "inference": (lambda: _inference(report, ceiling, peak, rounds), "about 3 minutes"),
+        "inference": (lambda: _inference(report, ceiling, peak, machine.has("avx512_vnni"), rounds), "about 3 minutes"),
         "training": (lambda: _training(report, rounds), "about 1.5 minutes"),
         "pipeline": (lambda: _pipeline(report, rounds), "about 30 seconds"),
     }

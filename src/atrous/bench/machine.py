@@ -20,6 +20,8 @@ class Machine:
     cores: int
     flags: tuple[str, ...]  # the ISA_FLAGS this CPU has
     gpu: str | None
+    ghz: float | None = None  # the clock the system states (the highest "cpu MHz"; virtual machines often show the
+    # nominal one), None where it states none
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
@@ -32,39 +34,32 @@ class Machine:
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def _cpuinfo(path: Path = CPUINFO) -> tuple[str, set[str]]:
-    """(model name, flags) from /proc/cpuinfo (Linux); the platform's processor name and no flags elsewhere."""
-    name, flags = platform.processor() or platform.machine(), set()
+def _cpuinfo(path: Path) -> tuple[str, set[str], float | None]:
+    """(model name, flags, highest stated clock in GHz) from /proc/cpuinfo (Linux); the platform's processor name, no
+    flags and no clock elsewhere."""
+    name, flags, megahertz = platform.processor() or platform.machine(), set(), []
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                name = value.strip()
-            elif key.strip() == "flags":
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and value:
+                name = value
+            elif key == "flags":
                 flags = set(value.split())
-            if flags and name:
-                break
-    return name, flags
+            elif key == "cpu MHz" and value:
+                megahertz.append(float(value))
+    return name, flags, max(megahertz) / 1000 if megahertz else None
 
 
-def clock_ghz(path: Path = CPUINFO) -> float | None:
-    """The CPU's clock as the system states it (the highest "cpu MHz" in /proc/cpuinfo; virtual machines often show
-    the nominal one), or None."""
-    if not path.is_file():
-        return None
-    values = [float(line.split(":")[1]) for line in path.read_text(errors="replace").splitlines()
-              if line.startswith("cpu MHz") and ":" in line]  # fmt: skip
-    return max(values) / 1000 if values else None
-
-
-def fma_peak_gflops(machine: Machine, ghz: float) -> float:
+def fma_peak_gflops(machine: Machine) -> float:
     """Theoretical fp32 peak: cores x 2 FMA units x lanes (16 with AVX-512, 8 with AVX2, 4 otherwise) x 2 FLOPs x
-    clock. Two FMA units is what server cores of both vendors have; the bench prints the figure as an assumption."""
+    the stated clock. Two FMA units is what server cores of both vendors have; the bench prints the figure as an
+    assumption."""
     lanes = 16 if machine.has("avx512f") else 8 if machine.has("avx2") else 4
-    return machine.cores * 2 * lanes * 2 * ghz
+    return machine.cores * 2 * lanes * 2 * machine.ghz
 
 
 def this_machine(cpuinfo: Path = CPUINFO) -> Machine:
-    name, flags = _cpuinfo(cpuinfo)
+    name, flags, ghz = _cpuinfo(cpuinfo)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return Machine(cpu=name, cores=os.cpu_count() or 1, flags=tuple(f for f in ISA_FLAGS if f in flags), gpu=gpu)
+    return Machine(cpu=name, cores=os.cpu_count() or 1, flags=tuple(f for f in ISA_FLAGS if f in flags), gpu=gpu,
+                   ghz=ghz)  # fmt: skip
