@@ -420,18 +420,19 @@ def load_pretrained_backbone(model: Segmenter, source: str | Path) -> WeightsRep
 def _load_timm_backbone(model: Segmenter, source: str | Path) -> WeightsReport:
     """A timm backbone from timm's pretrained file ("imagenet") or a file of the same timm model (its whole state dict,
     as timm saves it), renamed to the ``features_only`` body's keys; an atrous file with the backbone loads as it is."""
-    from .timm_backbone import imagenet_file, to_body_keys
+    from .timm_backbone import PREFIX, imagenet_file, to_body_keys
 
-    path = imagenet_file(model.spec.backbone.removeprefix("timm:")) if source == "imagenet" else Path(source)
+    timm_name = model.spec.backbone.removeprefix(PREFIX)
+    path = imagenet_file(timm_name) if source == "imagenet" else Path(source)
     state, inert = read_weights_file(path)
     state = unwrap_state_dict(state, source=str(path))
     if all(key.startswith("backbone.") for key in state):
         return load_weights(model, state, name=str(path), inert=inert)
     body = {f"backbone.body.{key}": value for key, value in to_body_keys(state, model.backbone.body).items()}
     if not body:
-        raise WeightsError(f"{path}: none of its keys ({_key_groups(state)}) are those of timm's "
-                           f"{model.spec.backbone.removeprefix('timm:')}: not this timm model's weights")  # fmt: skip
+        raise WeightsError(f"{path}: none of its keys ({_key_groups(state)}) are those of timm's {timm_name}: not "
+                           "this timm model's weights")  # fmt: skip
     report = load_weights(model, body, name=str(path), inert=inert)
-    report.messages.append(f"read as timm's {model.spec.backbone.removeprefix('timm:')}: "
-                           f"{len(state) - len(body)} of its tensors are not in the features network (its classifier)")
+    report.messages.append(f"read as timm's {timm_name}: {len(state) - len(body)} of its tensors are not in the "
+                           "features network (its classifier)")  # fmt: skip
     return report
