@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from conftest import randomise_batchnorm
 
 import atrous
+from atrous.models import atrous_conv
 from atrous.models.atrous_conv import AtrousConv2d
 from atrous.runtime import RUNTIMES, cached_onnx, prepare_inference
 
@@ -29,21 +30,60 @@ def test_atrous_conv_equals_conv2d_in_values_and_gradients(dilation, size):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_atrous_conv_trains_under_cpu_autocast():
-    conv = AtrousConv2d(16, 8, dilation=4)
-    reference = torch.nn.Conv2d(16, 8, 3, padding=4, dilation=4, bias=False)
-    reference.load_state_dict(conv.state_dict())
-    x = torch.randn(2, 16, 9, 9)
+@pytest.fixture(params=["matmuls", "onednn"])
+def reduced_precision_path(request, monkeypatch):
+    """Both bf16 paths on any CPU: matrix products (chosen with AMX) and oneDNN's convolutions (chosen without)."""
+    monkeypatch.setattr(atrous.cpu, "fast_reduced_precision_matmuls", lambda dtype: request.param == "matmuls")
+    return request.param
+
+
+def test_atrous_conv_takes_the_bf16_path_the_cpu_chooses(reduced_precision_path, monkeypatch):
+    calls = []
+    original = atrous_conv._ReducedPrecisionAtrousConv.apply
+    monkeypatch.setattr(atrous_conv._ReducedPrecisionAtrousConv, "apply", lambda *a: calls.append(1) or original(*a))
+    conv, x = AtrousConv2d(8, 4, dilation=2), torch.randn(1, 8, 9, 9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, theirs = conv(x), reference(x)
-    assert ours.dtype == theirs.dtype == torch.bfloat16
-    ours.float().square().sum().backward()
-    theirs.float().square().sum().backward()
-    torch.testing.assert_close(conv.weight.grad, reference.weight.grad, rtol=2e-2, atol=2e-2)
+        out = conv(x)
+        expected = F.conv2d(x, conv.weight, None, 1, 2, 2)
+    assert len(calls) == (reduced_precision_path == "matmuls")
+    if reduced_precision_path == "onednn":  # the very convolution autocast runs
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dilation, size, channels_last", [(4, (9, 9), False), (12, (21, 17), True), (24, (21, 40), True)])
+def test_atrous_conv_trains_under_cpu_autocast_as_accurately_as_onednn(dilation, size, channels_last,
+                                                                       reduced_precision_path):
+    """Under bf16 autocast the layer runs as matrix products (forward, input and weight gradients) or oneDNN's
+    convolutions: float64's values to bf16 precision, and no further from them than oneDNN's own bf16
+    convolution under autocast."""
+    conv = AtrousConv2d(16, 8, dilation=dilation, bias=True)
+    onednn = torch.nn.Conv2d(16, 8, 3, padding=dilation, dilation=dilation, bias=True)
+    onednn.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 8, *size)
+
+    def values_and_gradients(layer, inputs, autocast):
+        inputs = inputs.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(inputs)
+        (out.double() * upstream.double()).sum().backward()  # the same upstream gradient for all three
+        return out.double(), inputs.grad.double(), layer.weight.grad.double(), layer.bias.grad.double()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+    ours, theirs = values_and_gradients(conv, x, True), values_and_gradients(onednn, x, True)
+    reference = torch.nn.Conv2d(16, 8, 3, padding=dilation, dilation=dilation, bias=True).double()
+    reference.load_state_dict(conv.state_dict())
+    exact = values_and_gradients(reference, x.double(), False)
+    for name, got, onednn_got, want in zip(("output", "input grad", "weight grad", "bias grad"), ours, theirs, exact):
+        error, onednn_error = ((got - want).norm() / want.norm()).item(), ((onednn_got - want).norm() / want.norm()).item()
+        assert error < 1e-2 and error < 2 * onednn_error + 1e-3, (name, error, onednn_error)
 
 
 @pytest.mark.parametrize("dilation, size", [(12, (65, 65)), (36, (33, 40)), (4, (9, 9))])
-def test_atrous_conv_bf16_taps_match_the_float32_convolution(dilation, size):
+def test_atrous_conv_bf16_taps_match_the_float32_convolution(dilation, size, reduced_precision_path):
     conv = AtrousConv2d(64, 32, dilation=dilation)
     x = torch.randn(1, 64, *size)
     expected = F.conv2d(x, conv.weight, None, 1, dilation, dilation)

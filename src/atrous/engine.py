@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from . import distributed
+from . import cpu, distributed
 from .checkpoint import LAST, check_resumable, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .config import Config, config_to_dict, save_config
 from .data import SegmentationDataset, build_dataset, train_transforms
@@ -236,6 +236,8 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
     run.forward = torch.compile(run.wrapped) if t.compile else run.wrapped
     run.batches = _batch_stream(run, iterations_per_epoch)
     if info.is_main:
+        if t.amp == "bf16":
+            cpu.warn_if_bf16_is_emulated(info.device, "train.amp=bf16", log)
         log.info(
             "%s: %d images; global batch %d = %d process(es) x %d per process x %d accumulation step(s); %d iterations "
             "(~%.1f epochs) on %s", train_set.name, len(train_set), d.batch_size, info.world_size, micro_batch,

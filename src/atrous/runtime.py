@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from . import cpu
 from .errors import AtrousError, ConfigError
 from .models.segmenter import SegmentationOutput, Segmenter
 
@@ -99,6 +100,7 @@ def prepare_inference(
     if runtime == "channels_last":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images)).logits)
     if runtime == "bf16":
+        cpu.warn_if_bf16_is_emulated(device, "the bf16 runtime", log)
         model = copy.deepcopy(model).to(torch.bfloat16)  # the caller's model stays float32
         return InferenceModel(
             model, runtime, lambda images: _no_grad(model)(_channels_last(images).to(torch.bfloat16)).logits

@@ -17,6 +17,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
+from .. import cpu
 from ..errors import ConfigError
 
 # The pipeline section first: its single-threaded, memory-bound measures read 15-20% slower in a process that
@@ -35,6 +36,7 @@ TARGETS = {
     "int8_ratio": 2.0,  # int8 ONNX Runtime / fp32 ONNX Runtime
     "int8_agreement": 0.99,
     "training_ratio": 1.3,
+    "bf16_training_ratio": 1.5,  # train.amp=bf16 step / float32 step, on a CPU with native bf16
     "checkpointing_saving": 0.30,
     "metrics_ms": 0.6,
     "data_images_per_s": 300.0,
@@ -125,8 +127,8 @@ def _row(row) -> list[str]:
             row.accuracy, f"{row.setup_seconds:.1f}" if row.setup_seconds else ""]  # fmt: skip
 
 
-def _training(report: Report, rounds: int) -> None:
-    from .training import checkpointing_comparison, compare_training_step, peak_memory
+def _training(report: Report, rounds: int, native_bf16: bool) -> None:
+    from .training import checkpointing_comparison, compare_bf16_step, compare_training_step, peak_memory
 
     rows, ratios = [], []
     for size in (321, 513):
@@ -143,6 +145,20 @@ def _training(report: Report, rounds: int) -> None:
                   "torchvision peak RSS MiB", "atrous peak RSS MiB"], rows)  # fmt: skip
     worst = min(ratios)
     report(f"- slowest speed-up {worst:.2f}x ({_verdict(worst >= TARGETS['training_ratio'])}: >= {TARGETS['training_ratio']}x)")
+    report()
+    rows, ratios = [], []
+    for size in (321, 513):
+        step = compare_bf16_step(size, rounds=rounds)
+        ratios.append(step["ratio"])
+        rows.append([f"{size}x{size}", f"{step['fp32_s']:.2f}", f"{step['bf16_s']:.2f}", f"{step['ratio']:.2f}x",
+                     f"{step['max_relative_loss_difference']:.1e}"])  # fmt: skip
+    report("### bf16 training step (train.amp=bf16, autocast): atrous DeepLabV3-ResNet50 OS16, batch 2, SGD")
+    report()
+    report.table(["crop", "fp32 s", "bf16 s", "speed-up", "loss curves differ by (rel.)"], rows)
+    worst = min(ratios)
+    report(f"- slowest speed-up {worst:.2f}x ({_verdict(worst >= TARGETS['bf16_training_ratio'])}: >= "
+           f"{TARGETS['bf16_training_ratio']}x on a CPU with native bf16; this one "
+           f"{'has' if native_bf16 else 'has no'} avx512_bf16/amx_bf16)")  # fmt: skip
     report()
     saving = checkpointing_comparison()
     report(f"### Activation checkpointing: atrous DeepLabV3-R50 OS{saving['output_stride']}, {saving['size']}x{saving['size']}, batch 2, one step")
@@ -189,6 +205,11 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     ceiling, peak, machine = conv_ceiling(), gemm_peak(), this_machine()
     report(f"atrous bench on {machine}: {torch.get_num_threads()} threads, torch {torch.__version__}, median of "
            f"{rounds} alternating rounds")  # fmt: skip
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if cap:
+        report(f"oneDNN capped at ONEDNN_MAX_CPU_ISA={cap}: AMX {'on' if cpu.amx_bf16() else 'off'}, native bf16 "
+               f"{'on' if cpu.native_bf16() else 'off'} for oneDNN and atrous's path choices (ONNX Runtime ignores "
+               f"the cap)")  # fmt: skip
     report(f"practical fp32 peak (1x1 conv = 4096x1024x1024 GEMM, channels_last, oneDNN): {peak:.0f} GFLOP/s; "
            f"convolution ceiling (3x3, 512-1024 channels, 65x65): {ceiling:.0f} GFLOP/s ({ceiling / peak:.0%} of the "
            f"peak)")  # fmt: skip
@@ -200,7 +221,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     report()
     runs = {
         "inference": (lambda: _inference(report, ceiling, peak, machine.has("avx512_vnni"), rounds), "about 3 minutes"),
-        "training": (lambda: _training(report, rounds), "about 1.5 minutes"),
+        "training": (lambda: _training(report, rounds, cpu.native_bf16()), "about 2.5 minutes"),
         "pipeline": (lambda: _pipeline(report, rounds), "about 30 seconds"),
     }
     for name in SECTIONS:

@@ -33,9 +33,10 @@ def _model_pair(output_stride: int):
     return model_pair(output_stride, torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1)))
 
 
-def _training_run(model, images: torch.Tensor, masks: torch.Tensor):
+def _training_run(model, images: torch.Tensor, masks: torch.Tensor, amp: str = "none"):
     """An ``atrous.engine.TrainingRun`` around ``model`` that trains on one batch forever, with the optimizer and
-    constant learning rate of ``_stepper``; channels_last, as ``train.channels_last`` runs it."""
+    constant learning rate of ``_stepper``; channels_last, as ``train.channels_last`` runs it; ``amp`` as
+    ``train.amp``."""
     import itertools
 
     from ..config import Config, TrainConfig
@@ -45,18 +46,18 @@ def _training_run(model, images: torch.Tensor, masks: torch.Tensor):
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     return TrainingRun(
-        config=Config(train=TrainConfig(channels_last=True)), dist=DistInfo(0, 1, 0, torch.device("cpu")),
+        config=Config(train=TrainConfig(channels_last=True, amp=amp)), dist=DistInfo(0, 1, 0, torch.device("cpu")),
         model=model, wrapped=model, forward=model, loss_fn=SegmentationLoss(aux_weight=0.0), optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 1.0),
         scaler=torch.amp.GradScaler("cpu", enabled=False), batches=itertools.repeat((images, masks)), iterations=10**9,
     )  # fmt: skip
 
 
-def _engine_stepper(model, images, masks):
+def _engine_stepper(model, images, masks, amp: str = "none"):
     """``atrous.engine.train_step`` per call; returns the losses it has seen."""
     from ..engine import train_step
 
-    run = _training_run(model, images, masks)
+    run = _training_run(model, images, masks, amp)
     losses = []
 
     def step():
@@ -103,6 +104,29 @@ def compare_training_step(size: int, *, rounds: int) -> dict:
         "losses_torchvision": losses_theirs,
         "losses_atrous": losses_ours,
         "max_relative_loss_difference": drift,
+    }
+
+
+def compare_bf16_step(size: int, *, rounds: int) -> dict:
+    """``train.amp=bf16`` against float32 on atrous's DeepLabV3-R50 OS16 (``atrous.engine.train_step``, both from
+    the same weights, alternating): median step seconds, the speed-up and how far the loss curves part."""
+    import copy
+
+    images, masks = _batch(size)
+    _, model = _model_pair(16)
+    model = model.train().to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    steppers = {amp: _engine_stepper(copy.deepcopy(model), images, masks, amp) for amp in ("none", "bf16")}
+    seconds = ab_medians({amp: step for amp, (step, _) in steppers.items()}, rounds=rounds)
+    fp32, bf16 = steppers["none"][1], steppers["bf16"][1]
+    return {
+        "size": size,
+        "fp32_s": seconds["none"],
+        "bf16_s": seconds["bf16"],
+        "ratio": seconds["none"] / seconds["bf16"],
+        "max_relative_loss_difference": max(abs(a - b) / abs(b) for a, b in zip(bf16, fp32)),
     }
 
 

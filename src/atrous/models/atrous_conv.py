@@ -5,9 +5,11 @@ output stride 16, rates 24 and 36 on the 21x21 map of a 321 crop): every off-cen
 and the convolution is exactly a 1x1 convolution with the kernel's centre. A plain ``Conv2d`` still runs all
 nine taps, forward and backward. ``AtrousConv2d`` trims the kernel to the taps that can touch the map.
 
-In bfloat16/float16 on the CPU, oneDNN's AMX kernels for large dilations are 10-30x slower than its plain
-convolutions (measured: 2048->256 channels on 65x65, rate 36, 316 ms against 9 ms here), so there the layer runs
-as one matrix product per tap over the region where that tap reads real pixels, accumulated in float32.
+In bfloat16/float16 on a CPU with AMX (a bf16 model, or float32 under autocast, training or not), oneDNN's kernels
+for large dilations are 2-30x slower than its plain convolutions, forward and backward (measured: 2048->256
+channels on 65x65, rate 36, 316 ms against 9 ms forward), so there the layer is matrix products
+(``_ReducedPrecisionAtrousConv``). Without AMX (AMD Zen 4: AVX512_BF16 only) oneDNN's convolutions are as fast
+or faster, and the layer leaves the work to them (``atrous.cpu.fast_reduced_precision_matmuls``).
 
 The state dict is ``Conv2d``'s. Traced or exported graphs (ONNX, TorchScript, ``torch.export``) get the plain
 convolution, since they must stay valid for every input size; so do meta tensors, on which FLOPs are counted
@@ -19,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import cpu
 
 _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -85,6 +89,75 @@ class _TrainingAtrousConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
+class _ReducedPrecisionAtrousConv(torch.autograd.Function):
+    """The convolution as matrix products in bf16/fp16, each accumulating in float32 inside the kernel.
+
+    Forward: one product per live tap over the region where the tap reads real pixels, summed in float32.
+    Input gradient: the output gradient's taps side by side (N*H*W, taps*C_out), zero where a tap reads padding,
+    times the taps stacked (taps*C_out, C_in) -- one product, because C_out (256 in ASPP) is the narrow side, where
+    summing per-tap products would add C_in-wide (2048) float32 maps once per tap. Weight gradient: one product per
+    tap over its region, as for float32 (``_TrainingAtrousConv``).
+
+    Each product runs on whole, contiguous matrices: a matmul on a strided region of a channels_last map takes a
+    slow batched path (measured: 17 ms against 0.3 ms to copy the region + 1.4 ms for the product)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dilation, rows, cols):
+        regions = list(_tap_regions(*x.shape[-2:], dilation, rows, cols))
+        taps = torch.stack([weight[:, :, i, j] for i, j, *_ in regions]).to(x.dtype)  # (taps, C_out, C_in)
+        pixels = x.permute(0, 2, 3, 1)  # (N, H, W, C_in): a view when x is channels_last
+        centre = next(tap for tap, (i, j, *_) in enumerate(regions) if (i, j) == (1, 1))  # reads the whole map
+        out = (_rows_of(pixels) @ taps[centre].t()).float().view(*pixels.shape[:-1], -1)
+        for tap, (_, _, out_rows, out_cols, in_rows, in_cols) in enumerate(regions):
+            if tap != centre:
+                region = pixels[:, in_rows, in_cols]
+                out[:, out_rows, out_cols] += (_rows_of(region) @ taps[tap].t()).view(*region.shape[:-1], -1)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(x, taps)
+        ctx.geometry = (regions, weight.shape, weight.dtype, bias is not None)
+        return out.to(x.dtype).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, taps = ctx.saved_tensors
+        regions, weight_shape, weight_dtype, has_bias = ctx.geometry
+        grads = grad_output.to(x.dtype).permute(0, 2, 3, 1)  # (N, H, W, C_out)
+        pixels = x.permute(0, 2, 3, 1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            shifted = grads.new_zeros(*grads.shape[:-1], len(regions), grads.shape[-1])  # what each tap sends back
+            for tap, (_, _, out_rows, out_cols, in_rows, in_cols) in enumerate(regions):
+                shifted[:, in_rows, in_cols, tap] = grads[:, out_rows, out_cols]
+            grad_x = shifted.view(-1, taps.shape[0] * taps.shape[1]) @ taps.view(-1, taps.shape[2])
+            grad_x = grad_x.view(pixels.shape).permute(0, 3, 1, 2)
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros(weight_shape, dtype=torch.float32, device=x.device)
+            for i, j, out_rows, out_cols, in_rows, in_cols in regions:
+                region_grads, region_pixels = grads[:, out_rows, out_cols], pixels[:, in_rows, in_cols]
+                grad_weight[:, :, i, j] = _rows_of(region_grads).t() @ _rows_of(region_pixels)
+            grad_weight = grad_weight.to(weight_dtype)
+        grad_bias = grad_output.float().sum(dim=(0, 2, 3)) if has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _rows_of(pixels: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> (pixels, C), contiguous: a copy only for a strided region."""
+    return pixels.reshape(-1, pixels.shape[-1])
+
+
+def _reduced_precision(x: torch.Tensor) -> torch.dtype | None:
+    """The bf16/fp16 dtype this CPU convolution runs in: the input's, or autocast's for a float32 input."""
+    if x.device.type != "cpu":
+        return None
+    if x.dtype in _REDUCED_PRECISION:
+        return x.dtype
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _REDUCED_PRECISION:
+        return torch.get_autocast_dtype("cpu")
+    return None
+
+
 class AtrousConv2d(nn.Conv2d):
     """``nn.Conv2d(in, out, 3, padding=dilation, dilation=dilation)`` that skips taps lying wholly in the padding."""
 
@@ -98,8 +171,9 @@ class AtrousConv2d(nn.Conv2d):
             return super().forward(x)
         (dilation_h, dilation_w), (height, width) = self.dilation, x.shape[-2:]
         rows, cols = _live_taps(dilation_h, height), _live_taps(dilation_w, width)
-        if x.dtype in _REDUCED_PRECISION and x.device.type == "cpu" and self.groups == 1:
-            return self._taps_as_matmuls(x, rows, cols)
+        dtype = _reduced_precision(x)
+        if dtype is not None and self.groups == 1 and cpu.fast_reduced_precision_matmuls(dtype):
+            return _ReducedPrecisionAtrousConv.apply(x.to(dtype), self.weight, self.bias, self.dilation, rows, cols)
         if self._cpu_training_step(x):
             return _TrainingAtrousConv.apply(x, self.weight, self.bias, self.dilation, rows, cols)
         if len(rows) == 3 and len(cols) == 3:
@@ -108,7 +182,7 @@ class AtrousConv2d(nn.Conv2d):
         return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
 
     def _cpu_training_step(self, x: torch.Tensor) -> bool:
-        """Float32 training on the CPU (under autocast, the convolution's dtypes are autocast's to choose)."""
+        """Float32 training on the CPU (autocast's bf16/fp16 took the matrix-product path before this)."""
         return (
             self.groups == 1
             and x.device.type == "cpu"
@@ -116,16 +190,3 @@ class AtrousConv2d(nn.Conv2d):
             and self.weight.requires_grad
             and not torch.is_autocast_enabled("cpu")
         )
-
-    def _taps_as_matmuls(self, x: torch.Tensor, rows: range, cols: range) -> torch.Tensor:
-        """Sum over live taps of (pixels x in_channels) @ (in_channels x out_channels), each over the output
-        region where the tap reads inside the map; float32 accumulation, result in ``x``'s dtype."""
-        pixels = x.permute(0, 2, 3, 1)  # (N, H, W, C): a view when x is channels_last
-        taps = self.weight.permute(2, 3, 1, 0)  # (3, 3, C_in, C_out)
-        out = torch.matmul(pixels, taps[1, 1]).float()
-        for i, j, out_rows, out_cols, in_rows, in_cols in _tap_regions(*x.shape[-2:], self.dilation, rows, cols):
-            if (i, j) != (1, 1):
-                out[:, out_rows, out_cols] += pixels[:, in_rows, in_cols] @ taps[i, j]
-        if self.bias is not None:
-            out += self.bias
-        return out.to(x.dtype).permute(0, 3, 1, 2)

@@ -1,0 +1,61 @@
+"""What this CPU's kernels can use, for the fast paths chosen at run time.
+
+The answers come from the hardware (torch's cpuinfo) capped by ``ONEDNN_MAX_CPU_ISA``, the variable oneDNN itself
+obeys: a process that keeps oneDNN off AMX gets atrous's no-AMX paths too (and a bench run can measure them on an
+AMX machine).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+# oneDNN's ISA names, lowest first (its documentation, "CPU ISA hints"); ALL = no cap.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL")  # fmt: skip
+
+
+def _onednn_allows(isa: str) -> bool:
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if cap not in ONEDNN_ISAS:  # oneDNN ignores a name it does not know; so do we
+        return True
+    return ONEDNN_ISAS.index(cap) >= ONEDNN_ISAS.index(isa)
+
+
+def _torch_reports(name: str) -> bool:
+    probe = getattr(torch.cpu, name, None)  # private probes: a torch without one reads as "absent"
+    return bool(probe()) if probe is not None else False
+
+
+@functools.cache
+def amx_bf16() -> bool:
+    """AMX tiles with bf16 (Intel Sapphire Rapids and later), usable by oneDNN."""
+    return _torch_reports("_is_amx_tile_supported") and _onednn_allows("AVX512_CORE_AMX")
+
+
+@functools.cache
+def amx_fp16() -> bool:
+    return _torch_reports("_is_amx_fp16_supported") and _onednn_allows("AVX512_CORE_AMX_FP16")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """bf16 arithmetic in hardware (AVX512_BF16: Intel Cooper Lake and later, AMD Zen 4 and later; or AMX). Without
+    it, bf16 is emulated: measured 2-4x slower than float32 (BENCHMARKS.md)."""
+    return (_torch_reports("_is_avx512_bf16_supported") and _onednn_allows("AVX512_CORE_BF16")) or amx_bf16()
+
+
+def fast_reduced_precision_matmuls(dtype: torch.dtype) -> bool:
+    """Whether matrix products in ``dtype`` run on AMX here, where they beat oneDNN's dilated bf16/fp16
+    convolutions 2.5-8x (measured, BENCHMARKS.md); without AMX, oneDNN's convolutions were 1.1-1.2x faster."""
+    return amx_bf16() if dtype == torch.bfloat16 else amx_fp16() if dtype == torch.float16 else False
+
+
+def warn_if_bf16_is_emulated(device: torch.device, what: str, logger) -> None:
+    """Say so, once per run, when ``what`` asks for bf16 on a CPU that would emulate it: it works, but slower than
+    the float32 the user was trying to beat."""
+    if device.type == "cpu" and not native_bf16():
+        logger.warning("%s: this CPU has no native bf16 (AVX512_BF16 or AMX), so bf16 is emulated here and runs 2-4x "
+                       "slower than float32 (measured, BENCHMARKS.md); float32 is the fast choice on it", what)

@@ -1,0 +1,54 @@
+"""Fast paths chosen from what the CPU has, capped the way oneDNN is capped (ONEDNN_MAX_CPU_ISA)."""
+
+import logging
+
+import pytest
+import torch
+
+import atrous
+from atrous import cpu
+from atrous.runtime import prepare_inference
+
+
+@pytest.fixture(autouse=True)
+def fresh_answers():
+    for probe in (cpu.amx_bf16, cpu.amx_fp16, cpu.native_bf16):
+        probe.cache_clear()
+    yield
+    for probe in (cpu.amx_bf16, cpu.amx_fp16, cpu.native_bf16):
+        probe.cache_clear()
+
+
+def test_the_onednn_cap_turns_off_what_it_excludes(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    answers = {}
+    for cap in ("ALL", "avx512_core_amx", "AVX512_CORE_BF16", "AVX512_CORE", "AVX2", "not-an-isa"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        cpu.amx_bf16.cache_clear(), cpu.native_bf16.cache_clear()
+        answers[cap] = (cpu.amx_bf16(), cpu.native_bf16(), cpu.fast_reduced_precision_matmuls(torch.bfloat16))
+    assert answers == {
+        "ALL": (True, True, True), "avx512_core_amx": (True, True, True),
+        "AVX512_CORE_BF16": (False, True, False),  # AMD Zen 4's ISA: bf16 without AMX
+        "AVX512_CORE": (False, False, False), "AVX2": (False, False, False),
+        "not-an-isa": (True, True, True),  # oneDNN ignores a name it does not know
+    }  # fmt: skip
+
+
+def test_hardware_without_bf16_is_reported_whatever_the_cap(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert not cpu.native_bf16() and not cpu.fast_reduced_precision_matmuls(torch.bfloat16)
+    assert not cpu.fast_reduced_precision_matmuls(torch.float32)
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
+    model = atrous.build_model("deeplabv3", backbone="resnet18", num_classes=3, pretrained_backbone=None)
+    for native in (True, False):
+        monkeypatch.setattr(cpu, "native_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="atrous"):
+            prepare_inference(model, "bf16", device=torch.device("cpu"))
+        warned = [r.getMessage() for r in caplog.records if "no native bf16" in r.getMessage()]
+        assert len(warned) == (not native), warned
