@@ -166,13 +166,29 @@ def test_images_above_the_pixel_budget_are_predicted_in_windows(model, tmp_path,
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{name}.png")), expected)
 
 
-@pytest.mark.parametrize(("crop", "stride"), [(32, 20), (32, 32), (40, 13), (96, 40)])
-def test_slide_labels_are_exactly_the_argmax_of_the_averaged_logits(model, crop, stride):
+@pytest.mark.parametrize(("crop", "stride", "window_batch"),
+                         [(32, 20, 3), (32, 32, 1), (40, 13, None), (96, 40, 3), (20, 7, 2), (70, 50, None)])
+def test_slide_labels_are_exactly_the_argmax_of_the_averaged_logits(model, crop, stride, window_batch):
+    """Full strides, overlaps of most of a window, a last row flush with the border, a crop taller than the image."""
     images = torch.randn(2, 3, 70, 90)
-    labels = slide_labels(model, images, crop=crop, stride=stride, window_batch=3)
-    assert torch.equal(labels, slide_logits(model, images, crop=crop, stride=stride, window_batch=3).argmax(1))
+    labels = slide_labels(model, images, crop=crop, stride=stride, window_batch=window_batch)
+    expected = slide_logits(model, images, crop=crop, stride=stride, window_batch=window_batch).argmax(1)
+    assert torch.equal(labels, expected)
     with pytest.raises(ConfigError, match="stride 33 is larger than crop 32: the pixels between windows"):
         slide_labels(model, images, crop=32, stride=33)
+    with pytest.raises(ConfigError, match="window_batch must be >= 1 .windows per model call., got -1"):
+        slide_labels(model, images, crop=32, stride=20, window_batch=-1)
+
+
+def test_windows_are_batched_on_a_gpu_and_not_on_the_cpu(model, monkeypatch):
+    """On the CPU batching windows gains no time and costs memory (atrous bench --only slide): one per call."""
+    from atrous.inference import default_window_batch
+
+    assert default_window_batch(torch.device("cpu")) == 1 and default_window_batch(torch.device("cuda")) == 4
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda x, forward=model.forward: calls.append(len(x)) or forward(x))
+    slide_labels(model, torch.randn(1, 3, 40, 60), crop=32, stride=20)
+    assert calls == [1] * 6  # 2 rows x 3 columns of windows
 
 
 _PEAK_CHILD = """

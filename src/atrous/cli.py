@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_inference_commands(commands)
-    bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (4-5 minutes on 2 cores)")
+    bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (about 10 minutes on 2 cores)")
     bench.add_argument("--compare", default="torchvision", help="the reference implementation (torchvision)")
     bench.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections")
     bench.add_argument("--rounds", type=POSITIVE_INT, default=5, help="timed rounds per measurement, after one warm-up")

@@ -1,8 +1,9 @@
 """``atrous bench``: every performance claim of the project, measured side by side in one run.
 
 Sections: ``pipeline`` (data pipeline, confusion-matrix update, DenseCRF on all cores), ``inference``
-(DeepLabV3-R50 OS16/OS8 against torchvision, DeepLabV3+ against the ceiling, bf16), ``training`` (step time and
-peak memory against torchvision, activation checkpointing). Each prints its table as soon as it is measured;
+(DeepLabV3-R50 OS16/OS8 against torchvision, DeepLabV3+ against the ceiling, bf16, int8), ``training`` (step time
+and peak memory against torchvision, bf16, activation checkpointing), ``slide`` (sliding window at Cityscapes
+scale). Each prints its table as soon as it is measured;
 ``run_bench`` also returns the whole report as Markdown (for BENCHMARKS.md).
 """
 
@@ -22,7 +23,7 @@ from ..errors import ConfigError
 
 # The pipeline section first: its single-threaded, memory-bound measures read 15-20% slower in a process that
 # has already run the networks (measured: 264 against 315 images/s, 0.67 against 0.56 ms).
-SECTIONS = ("pipeline", "inference", "training")
+SECTIONS = ("pipeline", "inference", "training", "slide")
 FP32_RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime")
 
 # The targets of the performance issue, printed beside what was measured.
@@ -170,6 +171,25 @@ def _training(report: Report, rounds: int, native_bf16: bool) -> None:
     report()
 
 
+def _slide(report: Report) -> None:
+    from .slide import CROP, MODEL, SCHEMES, STRIDE, compare_sliding_window
+
+    rows = compare_sliding_window()
+    report(f"### Sliding window: {MODEL}, 19 classes, {CROP} windows every {STRIDE} px, ONNX Runtime, one image")
+    report()
+    report.table(["image", "scheme", "windows", "s", "s per window", "labels as the first scheme's",
+                  "peak RSS MiB", "peak RSS before sliding MiB"], [
+        [r["size"], r["scheme"], str(r["windows"]), f"{r['seconds']:.1f}", f"{r['seconds_per_window']:.2f}",
+         "yes" if r["same_labels"] else "NO", f"{r['peak_mib']:.0f}", f"{r['before_mib']:.0f}"] for r in rows
+    ])  # fmt: skip
+    for scheme in SCHEMES:
+        small, large = (r for r in rows if r["scheme"] == scheme)
+        report(f"- {scheme}: {large['windows'] / small['windows']:.0f}x the windows took "
+               f"{large['seconds'] / small['seconds']:.2f}x the time; sliding's own memory (peak over the loaded "
+               f"model) {small['peak_mib'] - small['before_mib']:.0f} -> {large['peak_mib'] - large['before_mib']:.0f} MiB")
+    report()
+
+
 def _pipeline(report: Report, rounds: int) -> None:
     from .pipeline import confusion_matrix_update, data_pipeline, densecrf_cores
 
@@ -223,6 +243,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
         "inference": (lambda: _inference(report, ceiling, peak, machine.has("avx512_vnni"), rounds), "about 3 minutes"),
         "training": (lambda: _training(report, rounds, cpu.native_bf16()), "about 2.5 minutes"),
         "pipeline": (lambda: _pipeline(report, rounds), "about 30 seconds"),
+        "slide": (lambda: _slide(report), "about 3 minutes"),
     }
     for name in SECTIONS:
         if name in sections:
