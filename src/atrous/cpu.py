@@ -43,7 +43,7 @@ def amx_fp16() -> bool:
 @functools.cache
 def native_bf16() -> bool:
     """bf16 arithmetic in hardware (AVX512_BF16: Intel Cooper Lake and later, AMD Zen 4 and later; or AMX). Without
-    it, bf16 is emulated: measured 2-4x slower than float32 (BENCHMARKS.md)."""
+    it, bf16 is emulated: an atrous layer measured 4-8.5x slower than float32 (BENCHMARKS.md)."""
     return (_torch_reports("_is_avx512_bf16_supported") and _onednn_allows("AVX512_CORE_BF16")) or amx_bf16()
 
 
@@ -57,5 +57,5 @@ def warn_if_bf16_is_emulated(device: torch.device, what: str, logger) -> None:
     """Say so, once per run, when ``what`` asks for bf16 on a CPU that would emulate it: it works, but slower than
     the float32 the user was trying to beat."""
     if device.type == "cpu" and not native_bf16():
-        logger.warning("%s: this CPU has no native bf16 (AVX512_BF16 or AMX), so bf16 is emulated here and runs 2-4x "
-                       "slower than float32 (measured, BENCHMARKS.md); float32 is the fast choice on it", what)
+        logger.warning("%s: this CPU has no native bf16 (AVX512_BF16 or AMX), so bf16 is emulated here and runs "
+                       "slower than float32 (4-8x measured, BENCHMARKS.md); float32 is the fast choice on it", what)

@@ -26,10 +26,6 @@ class Machine:
     def has(self, flag: str) -> bool:
         return flag in self.flags
 
-    @property
-    def native_bf16(self) -> bool:
-        return self.has("avx512_bf16") or self.has("amx_bf16")
-
     def __str__(self) -> str:
         gpu = f"; GPU {self.gpu}" if self.gpu else ""
         return f"{self.cpu}, {self.cores} cores ({' '.join(self.flags) or 'no AVX2/AVX-512'}){gpu}"

@@ -1,9 +1,10 @@
-"""Sliding-window inference at Cityscapes scale: time and peak memory of ``slide_labels`` (windows batched, the
-image's logits never held) against one window at a time with the whole image's logits held, as mmsegmentation's
-``slide_inference`` does; on 1024x2048 (Cityscapes) and 2048x4096 images, with mmsegmentation's Cityscapes
-windows (769 crop, stride 513).
+"""Sliding-window inference at Cityscapes scale: time and peak memory of ``slide_labels`` (the image's logits never
+held; one window a call and four) against one window at a time with the whole image's logits held, as
+mmsegmentation's ``slide_inference`` does; on 1024x2048 (Cityscapes) and 2048x4096 images, with mmsegmentation's
+Cityscapes windows (769 crop, stride 513).
 
-    python -m atrous.bench.slide '{"scheme": "labels", "height": 1024, "width": 2048}'   (one child run)
+    python -m atrous.bench.slide '{"function": "labels", "window_batch": 1, "height": 1024, "width": 2048}'
+    (one child run: prints its peak memory)
 """
 
 from __future__ import annotations

@@ -82,15 +82,22 @@ def _stepper(model, logits_of, images, masks):
     return step, losses
 
 
+def _train_without_dropout(model):
+    """Training mode, dropout off: its mask order follows memory layout, so NCHW and channels_last runs (and any two
+    runs compared step by step) would otherwise differ by more than arithmetic."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    return model
+
+
 def compare_training_step(size: int, *, rounds: int) -> dict:
     """Median step seconds of both models (alternating), the ratio and how far their loss curves drift apart."""
     images, masks = _batch(size)
     theirs, ours = _model_pair(16)
     for model in (theirs, ours):
-        model.train()
-        for module in model.modules():  # its mask order follows memory layout: NCHW and channels_last would differ
-            if isinstance(module, torch.nn.Dropout):
-                module.eval()
+        _train_without_dropout(model)
     ours = ours.to(memory_format=torch.channels_last)
     step_theirs, losses_theirs = _stepper(theirs, lambda x: theirs(x)["out"], images, masks)
     step_ours, losses_ours = _engine_stepper(ours, images, masks)
@@ -114,10 +121,7 @@ def compare_bf16_step(size: int, *, rounds: int) -> dict:
 
     images, masks = _batch(size)
     _, model = _model_pair(16)
-    model = model.train().to(memory_format=torch.channels_last)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.eval()
+    model = _train_without_dropout(model).to(memory_format=torch.channels_last)
     steppers = {amp: _engine_stepper(copy.deepcopy(model), images, masks, amp) for amp in ("none", "bf16")}
     seconds = ab_medians({amp: step for amp, (step, _) in steppers.items()}, rounds=rounds)
     fp32, bf16 = steppers["none"][1], steppers["bf16"][1]
