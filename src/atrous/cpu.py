@@ -49,7 +49,8 @@ def native_bf16() -> bool:
 
 def fast_reduced_precision_matmuls(dtype: torch.dtype) -> bool:
     """Whether matrix products in ``dtype`` run on AMX here, where they beat oneDNN's dilated bf16/fp16
-    convolutions 2.5-8x (measured, BENCHMARKS.md); without AMX, oneDNN's convolutions were 1.1-1.2x faster."""
+    convolutions 2-4x (one ASPP layer forward + backward, BENCHMARKS.md); without AMX, oneDNN's convolutions were
+    1.1-1.2x faster in three of four shapes."""
     return amx_bf16() if dtype == torch.bfloat16 else amx_fp16() if dtype == torch.float16 else False
 
 
