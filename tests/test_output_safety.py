@@ -176,8 +176,9 @@ def test_slide_labels_are_exactly_the_argmax_of_the_averaged_logits(model, crop,
     assert torch.equal(labels, expected)
     with pytest.raises(ConfigError, match="stride 33 is larger than crop 32: the pixels between windows"):
         slide_labels(model, images, crop=32, stride=33)
-    with pytest.raises(ConfigError, match="window_batch must be >= 1 .windows per model call., got -1"):
-        slide_labels(model, images, crop=32, stride=20, window_batch=-1)
+    for wrong in (0, -1):
+        with pytest.raises(ConfigError, match=f"window_batch must be >= 1 .windows per model call., got {wrong}"):
+            slide_labels(model, images, crop=32, stride=20, window_batch=wrong)
 
 
 def test_windows_are_batched_on_a_gpu_and_not_on_the_cpu(model, monkeypatch):
