@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+from unittest import mock
 
 import torch
 
@@ -21,7 +22,6 @@ from atrous.bench.machine import this_machine
 from atrous.bench.models import model_pair
 from atrous.bench.timing import ab_medians
 from atrous.bench.training import _batch, _engine_stepper
-from atrous.models import atrous_conv
 from atrous.models.normalization import IMAGENET_RGB
 from atrous.runtime import prepare_inference
 
@@ -29,13 +29,11 @@ PATHS = {"matrix products": True, "oneDNN convolutions": False}
 
 
 def _on_path(matmuls: bool, call):
+    """``call`` with ``AtrousConv2d``'s bf16 path forced: matrix products or oneDNN's convolutions."""
+
     def run():
-        chosen = atrous_conv.cpu.fast_reduced_precision_matmuls
-        atrous_conv.cpu.fast_reduced_precision_matmuls = lambda dtype: matmuls
-        try:
+        with mock.patch.object(cpu, "fast_reduced_precision_matmuls", lambda dtype: matmuls):
             return call()
-        finally:
-            atrous_conv.cpu.fast_reduced_precision_matmuls = chosen
 
     return run
 

@@ -80,11 +80,8 @@ class _TrainingAtrousConv(torch.autograd.Function):
                 grad_output, x, live, None, [1, 1], list(padding), list(dilation), False, [0, 0], 1, [True, False, False]
             )[0]
         pixels, grads = x.permute(0, 2, 3, 1), grad_output.permute(0, 2, 3, 1)  # (N, H, W, C): views in channels_last
-        grad_weight = torch.zeros_like(weight)
-        for i, j, out_rows, out_cols, in_rows, in_cols in _tap_regions(*x.shape[-2:], dilation, rows, cols):
-            region_grads = grads[:, out_rows, out_cols].reshape(-1, grads.shape[-1])
-            region_pixels = pixels[:, in_rows, in_cols].reshape(-1, pixels.shape[-1])
-            grad_weight[:, :, i, j] = region_grads.t() @ region_pixels
+        regions = _tap_regions(*x.shape[-2:], dilation, rows, cols)
+        grad_weight = _weight_gradient(pixels, grads, regions, weight.shape, weight.dtype)
         grad_bias = grad_output.sum(dim=(0, 2, 3)) if has_bias else None
         return grad_x, grad_weight, grad_bias, None, None, None
 
@@ -133,13 +130,18 @@ class _ReducedPrecisionAtrousConv(torch.autograd.Function):
             grad_x = grad_x.view(pixels.shape).permute(0, 3, 1, 2)
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros(weight_shape, dtype=torch.float32, device=x.device)
-            for i, j, out_rows, out_cols, in_rows, in_cols in regions:
-                region_grads, region_pixels = grads[:, out_rows, out_cols], pixels[:, in_rows, in_cols]
-                grad_weight[:, :, i, j] = _rows_of(region_grads).t() @ _rows_of(region_pixels)
-            grad_weight = grad_weight.to(weight_dtype)
+            grad_weight = _weight_gradient(pixels, grads, regions, weight_shape, weight_dtype)
         grad_bias = grad_output.float().sum(dim=(0, 2, 3)) if has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _weight_gradient(pixels, grads, regions, shape, dtype) -> torch.Tensor:
+    """The kernel's gradient, one matrix product per live tap over the region where it reads real pixels:
+    (pixels x C_out) transposed @ (pixels x C_in); taps outside ``regions`` (trimmed) get zero."""
+    grad_weight = torch.zeros(shape, dtype=dtype, device=pixels.device)
+    for i, j, out_rows, out_cols, in_rows, in_cols in regions:
+        grad_weight[:, :, i, j] = _rows_of(grads[:, out_rows, out_cols]).t() @ _rows_of(pixels[:, in_rows, in_cols])
+    return grad_weight
 
 
 def _rows_of(pixels: torch.Tensor) -> torch.Tensor:
@@ -182,7 +184,8 @@ class AtrousConv2d(nn.Conv2d):
         return F.conv2d(x, weight, self.bias, 1, padding, self.dilation, self.groups)
 
     def _cpu_training_step(self, x: torch.Tensor) -> bool:
-        """Float32 training on the CPU (autocast's bf16/fp16 took the matrix-product path before this)."""
+        """Float32 training on the CPU. Under autocast the convolution is autocast's (oneDNN in bf16/fp16), unless
+        the matrix-product path took it before this."""
         return (
             self.groups == 1
             and x.device.type == "cpu"
