@@ -4,8 +4,8 @@ Timings themselves are never asserted."""
 import pytest
 import torch
 
-from atrous.bench import Report, run_bench
-from atrous.bench.models import model_pair
+from atrous.bench import Report, _gpu, gpu_section, run_bench
+from atrous.bench.models import model_pair, torchvision_deeplabv3
 from atrous.bench.pipeline import confusion_matrix_update, densecrf_cores
 from atrous.bench.timing import ab_medians, peak_rss_mib, run_child
 from atrous.cli import main
@@ -57,6 +57,55 @@ def test_model_pair_holds_one_set_of_weights():
         torch.testing.assert_close(ours(images).logits, theirs(images)["out"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("output_stride, depth", [(8, 101), (16, 50)])
+def test_torchvision_models_are_assembled_as_torchvision_builds_them(output_stride, depth):
+    """The bench's torchvision side is torchvision's own DeepLabV3 (output stride 8); at 16 only layer4 is dilated."""
+    from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+
+    ours = torchvision_deeplabv3(output_stride, depth=depth)
+    if output_stride == 8:
+        builder = {50: deeplabv3_resnet50, 101: deeplabv3_resnet101}[depth]
+        assert str(ours) == str(builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=False))
+    dilations = {name: m.dilation for name, m in ours.backbone.named_modules() if name.endswith("conv2")}
+    assert dilations["layer3.0.conv2"] == (1, 1)  # a dilated layer's first block keeps the stride it replaces
+    assert dilations["layer3.1.conv2"] == ((1, 1) if output_stride == 16 else (2, 2))
+    assert dilations["layer4.1.conv2"] == ((2, 2) if output_stride == 16 else (4, 4))
+    assert sum(1 for name in dilations if name.startswith("layer3")) == {50: 6, 101: 23}[depth]
+
+
+def test_model_pair_at_resnet101_holds_one_set_of_weights():
+    images = torch.randn(2, 3, 65, 65)
+    theirs, ours = model_pair(16, images, depth=101)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images).logits, theirs(images)["out"], rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_section_runs_its_measures_on_the_cpu():
+    """The GPU section's code on the CPU (bf16, small): both models in one training loop from one set of weights,
+    peak memory from child processes, latency rows per batch size; the report holds the figures."""
+    lines = []
+    measured = gpu_section(Report(lines.append), torch.device("cpu"), rounds=1, depth=50, size=65, batch=2,
+                           latency_batches=(1, 2))  # fmt: skip
+    training = measured["training"]
+    assert training["amp"] == "bf16"
+    assert len(training["losses"]["atrous"]) == len(training["losses"]["torchvision"]) == 2  # warm-up + 1 round
+    assert training["max_relative_loss_difference"] < 0.02, training["losses"]  # bf16 rounding, nothing more
+    assert all(value > 100 for value in measured["memory"].values()), measured["memory"]  # a ResNet-50 is ~100 MiB
+    assert [row["batch"] for row in measured["inference"]] == [1, 2]
+    assert all(row["runtime"] == "bf16" and row["agreement"] > 0.9 for row in measured["inference"])
+    text = "\n".join(lines)
+    assert "CPU training: DeepLabV3-ResNet50 OS16, 65x65 crop, batch 2, AMP bf16" in text
+    assert f"| atrous | {training['seconds']['atrous']:.3f} |" in text
+    assert "pixels predicted alike" in text and "| 2 |" in text
+
+
+def test_gpu_section_says_when_there_is_no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lines = []
+    _gpu(Report(lines.append), rounds=1)
+    assert any("no CUDA GPU on this machine" in line for line in lines)
+
+
 def test_pipeline_measures_check_their_results_first():
     metrics = confusion_matrix_update(updates=10, rounds=1)
     assert metrics["atrous"] > 0 and metrics["torchmetrics"] > 0
@@ -72,8 +121,8 @@ def test_report_writes_markdown_tables():
 
 
 def test_bench_rejects_unknown_sections_and_references(capsys):
-    with pytest.raises(ValueError, match=r"unknown bench sections \['gpu'\]"):
-        run_bench(sections=("gpu",))
+    with pytest.raises(ValueError, match=r"unknown bench sections \['tpu'\]"):
+        run_bench(sections=("tpu",))
     assert main(["bench", "--compare", "mmseg"]) == 2
     assert "--compare supports 'torchvision'" in capsys.readouterr().err
 

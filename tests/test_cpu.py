@@ -43,12 +43,19 @@ def test_hardware_without_bf16_is_reported_whatever_the_cap(monkeypatch):
     assert not cpu.fast_reduced_precision_matmuls(torch.float32)
 
 
-def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
+@pytest.mark.parametrize("runtime, hardware, message", [
+    ("bf16", "native_bf16", "this CPU has no native bf16"),  # emulated: slower than float32
+    ("fp16", "amx_fp16", "fp16 is a GPU's half precision"),  # fast on a CPU only with AMX-FP16
+])  # fmt: skip
+def test_half_precision_on_a_cpu_without_the_hardware_is_warned_about(runtime, hardware, message, monkeypatch, caplog):
     model = atrous.build_model("deeplabv3", backbone="resnet18", num_classes=3, pretrained_backbone=None)
-    for native in (True, False):
-        monkeypatch.setattr(cpu, "native_bf16", lambda native=native: native)
+    monkeypatch.setattr(cpu, "native_bf16", lambda: True)
+    for present in (True, False):
+        monkeypatch.setattr(cpu, hardware, lambda present=present: present)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="atrous"):
-            prepare_inference(model, "bf16", device=torch.device("cpu"))
-        warned = [r.getMessage() for r in caplog.records if "no native bf16" in r.getMessage()]
-        assert len(warned) == (not native), warned
+            prepare_inference(model, runtime, device=torch.device("cpu"))
+        warned = [r.getMessage() for r in caplog.records if message in r.getMessage()]
+        assert len(warned) == (not present), warned
+    if runtime == "fp16":  # and it says what to use instead
+        assert "use bf16 (native on this CPU) or float32 here" in warned[0]

@@ -124,10 +124,18 @@ def test_float32_runtimes_give_eager_logits(model, runtime):
         torch.testing.assert_close(got.logits, want, rtol=0, atol=1e-3)
 
 
-def test_bf16_runtime_leaves_the_callers_model_float32(model):
-    fast = prepare_inference(model, "bf16", device=torch.device("cpu"))
+@pytest.mark.parametrize("runtime, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_runtimes_leave_the_callers_model_float32(model, runtime, dtype):
+    fast = prepare_inference(model, runtime, device=torch.device("cpu"))
     assert next(model.parameters()).dtype == torch.float32
-    assert fast(torch.randn(1, 3, 33, 33)).logits.dtype == torch.float32
+    x = torch.randn(1, 3, 33, 33)
+    got = fast(x).logits
+    assert got.dtype == torch.float32
+    with torch.no_grad():
+        want = model(x).logits
+    # fp16 keeps 11 significant bits, bf16 8: the logits of this small random network to their precision.
+    tolerance = {torch.float16: 2e-2, torch.bfloat16: 2e-1}[dtype]
+    torch.testing.assert_close(got, want, rtol=0, atol=tolerance * want.abs().max().item())
 
 
 def test_bf16_predictions_agree_with_float32_on_a_trained_model():
@@ -151,4 +159,4 @@ def test_onnx_export_is_cached_by_weights(model, tmp_path):
 def test_unknown_runtime_names_the_choices(model):
     with pytest.raises(ValueError, match=r"unknown runtime 'tensorrt'; choose from \['auto', 'eager'"):
         prepare_inference(model, "tensorrt")
-    assert set(RUNTIMES) == {"eager", "channels_last", "compile", "onnxruntime", "bf16", "int8"}
+    assert set(RUNTIMES) == {"eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8"}

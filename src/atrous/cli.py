@@ -478,7 +478,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
         parser.add_argument(
             "--runtime", choices=["auto", *RUNTIMES], default="auto",
             help="auto: ONNX Runtime on the CPU (exported once, cached), eager on GPUs; bf16: fastest, a few pixels "
-            "may differ; int8: ONNX Runtime int8, calibrated on the data (eval: prints the fp32 score too)",
+            "may differ; fp16: a GPU's half precision; int8: ONNX Runtime int8, calibrated on the data (eval: prints "
+            "the fp32 score too)",
         )  # fmt: skip
 
 

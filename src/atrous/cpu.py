@@ -54,9 +54,17 @@ def fast_reduced_precision_matmuls(dtype: torch.dtype) -> bool:
     return amx_bf16() if dtype == torch.bfloat16 else amx_fp16() if dtype == torch.float16 else False
 
 
-def warn_if_bf16_is_emulated(device: torch.device, what: str, logger) -> None:
-    """Say so, once per run, when ``what`` asks for bf16 on a CPU that would emulate it: it works, but slower than
-    the float32 the user was trying to beat."""
-    if device.type == "cpu" and not native_bf16():
+def warn_if_slow_on_this_cpu(device: torch.device, dtype: torch.dtype, what: str, logger) -> None:
+    """Say so, once per run, when ``what`` asks for ``dtype`` (bf16 or fp16) on a CPU that has no hardware for it:
+    it works, but slower than the float32 the user was trying to beat."""
+    if device.type != "cpu":
+        return
+    if dtype == torch.bfloat16 and not native_bf16():
         logger.warning("%s: this CPU has no native bf16 (AVX512_BF16 or AMX), so bf16 is emulated here and runs "
                        "slower than float32 (4-8x measured, BENCHMARKS.md); float32 is the fast choice on it", what)
+    elif dtype == torch.float16 and not amx_fp16():
+        # Measured: DeepLabV3-R50 at 513 took 1.3x float32's time in fp16 on an Intel Xeon with AVX512-FP16
+        # and AMX-BF16 (bf16: 0.35x); a CPU without AVX512-FP16 can only do worse.
+        logger.warning("%s: fp16 is a GPU's half precision; without AMX-FP16 a CPU runs it slower than float32 "
+                       "(1.3x float32's time measured); use bf16 (%s on this CPU) or float32 here", what,
+                       "native" if native_bf16() else "emulated, so float32")  # fmt: skip

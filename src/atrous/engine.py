@@ -237,7 +237,7 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
     run.batches = _batch_stream(run, iterations_per_epoch)
     if info.is_main:
         if t.amp == "bf16":
-            cpu.warn_if_bf16_is_emulated(info.device, "train.amp=bf16", log)
+            cpu.warn_if_slow_on_this_cpu(info.device, torch.bfloat16, "train.amp=bf16", log)
         log.info(
             "%s: %d images; global batch %d = %d process(es) x %d per process x %d accumulation step(s); %d iterations "
             "(~%.1f epochs) on %s", train_set.name, len(train_set), d.batch_size, info.world_size, micro_batch,

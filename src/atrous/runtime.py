@@ -1,5 +1,5 @@
-"""Inference runtimes: the same model run eagerly, in channels_last, compiled, through ONNX Runtime, in bfloat16, or
-quantised to int8 through ONNX Runtime.
+"""Inference runtimes: the same model run eagerly, in channels_last, compiled, through ONNX Runtime, in bfloat16 or
+float16 (a GPU's half precision), or quantised to int8 through ONNX Runtime.
 
 ``prepare_inference(model, runtime)`` returns an ``InferenceModel``: called like a ``Segmenter`` on normalised
 images (N, 3, H, W) float32, it returns ``SegmentationOutput`` with float32 logits, so every inference mode
@@ -33,7 +33,8 @@ from .models.segmenter import SegmentationOutput, Segmenter
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "int8")
+RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8")
+HALF_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Exports kept in the cache, the most recently used (a ResNet-101 DeepLab's is about 64 MB: about 0.5 GB in all);
 # the environment variable overrides it.
 ONNX_CACHE_ENTRIES = 8
@@ -99,12 +100,11 @@ def prepare_inference(
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
         return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images)).logits)
-    if runtime == "bf16":
-        cpu.warn_if_bf16_is_emulated(device, "the bf16 runtime", log)
-        model = copy.deepcopy(model).to(torch.bfloat16)  # the caller's model stays float32
-        return InferenceModel(
-            model, runtime, lambda images: _no_grad(model)(_channels_last(images).to(torch.bfloat16)).logits
-        )
+    if runtime in HALF_PRECISIONS:
+        dtype = HALF_PRECISIONS[runtime]
+        cpu.warn_if_slow_on_this_cpu(device, dtype, f"the {runtime} runtime", log)
+        model = copy.deepcopy(model).to(dtype)  # the caller's model stays float32
+        return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images).to(dtype)).logits)
     from .export import ExportedGraph
 
     # Freezing folds BatchNorm into the convolutions and pre-packs weights for oneDNN: it needs no_grad.

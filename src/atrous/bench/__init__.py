@@ -3,7 +3,8 @@
 Sections: ``pipeline`` (data pipeline, confusion-matrix update, DenseCRF on all cores), ``inference``
 (DeepLabV3-R50 OS16/OS8 against torchvision, DeepLabV3+ against the ceiling, bf16, int8), ``training`` (step time
 and peak memory against torchvision, bf16, activation checkpointing), ``slide`` (sliding window at Cityscapes
-scale). Each prints its table as soon as it is measured;
+scale), ``gpu`` (training and fp16 inference against torchvision on a GPU, where CUDA is present). Each prints its
+table as soon as it is measured;
 ``run_bench`` also returns the whole report as Markdown (for BENCHMARKS.md).
 """
 
@@ -23,7 +24,7 @@ from ..errors import ConfigError
 
 # The pipeline section first: its single-threaded, memory-bound measures read 15-20% slower in a process that
 # has already run the networks (measured: 264 against 315 images/s, 0.67 against 0.56 ms).
-SECTIONS = ("pipeline", "inference", "training", "slide")
+SECTIONS = ("pipeline", "inference", "training", "slide", "gpu")
 FP32_RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime")
 
 # The targets of the performance issue, printed beside what was measured.
@@ -190,6 +191,49 @@ def _slide(report: Report) -> None:
     report()
 
 
+def gpu_section(report: Report, device: torch.device, rounds: int, **sizes) -> dict:
+    """The GPU section on ``device``; ``sizes`` (depth, size, batch, latency_batches) shrink it for a test on the
+    CPU. Returns what it measured: ``training``, ``memory`` (MiB per model), ``inference`` (rows per batch)."""
+    from .gpu import BATCH, CROP, DEPTH, LATENCY_BATCHES, compare_inference, compare_training, peak_training_memory
+
+    depth, size, batch = sizes.get("depth", DEPTH), sizes.get("size", CROP), sizes.get("batch", BATCH)
+    shape = {"depth": depth, "size": size}
+    step = compare_training(device, **shape, batch=batch, rounds=rounds)
+    memory = {name: peak_training_memory(name, device, **shape, batch=batch) for name in ("torchvision", "atrous")}
+    what = "peak allocated GPU MiB" if device.type == "cuda" else "peak RSS MiB"
+    report(f"### {device.type.upper()} training: DeepLabV3-ResNet{depth} OS16, {size}x{size} crop, batch {batch}, "
+           f"AMP {step['amp']}, channels_last, SGD, both in atrous.engine.train_step")  # fmt: skip
+    report()
+    report.table(["model", "s per step", "images/s", f"{what} (own process)"], [
+        [name, f"{step['seconds'][name]:.3f}", f"{step['images_per_s'][name]:.1f}", f"{memory[name]:.0f}"]
+        for name in ("torchvision", "atrous")
+    ])  # fmt: skip
+    memory_ratio = memory["atrous"] / memory["torchvision"]
+    report(f"- atrous {step['ratio']:.2f}x torchvision's training speed, {memory_ratio:.2f}x its peak memory; loss "
+           f"curves differ by {step['max_relative_loss_difference']:.1e} (rel.)")  # fmt: skip
+    report()
+    rows = compare_inference(device, **shape, batches=sizes.get("latency_batches", LATENCY_BATCHES), rounds=rounds)
+    report(f"### {device.type.upper()} inference latency: DeepLabV3-ResNet{depth} OS16, {size}x{size}, "
+           f"{rows[0]['runtime']} (atrous --runtime {rows[0]['runtime']}; torchvision converted by hand)")  # fmt: skip
+    report()
+    report.table(["batch", "torchvision ms", "atrous ms", "speed-up", "pixels predicted alike"], [
+        [str(r["batch"]), f"{r['ms']['torchvision']:.1f}", f"{r['ms']['atrous']:.1f}", f"{r['ratio']:.2f}x",
+         f"{r['agreement']:.2%}"] for r in rows
+    ])  # fmt: skip
+    return {"training": step, "memory": memory, "inference": rows}
+
+
+def _gpu(report: Report, rounds: int) -> None:
+    if not torch.cuda.is_available():
+        report("### GPU")
+        report()
+        report("- no CUDA GPU on this machine: the GPU section (training and fp16 inference against torchvision, "
+               "DeepLabV3-ResNet101) runs where one is present")  # fmt: skip
+        report()
+        return
+    gpu_section(report, torch.device("cuda"), rounds)
+
+
 def _pipeline(report: Report, rounds: int) -> None:
     from .pipeline import confusion_matrix_update, data_pipeline, densecrf_cores
 
@@ -240,15 +284,18 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
                f"{machine.ghz * peak / theoretical:.2f} GHz sustained)")  # fmt: skip
     report()
     runs = {
-        "inference": (lambda: _inference(report, ceiling, peak, machine.has("avx512_vnni"), rounds), "about 3 minutes"),
-        "training": (lambda: _training(report, rounds, cpu.native_bf16()), "about 2.5 minutes"),
-        "pipeline": (lambda: _pipeline(report, rounds), "about 30 seconds"),
-        "slide": (lambda: _slide(report), "about 3 minutes"),
+        "inference": (
+            lambda: _inference(report, ceiling, peak, machine.has("avx512_vnni"), rounds), "about 3 minutes on 2 cores"
+        ),
+        "training": (lambda: _training(report, rounds, cpu.native_bf16()), "about 2.5 minutes on 2 cores"),
+        "pipeline": (lambda: _pipeline(report, rounds), "about 30 seconds on 2 cores"),
+        "slide": (lambda: _slide(report), "about 3 minutes on 2 cores"),
+        "gpu": (lambda: _gpu(report, rounds), "a minute or two on a GPU; nothing without one"),
     }
     for name in SECTIONS:
         if name in sections:
             run, duration = runs[name]
-            log.info("[bench] measuring %s (%s here)...", name, duration)
+            log.info("[bench] measuring %s (%s)...", name, duration)
             run()
     report(f"bench finished in {(time.perf_counter() - start) / 60:.1f} min")
     return "\n".join(report.lines) + "\n"

@@ -1,12 +1,12 @@
-"""The networks the benchmark compares: torchvision's DeepLabV3-ResNet50 and atrous holding the same weights."""
+"""The networks the benchmark compares: torchvision's DeepLabV3 (ResNet-50 on the CPU, ResNet-101 on a GPU) and
+atrous holding the same weights."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet50
+from torchvision.models import resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.segmentation import deeplabv3_resnet50
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from ..models import Segmenter, build_model
@@ -37,22 +37,27 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0, *, images: torch.Tensor
     return model.eval()
 
 
-def torchvision_deeplabv3_resnet50(output_stride: int, num_classes: int = 21) -> nn.Module:
-    """torchvision's ``deeplabv3_resnet50`` (output stride 8), or the same classes assembled at output stride 16."""
-    if output_stride == 8:
-        return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-    if output_stride != 16:
+def torchvision_deeplabv3(output_stride: int, num_classes: int = 21, *, depth: int = 50) -> nn.Module:
+    """torchvision's DeepLabV3 on ResNet-``depth`` (50 or 101) as ``deeplabv3_resnet50``/``101`` assemble it
+    (dilated layer3 and layer4: output stride 8), or with layer4 alone dilated (output stride 16)."""
+    if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-    backbone = IntermediateLayerGetter(resnet50(replace_stride_with_dilation=[False, False, True]), {"layer4": "out"})
+    if depth not in (50, 101):
+        raise ValueError(f"depth must be 50 or 101, got {depth}")
+    resnet = {50: resnet50, 101: resnet101}[depth](replace_stride_with_dilation=[False, output_stride == 8, True])
+    backbone = IntermediateLayerGetter(resnet, {"layer4": "out"})
     return DeepLabV3(backbone, DeepLabHead(2048, num_classes))
 
 
-def model_pair(output_stride: int, images: torch.Tensor, *, seed: int = 0) -> tuple[nn.Module, Segmenter]:
-    """(torchvision's model with random weights, BN calibrated on ``images`` (normalised, N >= 2), the atrous
-    model loaded with its state dict)."""
+def model_pair(
+    output_stride: int, images: torch.Tensor, *, seed: int = 0, depth: int = 50
+) -> tuple[nn.Module, Segmenter]:
+    """(torchvision's DeepLabV3-ResNet-``depth`` with random weights, BN calibrated on ``images`` (normalised,
+    N >= 2), the atrous model loaded with its state dict)."""
     torch.manual_seed(seed)
-    theirs = randomise_batchnorm(torchvision_deeplabv3_resnet50(output_stride), seed, images=images)
-    ours = build_model("deeplabv3", backbone="resnet50", num_classes=21, output_stride=output_stride, atrous_rates=RATES)
+    theirs = randomise_batchnorm(torchvision_deeplabv3(output_stride, depth=depth), seed, images=images)
+    ours = build_model("deeplabv3", backbone=f"resnet{depth}", num_classes=21, output_stride=output_stride,
+                       atrous_rates=RATES)  # fmt: skip
     report = load_weights(ours, theirs.state_dict())
     if report.missing or report.unexpected or report.mismatched:
         raise RuntimeError(f"torchvision's weights did not map one to one: {report}")

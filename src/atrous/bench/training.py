@@ -33,10 +33,11 @@ def _model_pair(output_stride: int):
     return model_pair(output_stride, torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1)))
 
 
-def _training_run(model, images: torch.Tensor, masks: torch.Tensor, amp: str = "none"):
+def _training_run(model, images: torch.Tensor, masks: torch.Tensor, amp: str = "none", *, forward=None):
     """An ``atrous.engine.TrainingRun`` around ``model`` that trains on one batch forever, with the optimizer and
     constant learning rate of ``_stepper``; channels_last, as ``train.channels_last`` runs it; ``amp`` as
-    ``train.amp``."""
+    ``train.amp``; on the device of ``images``. ``forward`` (default: the model) maps images to a
+    ``SegmentationOutput``: another library's model runs in the very same loop."""
     import itertools
 
     from ..config import Config, TrainConfig
@@ -44,20 +45,23 @@ def _training_run(model, images: torch.Tensor, masks: torch.Tensor, amp: str = "
     from ..engine import TrainingRun
     from ..losses import SegmentationLoss
 
+    device = images.device
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     return TrainingRun(
-        config=Config(train=TrainConfig(channels_last=True, amp=amp)), dist=DistInfo(0, 1, 0, torch.device("cpu")),
-        model=model, wrapped=model, forward=model, loss_fn=SegmentationLoss(aux_weight=0.0), optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 1.0),
-        scaler=torch.amp.GradScaler("cpu", enabled=False), batches=itertools.repeat((images, masks)), iterations=10**9,
+        config=Config(train=TrainConfig(channels_last=True, amp=amp)), dist=DistInfo(0, 1, 0, device),
+        model=model, wrapped=model, forward=forward or model, loss_fn=SegmentationLoss(aux_weight=0.0),
+        optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 1.0),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), batches=itertools.repeat((images, masks)),
+        iterations=10**9,
     )  # fmt: skip
 
 
-def _engine_stepper(model, images, masks, amp: str = "none"):
-    """``atrous.engine.train_step`` per call; returns the losses it has seen."""
+def _engine_stepper(model, images, masks, amp: str = "none", *, forward=None):
+    """``atrous.engine.train_step`` per call; returns the losses it has seen (``.item()``: each call waits for its
+    step to finish, on a GPU too)."""
     from ..engine import train_step
 
-    run = _training_run(model, images, masks, amp)
+    run = _training_run(model, images, masks, amp, forward=forward)
     losses = []
 
     def step():
