@@ -30,6 +30,46 @@ def test_atrous_conv_equals_conv2d_in_values_and_gradients(dilation, size):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("size, by_taps", [((4, 4), True), ((4, 5), True), ((4, 9), False), ((9, 9), False)])
+def test_backbone_atrous_convs_go_by_taps_only_where_half_the_work_reads_padding(size, by_taps, monkeypatch):
+    """A backbone's dilated layer (always_by_taps=False): Conv2d's values and gradients either way; the tap-wise
+    training path only where half or more of the kernel's multiply-adds read padding (rate 2: a 4-pixel side)."""
+    calls = []
+    original = atrous_conv._TrainingAtrousConv.apply
+    monkeypatch.setattr(atrous_conv._TrainingAtrousConv, "apply", lambda *a: calls.append(1) or original(*a))
+    conv = AtrousConv2d(16, 8, dilation=2, always_by_taps=False)
+    reference = torch.nn.Conv2d(16, 8, 3, padding=2, dilation=2, bias=False)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, *size, requires_grad=True)
+    ours, theirs = conv(x), reference(x)
+    assert len(calls) == by_taps
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    weight = torch.randn_like(ours)
+    for got, want in zip(torch.autograd.grad((ours * weight).sum(), [x, conv.weight]),
+                         torch.autograd.grad((theirs * weight).sum(), [x, reference.weight])):  # fmt: skip
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_backbones_dilated_convs_become_atrous_convs_holding_the_same_parameters():
+    from torchvision.models import resnet50
+
+    from atrous.models.atrous_conv import adopt_dilated_convs
+
+    plain = resnet50(replace_stride_with_dilation=[False, True, True])
+    before = {name: (type(m), m.weight) for name, m in plain.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    keys = list(plain.state_dict())
+    adopted = adopt_dilated_convs(plain)
+    after = {name: m for name, m in adopted.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert list(adopted.state_dict()) == keys and set(after) == set(before)
+    for name, module in after.items():
+        assert module.weight is before[name][1]  # the very parameters, not copies
+        dilated_3x3 = module.kernel_size == (3, 3) and module.dilation != (1, 1)
+        assert isinstance(module, AtrousConv2d) == dilated_3x3, name
+    assert sum(isinstance(m, AtrousConv2d) for m in after.values()) == 8  # layer3: 5 blocks, layer4: 3
+    model = atrous.build_model("deeplabv3", backbone="resnet50", num_classes=3, output_stride=8)
+    assert sum(isinstance(m, AtrousConv2d) and not m.always_by_taps for m in model.backbone.modules()) == 8
+
+
 @pytest.fixture(params=["matmuls", "onednn"])
 def reduced_precision_path(request, monkeypatch):
     """Both bf16 paths on any CPU: matrix products (chosen with AMX) and oneDNN's convolutions (chosen without)."""

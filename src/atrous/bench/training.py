@@ -87,12 +87,14 @@ def _stepper(model, logits_of, images, masks):
 
 
 def _train_without_dropout(model):
-    """Training mode, dropout off: its mask order follows memory layout, so NCHW and channels_last runs (and any two
-    runs compared step by step) would otherwise differ by more than arithmetic."""
+    """Training mode, every dropout layer replaced by an identity: its mask order follows memory layout, so NCHW and
+    channels_last runs (and any two runs compared step by step) would otherwise differ by more than arithmetic.
+    Replaced, not put in eval mode: ``atrous.engine.train_step`` puts the whole model in training mode each step."""
     model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.eval()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.modules.dropout._DropoutNd):
+                setattr(parent, name, torch.nn.Identity())
     return model
 
 
