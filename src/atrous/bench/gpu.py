@@ -17,7 +17,7 @@ import sys
 import torch
 
 from ..models.segmenter import SegmentationOutput
-from ..runtime import prepare_inference
+from ..runtime import HALF_PRECISIONS, prepare_inference
 from .models import model_pair
 from .timing import ab_medians, peak_rss_mib, run_child
 from .training import _engine_stepper, _train_without_dropout
@@ -27,7 +27,6 @@ LATENCY_BATCHES = (1, 8)
 # The precision each device trains and infers in: fp16 is a GPU's; a CPU has bf16 (and it keeps the section's test
 # on the CPU honest: the loop, the loss scaling off, the casts).
 AMP = {"cuda": "fp16", "cpu": "bf16"}
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _pair(depth: int, device: torch.device):
@@ -108,7 +107,7 @@ def compare_inference(
     converted by hand (``.to(dtype)``, channels_last) against atrous's runtime of that name, both from float32
     images to float32 logits; how many pixels the two predict alike."""
     runtime = AMP[device.type]
-    dtype = DTYPES[runtime]
+    dtype = HALF_PRECISIONS[runtime]
     theirs, ours = _pair(depth, device)
     theirs = copy.deepcopy(theirs).to(dtype=dtype, memory_format=torch.channels_last).eval()
     ours = prepare_inference(ours, runtime, device=device)

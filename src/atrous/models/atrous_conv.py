@@ -11,6 +11,10 @@ channels on 65x65, rate 36, 316 ms against 9 ms forward), so there the layer is 
 (``_ReducedPrecisionAtrousConv``). Without AMX (AMD Zen 4: AVX512_BF16 only) oneDNN's convolutions are as fast
 or faster, and the layer leaves the work to them (``atrous.cpu.fast_reduced_precision_matmuls``).
 
+A backbone's dilated stages get the same layer (``adopt_dilated_convs``, from ``build_model``) with
+``always_by_taps=False``: at a backbone's small rates oneDNN's kernels are as fast, so those layers skip dead taps
+but go by taps only where half the kernel's work or more reads padding (rate 2 on a 4x4 map).
+
 The state dict is ``Conv2d``'s. Traced or exported graphs (ONNX, TorchScript, ``torch.export``) get the plain
 convolution, since they must stay valid for every input size; so do meta tensors, on which FLOPs are counted
 (the conventional count, torchvision's included, is the full convolution's).
