@@ -18,9 +18,8 @@ import torch
 
 from ..models.segmenter import SegmentationOutput
 from ..runtime import HALF_PRECISIONS, prepare_inference
-from .models import model_pair
 from .timing import ab_medians, peak_rss_mib, run_child
-from .training import _engine_stepper, _train_without_dropout
+from .training import _batch, _engine_stepper, _model_pair, _relative_drift, _train_without_dropout
 
 DEPTH, OUTPUT_STRIDE, CROP, BATCH = 101, 16, 513, 8
 LATENCY_BATCHES = (1, 8)
@@ -31,8 +30,7 @@ AMP = {"cuda": "fp16", "cpu": "bf16"}
 
 def _pair(depth: int, device: torch.device):
     """(torchvision, atrous) with one set of weights, BN calibrated on a fixed batch, on ``device``."""
-    images = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
-    theirs, ours = model_pair(OUTPUT_STRIDE, images, depth=depth)
+    theirs, ours = _model_pair(OUTPUT_STRIDE, depth)
     return theirs.to(device), ours.to(device)
 
 
@@ -42,10 +40,7 @@ def _torchvision_forward(model):
 
 
 def _training_batch(size: int, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, size, size, generator=generator)
-    masks = torch.randint(0, 21, (batch, size, size), generator=generator)
-    masks[:, :8] = 255  # some ignored pixels, as at a padded crop's border
+    images, masks = _batch(size, batch=batch)
     return images.to(device), masks.to(device)
 
 
@@ -73,9 +68,7 @@ def compare_training(
         "images_per_s": {name: batch / value for name, value in seconds.items()},
         "ratio": seconds["torchvision"] / seconds["atrous"],
         "losses": losses,
-        "max_relative_loss_difference": max(
-            abs(a - b) / abs(b) for a, b in zip(losses["atrous"], losses["torchvision"])
-        ),
+        "max_relative_loss_difference": _relative_drift(losses["atrous"], losses["torchvision"]),
     }
 
 

@@ -20,17 +20,23 @@ from .timing import ab_medians, peak_rss_mib, run_child
 BATCH = 2
 
 
-def _batch(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(size: int, seed: int = 0, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(BATCH, 3, size, size, generator=generator)
-    masks = torch.randint(0, 21, (BATCH, size, size), generator=generator)
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    masks = torch.randint(0, 21, (batch, size, size), generator=generator)
     masks[:, :8] = 255  # some ignored pixels, as at a padded crop's border
     return images, masks
 
 
-def _model_pair(output_stride: int):
+def _model_pair(output_stride: int, depth: int = 50):
     """The two models with one set of weights, BN calibrated on a fixed random batch (no image needed to train)."""
-    return model_pair(output_stride, torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1)))
+    images = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
+    return model_pair(output_stride, images, depth=depth)
+
+
+def _relative_drift(losses: list[float], reference: list[float]) -> float:
+    """How far one loss curve parts from another, step by step: the largest relative difference."""
+    return max(abs(a - b) / abs(b) for a, b in zip(losses, reference))
 
 
 def _training_run(model, images: torch.Tensor, masks: torch.Tensor, amp: str = "none", *, forward=None):
@@ -108,7 +114,7 @@ def compare_training_step(size: int, *, rounds: int) -> dict:
     step_theirs, losses_theirs = _stepper(theirs, lambda x: theirs(x)["out"], images, masks)
     step_ours, losses_ours = _engine_stepper(ours, images, masks)
     seconds = ab_medians({"torchvision": step_theirs, "atrous": step_ours}, rounds=rounds)
-    drift = max(abs(a - b) / abs(b) for a, b in zip(losses_ours, losses_theirs))
+    drift = _relative_drift(losses_ours, losses_theirs)
     return {
         "size": size,
         "torchvision_s": seconds["torchvision"],
@@ -136,7 +142,7 @@ def compare_bf16_step(size: int, *, rounds: int) -> dict:
         "fp32_s": seconds["none"],
         "bf16_s": seconds["bf16"],
         "ratio": seconds["none"] / seconds["bf16"],
-        "max_relative_loss_difference": max(abs(a - b) / abs(b) for a, b in zip(bf16, fp32)),
+        "max_relative_loss_difference": _relative_drift(bf16, fp32),
     }
 
 
