@@ -21,7 +21,7 @@ from atrous.bench.inference import benchmark_image
 from atrous.bench.machine import this_machine
 from atrous.bench.models import model_pair
 from atrous.bench.timing import ab_medians
-from atrous.bench.training import _batch, _engine_stepper
+from atrous.bench.training import engine_stepper, random_batch
 from atrous.models.normalization import IMAGENET_RGB
 from atrous.runtime import prepare_inference
 
@@ -53,11 +53,11 @@ def main() -> None:
     for name, value in seconds.items():
         print(f"  {name}: {value:.3f} s ({seconds['fp32 onnxruntime'] / value:.2f}x fp32 onnxruntime)")
 
-    crop_images, masks = _batch(321)
+    crop_images, masks = random_batch(321)
     model = model.train().to(memory_format=torch.channels_last)
-    steps = {"fp32": _engine_stepper(copy.deepcopy(model), crop_images, masks)[0]}
+    steps = {"fp32": engine_stepper(copy.deepcopy(model), crop_images, masks)[0]}
     for name, matmuls in PATHS.items():
-        steps[f"bf16, {name}"] = _on_path(matmuls, _engine_stepper(copy.deepcopy(model), crop_images, masks, "bf16")[0])
+        steps[f"bf16, {name}"] = _on_path(matmuls, engine_stepper(copy.deepcopy(model), crop_images, masks, "bf16")[0])
     seconds = ab_medians(steps, rounds=3)
     print("training step, DeepLabV3-R50 OS16, 321x321, batch 2, SGD:")
     for name, value in seconds.items():

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "deeplabv3plus_r18-os16_synthetic_64x64_1.4k.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "deeplabv3plus_r18-os16_synthetic_64x64_700.yaml"
 HOG = """
 import torch
 torch.set_num_threads(torch.get_num_threads())

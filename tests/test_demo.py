@@ -53,7 +53,7 @@ def test_the_synthetic_recipe_is_the_demo_configuration(tmp_path):
     from atrous.config import config_to_dict, load_config
     from atrous.demo import demo_config
 
-    recipe = config_to_dict(load_config(Path(__file__).resolve().parents[1] / "configs" / "deeplabv3plus_r18-os16_synthetic_64x64_1.4k.yaml"))
+    recipe = config_to_dict(load_config(Path(__file__).resolve().parents[1] / "configs" / "deeplabv3plus_r18-os16_synthetic_64x64_700.yaml"))
     demo = config_to_dict(demo_config(data_root=Path("data/synthetic"), out_dir=Path("runs"), fast=False))
     for section in ("model", "optim", "train", "data"):  # data.root too: `atrous eval --config <recipe>` finds it
         assert recipe[section] == demo[section], section

@@ -1,6 +1,6 @@
 """``atrous demo``: synthetic data -> training from scratch on the CPU -> evaluation -> predictions -> report.
 
-The demo runs the recipe ``configs/deeplabv3plus_r18-os16_synthetic_64x64_1.4k.yaml`` (shipped inside the package);
+The demo runs the recipe ``configs/deeplabv3plus_r18-os16_synthetic_64x64_700.yaml`` (shipped inside the package);
 ``fast`` shortens its schedule to a one-minute smoke test.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import Config, apply_overrides, load_config
 
-DEMO_RECIPE = "deeplabv3plus_r18-os16_synthetic_64x64_1.4k.yaml"
+DEMO_RECIPE = "deeplabv3plus_r18-os16_synthetic_64x64_700.yaml"
 # The smoke test's schedule and dataset size; everything else is the recipe's.
 FAST_ITERATIONS = 60
 FAST_OVERRIDES = [f"train.iterations={FAST_ITERATIONS}", "train.val_every=30", "train.save_every=30", "optim.warmup_iters=5"]

@@ -34,6 +34,7 @@ from .losses import SegmentationLoss
 from .models import Segmenter, build_model
 from .progress import progress_bar
 from .run_dir import RunDirLock, claim, trim_metrics
+from .runtime import HALF_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
 def _autocast(amp: str, device: torch.device):
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+    return torch.autocast(device_type=device.type, dtype=HALF_PRECISIONS[amp])
 
 
 def train_step(run: TrainingRun) -> torch.Tensor:

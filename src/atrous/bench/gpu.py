@@ -19,7 +19,7 @@ import torch
 from ..models.segmenter import SegmentationOutput
 from ..runtime import HALF_PRECISIONS, prepare_inference
 from .timing import ab_medians, peak_rss_mib, run_child
-from .training import _batch, _engine_stepper, _model_pair, _relative_drift, _train_without_dropout
+from .training import calibrated_model_pair, engine_stepper, random_batch, relative_drift, without_dropout
 
 DEPTH, OUTPUT_STRIDE, CROP, BATCH = 101, 16, 513, 8
 LATENCY_BATCHES = (1, 8)
@@ -30,7 +30,7 @@ AMP = {"cuda": "fp16", "cpu": "bf16"}
 
 def _pair(depth: int, device: torch.device):
     """(torchvision, atrous) with one set of weights, BN calibrated on a fixed batch, on ``device``."""
-    theirs, ours = _model_pair(OUTPUT_STRIDE, depth)
+    theirs, ours = calibrated_model_pair(OUTPUT_STRIDE, depth)
     return theirs.to(device), ours.to(device)
 
 
@@ -40,12 +40,12 @@ def _torchvision_forward(model):
 
 
 def _training_batch(size: int, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images, masks = _batch(size, batch=batch)
+    images, masks = random_batch(size, batch=batch)
     return images.to(device), masks.to(device)
 
 
 def _prepared_for_training(model, device: torch.device):
-    return _train_without_dropout(model).to(device, memory_format=torch.channels_last)
+    return without_dropout(model).to(device, memory_format=torch.channels_last)
 
 
 def compare_training(
@@ -57,8 +57,8 @@ def compare_training(
     images, masks = _training_batch(size, batch, device)
     theirs, ours = (_prepared_for_training(model, device) for model in _pair(depth, device))
     steppers = {
-        "torchvision": _engine_stepper(theirs, images, masks, amp, forward=_torchvision_forward(theirs)),
-        "atrous": _engine_stepper(ours, images, masks, amp),
+        "torchvision": engine_stepper(theirs, images, masks, amp, forward=_torchvision_forward(theirs)),
+        "atrous": engine_stepper(ours, images, masks, amp),
     }
     seconds = ab_medians({name: step for name, (step, _) in steppers.items()}, rounds=rounds)
     losses = {name: seen for name, (_, seen) in steppers.items()}
@@ -68,7 +68,7 @@ def compare_training(
         "images_per_s": {name: batch / value for name, value in seconds.items()},
         "ratio": seconds["torchvision"] / seconds["atrous"],
         "losses": losses,
-        "max_relative_loss_difference": _relative_drift(losses["atrous"], losses["torchvision"]),
+        "max_relative_loss_difference": relative_drift(losses["atrous"], losses["torchvision"]),
     }
 
 
@@ -133,7 +133,7 @@ def _child(task: dict) -> dict:
     images, masks = _training_batch(task["size"], task["batch"], device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step, losses = _engine_stepper(model, images, masks, AMP[device.type], forward=forward)
+    step, losses = engine_stepper(model, images, masks, AMP[device.type], forward=forward)
     for _ in range(task["steps"]):
         step()
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()

@@ -20,7 +20,8 @@ from .timing import ab_medians, peak_rss_mib, run_child
 BATCH = 2
 
 
-def _batch(size: int, seed: int = 0, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(size: int, seed: int = 0, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and 21-class masks with a band of ignored pixels; the same tensors for the same seed."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=generator)
     masks = torch.randint(0, 21, (batch, size, size), generator=generator)
@@ -28,13 +29,13 @@ def _batch(size: int, seed: int = 0, batch: int = BATCH) -> tuple[torch.Tensor, 
     return images, masks
 
 
-def _model_pair(output_stride: int, depth: int = 50):
+def calibrated_model_pair(output_stride: int, depth: int = 50):
     """The two models with one set of weights, BN calibrated on a fixed random batch (no image needed to train)."""
     images = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(1))
     return model_pair(output_stride, images, depth=depth)
 
 
-def _relative_drift(losses: list[float], reference: list[float]) -> float:
+def relative_drift(losses: list[float], reference: list[float]) -> float:
     """How far one loss curve parts from another, step by step: the largest relative difference."""
     return max(abs(a - b) / abs(b) for a, b in zip(losses, reference))
 
@@ -62,7 +63,7 @@ def _training_run(model, images: torch.Tensor, masks: torch.Tensor, amp: str = "
     )  # fmt: skip
 
 
-def _engine_stepper(model, images, masks, amp: str = "none", *, forward=None):
+def engine_stepper(model, images, masks, amp: str = "none", *, forward=None):
     """``atrous.engine.train_step`` per call; returns the losses it has seen (``.item()``: each call waits for its
     step to finish, on a GPU too)."""
     from ..engine import train_step
@@ -92,7 +93,7 @@ def _stepper(model, logits_of, images, masks):
     return step, losses
 
 
-def _train_without_dropout(model):
+def without_dropout(model):
     """Training mode, every dropout layer replaced by an identity: its mask order follows memory layout, so NCHW and
     channels_last runs (and any two runs compared step by step) would otherwise differ by more than arithmetic.
     Replaced, not put in eval mode: ``atrous.engine.train_step`` puts the whole model in training mode each step."""
@@ -106,15 +107,15 @@ def _train_without_dropout(model):
 
 def compare_training_step(size: int, *, rounds: int) -> dict:
     """Median step seconds of both models (alternating), the ratio and how far their loss curves drift apart."""
-    images, masks = _batch(size)
-    theirs, ours = _model_pair(16)
+    images, masks = random_batch(size)
+    theirs, ours = calibrated_model_pair(16)
     for model in (theirs, ours):
-        _train_without_dropout(model)
+        without_dropout(model)
     ours = ours.to(memory_format=torch.channels_last)
     step_theirs, losses_theirs = _stepper(theirs, lambda x: theirs(x)["out"], images, masks)
-    step_ours, losses_ours = _engine_stepper(ours, images, masks)
+    step_ours, losses_ours = engine_stepper(ours, images, masks)
     seconds = ab_medians({"torchvision": step_theirs, "atrous": step_ours}, rounds=rounds)
-    drift = _relative_drift(losses_ours, losses_theirs)
+    drift = relative_drift(losses_ours, losses_theirs)
     return {
         "size": size,
         "torchvision_s": seconds["torchvision"],
@@ -131,10 +132,10 @@ def compare_bf16_step(size: int, *, rounds: int) -> dict:
     the same weights, alternating): median step seconds, the speed-up and how far the loss curves part."""
     import copy
 
-    images, masks = _batch(size)
-    _, model = _model_pair(16)
-    model = _train_without_dropout(model).to(memory_format=torch.channels_last)
-    steppers = {amp: _engine_stepper(copy.deepcopy(model), images, masks, amp) for amp in ("none", "bf16")}
+    images, masks = random_batch(size)
+    _, model = calibrated_model_pair(16)
+    model = without_dropout(model).to(memory_format=torch.channels_last)
+    steppers = {amp: engine_stepper(copy.deepcopy(model), images, masks, amp) for amp in ("none", "bf16")}
     seconds = ab_medians({amp: step for amp, (step, _) in steppers.items()}, rounds=rounds)
     fp32, bf16 = steppers["none"][1], steppers["bf16"][1]
     return {
@@ -142,7 +143,7 @@ def compare_bf16_step(size: int, *, rounds: int) -> dict:
         "fp32_s": seconds["none"],
         "bf16_s": seconds["bf16"],
         "ratio": seconds["none"] / seconds["bf16"],
-        "max_relative_loss_difference": _relative_drift(bf16, fp32),
+        "max_relative_loss_difference": relative_drift(bf16, fp32),
     }
 
 
@@ -179,7 +180,7 @@ def checkpointing_comparison(size: int = 513, output_stride: int = 8) -> dict:
 
 
 def _child(task: dict) -> dict:
-    theirs, ours = _model_pair(task["output_stride"])
+    theirs, ours = calibrated_model_pair(task["output_stride"])
     if task["model"] == "torchvision":
         model, logits_of = theirs.train(), lambda x: theirs(x)["out"]
         del ours
@@ -188,7 +189,7 @@ def _child(task: dict) -> dict:
         model = ours.train().to(memory_format=torch.channels_last)
         model.backbone.activation_checkpointing = task.get("checkpointing", False)
         logits_of = lambda x: ours(x.contiguous(memory_format=torch.channels_last)).logits
-    images, masks = _batch(task["size"])
+    images, masks = random_batch(task["size"])
     torch.manual_seed(0)
     step, losses = _stepper(model, logits_of, images, masks)
     before = peak_rss_mib()
