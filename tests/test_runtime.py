@@ -70,6 +70,26 @@ def test_a_backbones_dilated_convs_become_atrous_convs_holding_the_same_paramete
     assert sum(isinstance(m, AtrousConv2d) and not m.always_by_taps for m in model.backbone.modules()) == 8
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32 taps", "bf16 matrix products"])
+def test_tap_wise_weight_gradients_come_back_in_the_weights_own_layout(autocast, monkeypatch):
+    """A channels_last kernel (``train.channels_last``) gets a channels_last gradient from both tap-wise paths, equal
+    to Conv2d's: autograd would otherwise copy it into the parameter's strides on every step."""
+    monkeypatch.setattr(atrous.cpu, "fast_reduced_precision_matmuls", lambda dtype: True)
+    conv = AtrousConv2d(16, 8, dilation=2, always_by_taps=False).to(memory_format=torch.channels_last)
+    reference = torch.nn.Conv2d(16, 8, 3, padding=2, dilation=2, bias=False).to(memory_format=torch.channels_last)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)  # 4x4 at rate 2: by taps
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        # autograd.grad: the gradient as the layer returns it, before accumulation would copy it into the strides
+        (got,) = torch.autograd.grad(conv(x).float().square().sum(), [conv.weight])
+        (want,) = torch.autograd.grad(reference(x).float().square().sum(), [reference.weight])
+    assert got.stride() == conv.weight.stride() and got.is_contiguous(memory_format=torch.channels_last)
+    if autocast:  # both in bf16, each rounding its own way: compare as a whole, to bf16's ~3 digits
+        assert ((got - want).norm() / want.norm()).item() < 1e-2
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(params=["matmuls", "onednn"])
 def reduced_precision_path(request, monkeypatch):
     """Both bf16 paths on any CPU: matrix products (chosen with AMX) and oneDNN's convolutions (chosen without)."""
