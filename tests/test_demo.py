@@ -48,6 +48,18 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert (run / "metrics.jsonl").read_text() == rows
     assert json.loads((run / "eval" / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]
 
+    # A run of another recipe in the demo's folder (an earlier version's demo: batch 8) is neither continued under
+    # this recipe nor replaced: a clear refusal, and every file stays as it was.
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("batch_size: 16", "batch_size: 8", 1))
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    assert main(["demo", "--fast", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "data")]) == 2
+    error = capsys.readouterr().err
+    assert f"{run} holds a demo run of another recipe (data.batch_size: 8 there, 16 in this recipe)" in error
+    assert f"Move or delete {run}" in error and "--out" in error
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+
 
 def test_the_synthetic_recipe_is_the_demo_configuration(tmp_path):
     from atrous.config import config_to_dict, load_config

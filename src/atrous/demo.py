@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from .config import Config, apply_overrides, load_config
+from .errors import AtrousError, ConfigError
 
 DEMO_RECIPE = "deeplabv3plus_r18-os16_synthetic_64x64_700.yaml"
 # The smoke test's schedule and dataset size; everything else is the recipe's.
@@ -34,6 +35,37 @@ def demo_spec(*, fast: bool):
     return SynthSpec(train=120, val=24, size=size) if fast else SynthSpec(size=size)
 
 
+def _recipe(config: Config) -> dict:
+    """What makes two demo runs the same training: model, data (wherever it lies), optimizer and schedule."""
+    from .config import config_to_dict
+
+    values = config_to_dict(config)
+    recipe = {section: dict(values[section]) for section in ("model", "data", "optim", "train")}
+    recipe["data"].pop("root")
+    return recipe
+
+
+def _refuse_another_recipes_run(config: Config) -> None:
+    """The demo continues its own run; a run of another recipe there (an earlier atrous's demo, or one edited by hand)
+    is neither continued under this recipe nor replaced: the user is told, and it stays as it is."""
+    saved = config.run_dir / "config.yaml"
+    try:
+        theirs = _recipe(load_config(saved))
+    except AtrousError as error:
+        differences = [f"its {saved.name} does not read as this version's config ({error})"]
+    else:
+        ours = _recipe(config)
+        differences = [f"{section}.{key}: {theirs[section].get(key)!r} there, {value!r} in this recipe"
+                       for section in ours for key, value in ours[section].items()
+                       if theirs[section].get(key) != value]  # fmt: skip
+    if differences:
+        raise ConfigError(
+            f"{config.run_dir} holds a demo run of another recipe ({'; '.join(differences[:4])}); the demo continues "
+            f"only its own run and never replaces one. Move or delete {config.run_dir} to train the current recipe, "
+            "or give the demo another folder (--out)"
+        )
+
+
 def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synthetic", fast: bool = False) -> dict:
     """Run the whole pipeline on the embedded synthetic dataset and return a summary (scores, seconds, paths)."""
     import torch
@@ -54,6 +86,8 @@ def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synt
     # The demo continues its own run: an interrupted one from its last checkpoint, a finished one is evaluated again.
     # A run that never reached a checkpoint has nothing to keep and starts over.
     resumable = (config.run_dir / "checkpoints" / "last.pt").is_file()
+    if resumable:
+        _refuse_another_recipes_run(config)
     summary = train(config, resume=True if resumable else None, overwrite=not resumable)
 
     best = config.run_dir / "checkpoints" / "best.pt"
