@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, config_to_dict, load_config
 from .errors import AtrousError, ConfigError
 
 DEMO_RECIPE = "deeplabv3plus_r18-os16_synthetic_64x64_700.yaml"
@@ -37,8 +37,6 @@ def demo_spec(*, fast: bool):
 
 def _recipe(config: Config) -> dict:
     """What makes two demo runs the same training: model, data (wherever it lies), optimizer and schedule."""
-    from .config import config_to_dict
-
     values = config_to_dict(config)
     recipe = {section: dict(values[section]) for section in ("model", "data", "optim", "train")}
     recipe["data"].pop("root")
@@ -71,7 +69,6 @@ def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synt
     import torch
 
     from .checkpoint import load_trained_model
-    from .config import config_to_dict
     from .data import build_dataset, write_synthetic
     from .engine import train
     from .evaluation import run_evaluation, write_run_report
