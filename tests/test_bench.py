@@ -128,21 +128,27 @@ def test_bench_rejects_unknown_sections_and_references(capsys):
 
 
 def test_the_machine_is_named_with_the_instruction_sets_that_choose_paths(tmp_path):
-    from atrous.bench.machine import fma_peak_gflops, this_machine
+    from atrous.bench.machine import fma_peak_gflops, fma_width_bits, this_machine
 
-    def cpuinfo(name, flags, mhz):
-        text = "".join(f"processor\t: {i}\nmodel name\t: {name}\ncpu MHz\t\t: {mhz}\nflags\t\t: {flags}\n\n"
-                       for i in range(2))  # fmt: skip
-        path = tmp_path / name.split()[0]
+    def cpuinfo(name, vendor, family, flags, mhz):
+        text = "".join(f"processor\t: {i}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel name\t: {name}\n"
+                       f"cpu MHz\t\t: {mhz}\nflags\t\t: {flags}\n\n" for i in range(2))  # fmt: skip
+        path = tmp_path / f"{name.split()[0]}-{family}"
         path.write_text(text)
         return path
 
-    zen4 = cpuinfo("AMD EPYC 9R14 96-Core Processor", "fpu sse avx2 avx512f avx512_bf16 avx512_vnni", "2600.000")
-    intel = cpuinfo("Intel(R) Xeon(R) Platinum 8488C", "avx2 avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8",
+    avx512 = "fpu sse avx2 avx512f avx512_bf16 avx512_vnni"
+    zen4 = cpuinfo("AMD EPYC 9R14 96-Core Processor", "AuthenticAMD", 25, avx512, "2600.000")
+    zen5 = cpuinfo("AMD EPYC 9575F 64-Core Processor", "AuthenticAMD", 26, avx512, "2600.000")
+    intel = cpuinfo("Intel(R) Xeon(R) Platinum 8488C", "GenuineIntel", 6, avx512 + " amx_bf16 amx_tile amx_int8",
                     "2400.000")  # fmt: skip
     amd = this_machine(zen4)
     assert amd.cpu == "AMD EPYC 9R14 96-Core Processor" and amd.has("avx512_bf16") and not amd.has("amx_tile")
+    assert (amd.vendor, amd.family) == ("AuthenticAMD", 25)
     assert this_machine(intel).has("amx_int8") and "amx_tile" in str(this_machine(intel))
     assert amd.ghz == pytest.approx(2.6)
     cores = amd.cores  # the machine running the test: cores come from the OS, not the file
-    assert fma_peak_gflops(amd) == pytest.approx(cores * 2 * 16 * 2 * 2.6)
+    # Zen 4 runs AVX-512 on 256-bit units (8 fp32 lanes each); Zen 5 and Intel's AVX-512 cores have 512-bit ones.
+    assert [fma_width_bits(this_machine(path)) for path in (zen4, zen5, intel)] == [256, 512, 512]
+    assert fma_peak_gflops(amd) == pytest.approx(cores * 2 * 8 * 2 * 2.6)
+    assert fma_peak_gflops(this_machine(intel)) == pytest.approx(cores * 2 * 16 * 2 * 2.4)

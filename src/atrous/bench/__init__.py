@@ -258,7 +258,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     """Run the chosen sections, reporting each line as it is measured (``echo``, default: the ``atrous.bench``
     logger, which the command line prints); returns the Markdown report."""
     echo = echo or log.info
-    from .machine import fma_peak_gflops, this_machine
+    from .machine import fma_peak_gflops, fma_width_bits, this_machine
     from .timing import conv_ceiling, gemm_peak
 
     unknown = set(sections) - set(SECTIONS)
@@ -279,7 +279,8 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
            f"peak)")  # fmt: skip
     if machine.ghz is not None:
         theoretical = fma_peak_gflops(machine)
-        report(f"theoretical FMA peak at the stated {machine.ghz:.2f} GHz, 2 FMA units per core: {theoretical:.0f} "
+        report(f"theoretical FMA peak at the stated {machine.ghz:.2f} GHz, 2 FMA units of {fma_width_bits(machine)} "
+               f"bits per core: {theoretical:.0f} "
                f"GFLOP/s (the practical peak is {peak / theoretical:.0%} of it; it implies "
                f"{machine.ghz * peak / theoretical:.2f} GHz sustained)")  # fmt: skip
     report()

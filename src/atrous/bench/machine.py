@@ -22,6 +22,8 @@ class Machine:
     gpu: str | None
     ghz: float | None = None  # the clock the system states (the highest "cpu MHz"; virtual machines often show the
     # nominal one), None where it states none
+    vendor: str | None = None  # /proc/cpuinfo's vendor_id: GenuineIntel, AuthenticAMD
+    family: int | None = None  # its "cpu family": 25 = AMD Zen 3/Zen 4, 26 = Zen 5
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
@@ -34,32 +36,44 @@ class Machine:
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def _cpuinfo(path: Path) -> tuple[str, set[str], float | None]:
-    """(model name, flags, highest stated clock in GHz) from /proc/cpuinfo (Linux); the platform's processor name, no
-    flags and no clock elsewhere."""
-    name, flags, megahertz = platform.processor() or platform.machine(), set(), []
+def _cpuinfo(path: Path) -> dict:
+    """Model name, flags, highest stated clock in GHz, vendor and family from /proc/cpuinfo (Linux); the platform's
+    processor name and nothing else elsewhere."""
+    found = {"name": platform.processor() or platform.machine(), "flags": set(), "vendor": None, "family": None}
+    megahertz = []
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
             key, _, value = (part.strip() for part in line.partition(":"))
             if key == "model name" and value:
-                name = value
+                found["name"] = value
             elif key == "flags":
-                flags = set(value.split())
+                found["flags"] = set(value.split())
             elif key == "cpu MHz" and value:
                 megahertz.append(float(value))
-    return name, flags, max(megahertz) / 1000 if megahertz else None
+            elif key == "vendor_id" and value:
+                found["vendor"] = value
+            elif key == "cpu family" and value.isdigit():
+                found["family"] = int(value)
+    return {**found, "ghz": max(megahertz) / 1000 if megahertz else None}
+
+
+def fma_width_bits(machine: Machine) -> int:
+    """How wide each FMA unit computes: 512 bits with AVX-512, except AMD Zen 4 (family 25), which runs AVX-512 on
+    256-bit units, two passes per instruction (Zen 5, family 26, has 512-bit units); 256 with AVX2; 128 otherwise."""
+    if machine.has("avx512f"):
+        return 256 if (machine.vendor, machine.family) == ("AuthenticAMD", 25) else 512
+    return 256 if machine.has("avx2") else 128
 
 
 def fma_peak_gflops(machine: Machine) -> float:
-    """Theoretical fp32 peak: cores x 2 FMA units x lanes (16 with AVX-512, 8 with AVX2, 4 otherwise) x 2 FLOPs x
-    the stated clock. Two FMA units is what server cores of both vendors have; the bench prints the figure as an
+    """Theoretical fp32 peak: cores x 2 FMA units x fp32 lanes per unit (``fma_width_bits`` / 32) x 2 FLOPs x the
+    stated clock. Two FMA units is what server cores of both vendors have; the bench prints the figure as an
     assumption."""
-    lanes = 16 if machine.has("avx512f") else 8 if machine.has("avx2") else 4
-    return machine.cores * 2 * lanes * 2 * machine.ghz
+    return machine.cores * 2 * (fma_width_bits(machine) // 32) * 2 * machine.ghz
 
 
 def this_machine(cpuinfo: Path = CPUINFO) -> Machine:
-    name, flags, ghz = _cpuinfo(cpuinfo)
+    found = _cpuinfo(cpuinfo)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return Machine(cpu=name, cores=os.cpu_count() or 1, flags=tuple(f for f in ISA_FLAGS if f in flags), gpu=gpu,
-                   ghz=ghz)  # fmt: skip
+    return Machine(cpu=found["name"], cores=os.cpu_count() or 1, flags=tuple(f for f in ISA_FLAGS if f in found["flags"]),
+                   gpu=gpu, ghz=found["ghz"], vendor=found["vendor"], family=found["family"])  # fmt: skip
