@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import atrous
+import atrous.export
 import atrous.quantize
 from atrous.bench.agreement import fit_synthetic_model
 from atrous.checkpoint import model_checkpoint
@@ -73,12 +74,37 @@ def test_int8_needs_calibration_images_and_the_cpu(fitted):
 def test_calibration_images_are_resized_cropped_and_normalised(fitted):
     model, _ = fitted
     image = np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8)
-    batch = atrous.quantize.calibration_batch([image, image[:, :50]], model, side=32)
-    assert tuple(batch.shape) == (2, 3, 32, 32)
-    square = torch.nn.functional.interpolate(model.normalization(torch.from_numpy(image[:, :50]).permute(2, 0, 1)[None]),
+    photos = atrous.quantize.calibration_photos([image, image[:, :50]], side=32)
+    assert photos.dtype == torch.uint8 and tuple(photos.shape) == (2, 3, 32, 32)
+    square = torch.nn.functional.interpolate(torch.from_numpy(image[:, :50]).permute(2, 0, 1)[None].float(),
                                              size=(32, 32), mode="bilinear", align_corners=False)  # fmt: skip
-    torch.testing.assert_close(batch[1:], square)
+    assert (photos[1:].float() - square).abs().max() <= 0.5  # rounded to the nearest 0..255 value
+    wide = torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(32, 51),
+                                           mode="bilinear", align_corners=False)  # shorter side 32, centre crop  # fmt: skip
+    assert (photos[:1].float() - wide[..., 9:41]).abs().max() <= 0.5
+    batch = atrous.quantize.calibration_batch([image, image[:, :50]], model, side=32)
+    torch.testing.assert_close(batch, model.normalization(photos))
     assert atrous.quantize.evenly_spaced(3, 10) == [0, 4, 9] and atrous.quantize.evenly_spaced(5, 2) == [0, 1]
+
+
+def test_the_int8_network_behind_a_uint8_front_gives_its_logits(fitted, tmp_path):
+    """The deployment file: the cached int8 network (on normalised images) with the model's normalisation in front
+    takes uint8 images, says so, and gives the network's logits on the normalised images."""
+    model, images = fitted
+    network = cached_int8_onnx(model, images[:4], tmp_path)
+    out = atrous.export.with_uint8_input(network, model, tmp_path / "deploy.onnx")
+    graph = onnx.load(str(out))
+    assert [entry.name for entry in graph.graph.input] == ["images"]
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    metadata = atrous.export.exported_metadata(out)
+    assert metadata["input_dtype"] == "uint8" and "the graph normalises them" in metadata["input"]
+    assert metadata["num_classes"] == str(model.num_classes)
+    photos = torch.randint(0, 256, (2, 3, 47, 61), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    front = atrous.export.onnxruntime_logits(out)(photos)
+    behind = atrous.export.onnxruntime_logits(network)(model.normalization(photos))
+    torch.testing.assert_close(front, behind, rtol=0, atol=1e-5)
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) == sum(
+        node.op_type == "QuantizeLinear" for node in onnx.load(str(network)).graph.node)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +129,7 @@ def test_eval_int8_prints_the_fp32_and_int8_scores(fitted, run_files, capsys):
     assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(root / "model.pt"), "--runtime",
                  "int8", "--out", str(out)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "calibrating on 6 images of synthetic train" in printed
+    assert "calibrating on 6 images of synthetic train (cached" in printed
     found = re.search(r"mIoU fp32 \(onnxruntime\) (\d\.\d{4}), int8 (\d\.\d{4}): int8 loses (-?\d+\.\d\d) points",
                       printed)  # fmt: skip
     assert found, printed
@@ -129,8 +155,16 @@ def test_predict_int8_and_export_int8(run_files, tmp_path, capsys):
     assert main(["export", "--weights", str(root / "model.pt"), "--int8", "--config", str(root / "config.yaml"),
                  "--out", str(out)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
+    assert "takes images (batch, 3, height, width) uint8, RGB 0..255 as decoded" in printed
     agreement = float(re.search(r"(\d+\.\d\d)% of the calibration pixels predicted as by the fp32 graph", printed)[1])
     assert out.is_file() and agreement >= 95.0
+    assert onnx.load(str(out)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    normalized = tmp_path / "model.int8-normalized.onnx"
+    assert main(["export", "--weights", str(root / "model.pt"), "--int8", "--normalized-input", "--config",
+                 str(root / "config.yaml"), "--out", str(normalized)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "takes images (batch, 3, height, width) float32, normalised" in printed
+    assert float(re.search(r"(\d+\.\d\d)% of the calibration pixels", printed)[1]) == pytest.approx(agreement, abs=0.1)
     assert main(["export", "--weights", str(root / "model.pt"), "--int8", "--out", str(tmp_path / "x.onnx")]) != 0
     assert "--int8 calibrates on the model's data: pass --config" in capsys.readouterr().err
     assert main(["export", "--weights", str(root / "model.pt"), "--config", str(root / "config.yaml")]) != 0

@@ -391,15 +391,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _dataset_calibration(config, model):
-    """int8 calibration images from the training split of the config's dataset, untransformed, evenly spread."""
+def _dataset_calibration(config, model, *, photos: bool = False):
+    """int8 calibration images from the training split of the config's dataset, untransformed, evenly spread:
+    normalised float32, or with ``photos`` the uint8 RGB images they are normalised from."""
     from .engine import build_validation_set
-    from .quantize import CALIBRATION_IMAGES, calibration_batch, evenly_spaced
+    from .quantize import CALIBRATION_IMAGES, calibration_batch, calibration_photos, evenly_spaced
 
     dataset = build_validation_set(config, config.data.train_split)
     images = [dataset[index][0] for index in evenly_spaced(CALIBRATION_IMAGES, len(dataset))]
-    print(f"int8: calibrating on {len(images)} images of {dataset.name} {config.data.train_split} (cached once done)")
-    return calibration_batch(images, model)
+    print(f"int8: calibrating on {len(images)} images of {dataset.name} (cached once done)")  # the name has the split
+    return calibration_photos(images) if photos else calibration_batch(images, model)
 
 
 def _input_calibration(paths, model):
@@ -413,14 +414,15 @@ def _input_calibration(paths, model):
 
 
 def _export_int8(args: argparse.Namespace, model) -> int:
-    """The int8 ONNX file (QDQ, normalised float32 input), calibrated on the --config dataset's training split, and
-    how far its predictions are from the fp32 graph's on those images."""
+    """The int8 ONNX file (QDQ), calibrated on the --config dataset's training split, and how far its predictions
+    are from the fp32 graph's on those images. Like the fp32 export it takes uint8 RGB images and normalises them
+    inside (--normalized-input: normalised float32 images)."""
     import shutil
 
     import torch
 
     from .config import apply_overrides, load_config
-    from .export import onnxruntime_logits
+    from .export import exported_metadata, onnxruntime_logits, with_uint8_input
     from .paths import refuse_overwrite
     from .runtime import cached_int8_onnx, cached_onnx
 
@@ -428,20 +430,26 @@ def _export_int8(args: argparse.Namespace, model) -> int:
         raise ConfigError("--int8 writes ONNX (ONNX Runtime's quantisation): drop --format torchscript")
     if args.config is None:
         raise ConfigError("--int8 calibrates on the model's data: pass --config (the run's config.yaml or a recipe)")
-    calibration = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides), model)
+    photos = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides), model, photos=True)
+    calibration = model.normalization(photos)
     out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
     refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")
+    network = cached_int8_onnx(model, calibration)  # quantised once, on normalised images; the cache keeps it
     partial = out.with_name(f"{out.name}.partial")
     try:
-        shutil.copyfile(cached_int8_onnx(model, calibration), partial)
+        if args.normalized_input:
+            shutil.copyfile(network, partial)
+        else:
+            with_uint8_input(network, model, partial)
         partial.replace(out)  # never half a file at --out
     finally:
         partial.unlink(missing_ok=True)
     with torch.no_grad():
         expected = onnxruntime_logits(cached_onnx(model))(calibration).argmax(1)
-        agreement = (onnxruntime_logits(out)(calibration).argmax(1) == expected).float().mean().item()
-    print(f"exported int8 ONNX to {out}: input normalised float32 images (N, 3, H, W), {model.normalization}; "
-          f"{agreement:.2%} of the calibration pixels predicted as by the fp32 graph")
+        predicted = onnxruntime_logits(out)(calibration if args.normalized_input else photos).argmax(1)
+        agreement = (predicted == expected).float().mean().item()
+    print(f"exported int8 ONNX to {out}: takes {exported_metadata(out)['input']}; {agreement:.2%} of the calibration "
+          "pixels predicted as by the fp32 graph")  # fmt: skip
     return 0
 
 
@@ -523,8 +531,8 @@ def _add_inference_commands(commands) -> None:
     _add_flag(export, "normalized-input", action="store_true",
               help="the graph takes normalised float32 images (the old behaviour) instead of uint8 RGB 0..255")  # fmt: skip
     export.add_argument("--int8", action="store_true",
-                        help="ONNX Runtime int8 (QDQ, per-channel weights, normalised float32 input), calibrated on "
-                             "the --config dataset's training images")  # fmt: skip
+                        help="ONNX Runtime int8 (QDQ, per-channel weights), calibrated on the --config dataset's "
+                             "training images; takes uint8 RGB images as the fp32 export does")  # fmt: skip
     export.add_argument("--config", type=Path, help="with --int8: the run's config.yaml or a recipe (its dataset)")
     export.add_argument("overrides", nargs="*", help="with --int8: config overrides key=value, e.g. data.root=DIR")
     _add_model_arguments(export, runtime=False)

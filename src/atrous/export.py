@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, MissingDependencyError
+from .models.normalization import InputNormalization
 from .models.segmenter import Segmenter
 from .paths import refuse_overwrite
 
@@ -32,6 +33,23 @@ FORMATS = ("onnx", "torchscript")
 INPUT_AXES = {0: "batch", 2: "height", 3: "width"}  # axis 1: the 3 colour channels
 OUTPUT_AXES = {0: "batch", 1: "classes", 2: "height", 3: "width"}
 TORCHSCRIPT_METADATA = "metadata.json"  # the extra file of a TorchScript export that holds its metadata
+
+
+class UInt8Normalization(torch.nn.Module):
+    """uint8 RGB images (N, 3, H, W), 0..255 -> float32 normalised as ``normalization`` says (channel order
+    included): the front of every export that takes images as decoded."""
+
+    def __init__(self, normalization: InputNormalization):
+        super().__init__()
+        self.flip_channels = normalization.channel_order == "BGR"
+        self.register_buffer("scale", torch.tensor(normalization.scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(normalization.shift).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.float()
+        if self.flip_channels:
+            images = images.flip(1)
+        return images * self.scale + self.shift
 
 
 class ExportedGraph(torch.nn.Module):
@@ -44,18 +62,11 @@ class ExportedGraph(torch.nn.Module):
     def __init__(self, model: Segmenter, *, normalized_input: bool = False):
         super().__init__()
         self.model = model
-        self.normalized_input = normalized_input
-        norm = model.normalization
-        self.flip_channels = norm.channel_order == "BGR"
-        self.register_buffer("scale", torch.tensor(norm.scale).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", torch.tensor(norm.shift).view(1, 3, 1, 1), persistent=False)
+        self.normalize = None if normalized_input else UInt8Normalization(model.normalization)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if not self.normalized_input:
-            images = images.float()
-            if self.flip_channels:
-                images = images.flip(1)
-            images = images * self.scale + self.shift
+        if self.normalize is not None:
+            images = self.normalize(images)
         return self.model(images).logits
 
 
@@ -160,6 +171,33 @@ def _set_onnx_metadata(path: str, metadata: Mapping[str, str]) -> None:
     graph = onnx.load(path)
     onnx.helper.set_model_props(graph, dict(metadata))
     onnx.save(graph, path)
+
+
+def with_uint8_input(network_path: str | Path, model: Segmenter, out_path: str | Path) -> Path:
+    """Write the ONNX graph at ``network_path`` (one on normalised float32 ``images``, such as the int8 quantisation
+    of a ``normalized_input`` export) with ``model``'s normalisation in front, at ``out_path``: the file then takes
+    uint8 RGB images as ``export_model``'s default does, and its metadata says so. The network's nodes are not
+    touched, so it gives the same logits as the network on ``model.normalization(images)``."""
+    import tempfile
+
+    import onnx
+    import onnx.compose
+
+    network = onnx.load(str(network_path))
+    opset = next(entry.version for entry in network.opset_import if entry.domain in ("", "ai.onnx"))
+    with tempfile.TemporaryDirectory(prefix="atrous-normalize-") as folder:
+        front_path = Path(folder) / "normalize.onnx"
+        torch.onnx.export(
+            UInt8Normalization(model.normalization).eval(), (torch.zeros(1, 3, 8, 8, dtype=torch.uint8),),
+            str(front_path), input_names=["images"], output_names=["normalized"],
+            dynamic_axes={"images": INPUT_AXES, "normalized": INPUT_AXES}, opset_version=opset, dynamo=False,
+        )  # fmt: skip
+        front = onnx.load(str(front_path))
+    front.ir_version = network.ir_version  # merge_models asks for one IR version; the front's few ops have it
+    merged = onnx.compose.merge_models(front, network, io_map=[("normalized", "images")])
+    onnx.helper.set_model_props(merged, export_metadata(model, normalized_input=False))
+    onnx.save(merged, str(out_path))
+    return Path(out_path)
 
 
 def onnxruntime_logits(path: str | Path):

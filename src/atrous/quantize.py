@@ -28,23 +28,26 @@ CALIBRATION_IMAGES = 32
 CALIBRATION_SIDE = 321
 
 
-def calibration_batch(images: Sequence[np.ndarray], model, *, side: int = CALIBRATION_SIDE) -> torch.Tensor:
-    """(N, 3, side, side) float32, normalised as ``model`` expects: each (H, W, 3) uint8 RGB image resized so that its
-    shorter side is ``side``, then its centre cropped."""
-    from .inference import model_input
-
+def calibration_photos(images: Sequence[np.ndarray], *, side: int = CALIBRATION_SIDE) -> torch.Tensor:
+    """(N, 3, side, side) uint8 RGB: each (H, W, 3) uint8 RGB image resized (bilinear) so that its shorter side is
+    ``side``, its centre cropped, and rounded back to 0..255: what a graph taking decoded images is calibrated on."""
     if not images:
         raise ConfigError("int8 calibration needs at least one image of the model's data")
     batch = []
     for image in images:
-        tensor = model_input([image], model, torch.device("cpu"))
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # a copy: arrays may be read-only
         height, width = tensor.shape[-2:]
         scale = side / min(height, width)
         size = (max(side, round(height * scale)), max(side, round(width * scale)))
         tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
         top, left = (size[0] - side) // 2, (size[1] - side) // 2
         batch.append(tensor[..., top : top + side, left : left + side])
-    return torch.cat(batch)
+    return torch.cat(batch).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def calibration_batch(images: Sequence[np.ndarray], model, *, side: int = CALIBRATION_SIDE) -> torch.Tensor:
+    """(N, 3, side, side) float32: ``calibration_photos`` normalised as ``model`` expects."""
+    return model.normalization(calibration_photos(images, side=side))
 
 
 def evenly_spaced(count: int, total: int) -> list[int]:
