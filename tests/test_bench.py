@@ -4,7 +4,7 @@ Timings themselves are never asserted."""
 import pytest
 import torch
 
-from atrous.bench import Report, _gpu, gpu_section, run_bench
+from atrous.bench import Report, _gpu, gpu_section, run_bench, timing
 from atrous.bench.models import model_pair, torchvision_deeplabv3
 from atrous.bench.pipeline import confusion_matrix_update, densecrf_cores
 from atrous.bench.timing import ab_medians, peak_rss_mib, run_child
@@ -13,9 +13,37 @@ from atrous.cli import main
 
 def test_ab_medians_alternates_candidates_within_each_round():
     calls = []
-    medians = ab_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    medians = ab_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1,
+                         min_seconds=0, settle=0)  # fmt: skip
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert set(medians) == {"a", "b"} and all(value >= 0 for value in medians.values())
+
+
+def test_ab_medians_repeats_short_candidates_and_settles_before_every_sample(monkeypatch):
+    """On a clock the candidates drive: a 0.02 s call is made 5 times a round to last 0.1 s, a 0.3 s one once,
+    one too short to measure at most MAX_REPEATS times; every median is per call; the pause comes before every
+    sample (warm-up calls included), never between the calls of one sample. Without warm-up: once a round."""
+    now = [0.0]
+    monkeypatch.setattr(timing, "_clock", lambda: now[0])
+    calls = []
+    monkeypatch.setattr(timing, "_sleep", lambda seconds: calls.append(f"pause {seconds}"))
+
+    def candidate(name, seconds):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+
+        return run
+
+    candidates = {"short": candidate("short", 0.02), "long": candidate("long", 0.3), "instant": candidate("instant", 1e-9)}
+    medians = ab_medians(candidates, rounds=2, warmup=1, min_seconds=0.1, settle=0.05)
+    one_round = ["pause 0.05", *["short"] * 5, "pause 0.05", "long", "pause 0.05", *["instant"] * timing.MAX_REPEATS]
+    assert calls == ["pause 0.05", "short", "pause 0.05", "long", "pause 0.05", "instant"] + one_round * 2
+    assert medians["short"] == pytest.approx(0.02) and medians["long"] == pytest.approx(0.3)
+    assert medians["instant"] == pytest.approx(1e-9)
+    calls.clear()
+    ab_medians(candidates, rounds=2, warmup=0, min_seconds=0.1, settle=0)
+    assert [call for call in calls if not call.startswith("pause")] == ["short", "long", "instant"] * 2
 
 
 PROBE = """
@@ -88,7 +116,8 @@ def test_gpu_section_runs_its_measures_on_the_cpu():
                            latency_batches=(1, 2))  # fmt: skip
     training = measured["training"]
     assert training["amp"] == "bf16"
-    assert len(training["losses"]["atrous"]) == len(training["losses"]["torchvision"]) == 2  # warm-up + 1 round
+    # Warm-up and one round; a short step is repeated within the round (ab_medians), as often as its time says.
+    assert all(2 <= len(losses) <= 1 + timing.MAX_REPEATS for losses in training["losses"].values())
     assert training["max_relative_loss_difference"] < 0.02, training["losses"]  # bf16 rounding, nothing more
     assert all(value > 100 for value in measured["memory"].values()), measured["memory"]  # a ResNet-50 is ~100 MiB
     assert [row["batch"] for row in measured["inference"]] == [1, 2]

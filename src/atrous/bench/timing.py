@@ -4,6 +4,7 @@ a workload run in its own process."""
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -15,19 +16,54 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# The clock and the pause every timing here uses (names of their own, so that tests can drive them).
+_clock = time.perf_counter
+_sleep = time.sleep
+# Calls of one candidate in a row per sample, at most: enough for any path this bench times to last MIN_SECONDS.
+MAX_REPEATS = 50
+MIN_SECONDS = 0.25
+# Quiet time before every sample. ONNX Runtime's worker threads spin for some 20-50 ms after a run: a bf16 forward
+# of DeepLabV3-R50 OS16 right after an ORT run took 0.161 s, 0.133 s after a 20 ms pause, 0.124 s after 100 ms
+# (Intel Xeon, 2 cores), so without a pause one candidate's leftover threads are timed as the next one's cost.
+SETTLE_SECONDS = 0.1
 
-def ab_medians(candidates: dict[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1) -> dict[str, float]:
+
+def ab_medians(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 5,
+    warmup: int = 1,
+    min_seconds: float = MIN_SECONDS,
+    settle: float = SETTLE_SECONDS,
+) -> dict[str, float]:
     """Median seconds per call of each candidate. Candidates alternate within every round, so a slow spell of a
-    shared machine hits all of them alike; ``warmup`` calls each (caches, lazy initialisation) are not timed."""
-    for run in candidates.values():
-        for _ in range(warmup):
+    shared machine hits all of them alike; ``warmup`` calls each (caches, lazy initialisation) are not timed, and
+    every sample starts ``settle`` seconds after the previous one ended.
+
+    A candidate whose last warm-up call took less than ``min_seconds`` is called several times in a row in each
+    round (enough to last ``min_seconds``, at most ``MAX_REPEATS``) and its sample is the mean of those calls:
+    timed once per round, a 0.1 s path's figure hangs on single hiccups of a shared machine. Without warm-up, one
+    call a round.
+    """
+
+    def sample(run: Callable[[], object], calls: int) -> float:
+        _sleep(settle)
+        start = _clock()
+        for _ in range(calls):
             run()
+        return _clock() - start
+
+    repeats: dict[str, int] = {}
+    for name, run in candidates.items():
+        last = None
+        for _ in range(warmup):
+            last = sample(run, 1)
+        short = last is not None and 0 < last < min_seconds
+        repeats[name] = min(MAX_REPEATS, math.ceil(min_seconds / last)) if short else 1
     seconds: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(sample(run, repeats[name]) / repeats[name])
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
