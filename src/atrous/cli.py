@@ -322,7 +322,7 @@ def _eval(args: argparse.Namespace) -> int:
         out_dir = args.out or config.run_dir / "eval"
         if info.is_main:  # before the export and the evaluation, not after them
             check_writable_dir(out_dir, "evaluation output folder")
-        calibration = _dataset_calibration(config, model) if args.runtime == "int8" else None
+        calibration = model.normalization(_dataset_calibration(config)) if args.runtime == "int8" else None
         inference = prepare_inference(model, args.runtime, device=info.device, calibration=calibration)
         options = _inference_options(args)
         details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
@@ -391,16 +391,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _dataset_calibration(config, model, *, photos: bool = False):
-    """int8 calibration images from the training split of the config's dataset, untransformed, evenly spread:
-    normalised float32, or with ``photos`` the uint8 RGB images they are normalised from."""
+def _dataset_calibration(config):
+    """int8 calibration images, uint8 RGB (N, 3, H, W): the training split of the config's dataset, untransformed,
+    evenly spread (``atrous.quantize.calibration_photos``)."""
     from .engine import build_validation_set
-    from .quantize import CALIBRATION_IMAGES, calibration_batch, calibration_photos, evenly_spaced
+    from .quantize import CALIBRATION_IMAGES, calibration_photos, evenly_spaced
 
     dataset = build_validation_set(config, config.data.train_split)
     images = [dataset[index][0] for index in evenly_spaced(CALIBRATION_IMAGES, len(dataset))]
     print(f"int8: calibrating on {len(images)} images of {dataset.name} (cached once done)")  # the name has the split
-    return calibration_photos(images) if photos else calibration_batch(images, model)
+    return calibration_photos(images)
 
 
 def _input_calibration(paths, model):
@@ -430,7 +430,7 @@ def _export_int8(args: argparse.Namespace, model) -> int:
         raise ConfigError("--int8 writes ONNX (ONNX Runtime's quantisation): drop --format torchscript")
     if args.config is None:
         raise ConfigError("--int8 calibrates on the model's data: pass --config (the run's config.yaml or a recipe)")
-    photos = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides), model, photos=True)
+    photos = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides))
     calibration = model.normalization(photos)
     out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
     refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")

@@ -1,7 +1,7 @@
 """int8 deployment: ONNX Runtime static quantisation of the exported graph.
 
 QDQ format, int8 weights quantised per output channel, uint8 activations whose ranges are calibrated on images of
-the model's own data (``calibration_images``): ONNX Runtime then runs the convolutions with integer kernels (VNNI /
+the model's own data (``calibration_photos``): ONNX Runtime then runs the convolutions with integer kernels (VNNI /
 AMX int8 where the CPU has them). The quantised file is cached beside the fp32 export, keyed by the model and the
 calibration images (``atrous.runtime.cached_int8_onnx``).
 """
