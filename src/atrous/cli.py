@@ -309,6 +309,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .engine import build_validation_set
     from .evaluation import evaluate, format_scores, run_evaluation
     from .paths import check_writable_dir
+    from .quantize import calibration_batch
     from .runtime import prepare_inference
 
     config = apply_overrides(load_config(args.config), args.overrides)
@@ -322,7 +323,7 @@ def _eval(args: argparse.Namespace) -> int:
         out_dir = args.out or config.run_dir / "eval"
         if info.is_main:  # before the export and the evaluation, not after them
             check_writable_dir(out_dir, "evaluation output folder")
-        calibration = model.normalization(_dataset_calibration(config)) if args.runtime == "int8" else None
+        calibration = calibration_batch(_dataset_calibration(config), model) if args.runtime == "int8" else None
         inference = prepare_inference(model, args.runtime, device=info.device, calibration=calibration)
         options = _inference_options(args)
         details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
@@ -353,12 +354,13 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
     from .predict import expand_inputs, predict_files
+    from .quantize import calibration_batch
     from .runtime import prepare_inference
 
     device = resolve_device(args.device)
     model = _load_model(args)
     paths = expand_inputs(args.inputs)
-    calibration = _input_calibration(paths, model) if args.runtime == "int8" else None
+    calibration = calibration_batch(_input_calibration(paths), model) if args.runtime == "int8" else None
     inference = prepare_inference(model, args.runtime, device=device, calibration=calibration)
     # The colours and names of the data the model was trained on, as its file says (VOC's colours when it does not).
     written = predict_files(inference, paths, args.out, palette=model.palette, class_names=model.class_names,
@@ -392,25 +394,26 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _dataset_calibration(config):
-    """int8 calibration images, uint8 RGB (N, 3, H, W): the training split of the config's dataset, untransformed,
-    evenly spread (``atrous.quantize.calibration_photos``)."""
+    """int8 calibration images, (H, W, 3) uint8 RGB arrays: the training split of the config's dataset,
+    untransformed, evenly spread."""
     from .engine import build_validation_set
-    from .quantize import CALIBRATION_IMAGES, calibration_photos, evenly_spaced
+    from .quantize import CALIBRATION_IMAGES, evenly_spaced
 
     dataset = build_validation_set(config, config.data.train_split)
     images = [dataset[index][0] for index in evenly_spaced(CALIBRATION_IMAGES, len(dataset))]
     print(f"int8: calibrating on {len(images)} images of {dataset.name} (cached once done)")  # the name has the split
-    return calibration_photos(images)
+    return images
 
 
-def _input_calibration(paths, model):
-    """int8 calibration images from the images to predict: the data the model is deployed on."""
+def _input_calibration(paths):
+    """int8 calibration images, (H, W, 3) uint8 RGB arrays, from the images to predict: the data the model is
+    deployed on."""
     from .data.io import read_image
-    from .quantize import CALIBRATION_IMAGES, calibration_batch, evenly_spaced
+    from .quantize import CALIBRATION_IMAGES, evenly_spaced
 
     chosen = [paths[index] for index in evenly_spaced(CALIBRATION_IMAGES, len(paths))]
     print(f"int8: calibrating on {len(chosen)} of the input images (cached for these images)")
-    return calibration_batch([read_image(path) for path in chosen], model)
+    return [read_image(path) for path in chosen]
 
 
 def _export_int8(args: argparse.Namespace, model) -> int:
@@ -424,13 +427,14 @@ def _export_int8(args: argparse.Namespace, model) -> int:
     from .config import apply_overrides, load_config
     from .export import exported_metadata, onnxruntime_logits, with_uint8_input
     from .paths import refuse_overwrite
+    from .quantize import calibration_photos
     from .runtime import cached_int8_onnx, cached_onnx
 
     if args.format != "onnx":
         raise ConfigError("--int8 writes ONNX (ONNX Runtime's quantisation): drop --format torchscript")
     if args.config is None:
         raise ConfigError("--int8 calibrates on the model's data: pass --config (the run's config.yaml or a recipe)")
-    photos = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides))
+    photos = calibration_photos(_dataset_calibration(apply_overrides(load_config(args.config), args.overrides)))
     calibration = model.normalization(photos)
     out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
     refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Mapping
@@ -178,8 +179,6 @@ def with_uint8_input(network_path: str | Path, model: Segmenter, out_path: str |
     of a ``normalized_input`` export) with ``model``'s normalisation in front, at ``out_path``: the file then takes
     uint8 RGB images as ``export_model``'s default does, and its metadata says so. The network's nodes are not
     touched, so it gives the same logits as the network on ``model.normalization(images)``."""
-    import tempfile
-
     import onnx
     import onnx.compose
 
