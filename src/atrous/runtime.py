@@ -87,7 +87,7 @@ def prepare_inference(
         raise ConfigError(f"the {runtime} runtime runs on the CPU (ONNX Runtime); got device {device}")
     model = model.to(device).eval()
     if runtime == "eager":
-        return InferenceModel(model, runtime, lambda images: _no_grad(model)(images).logits)
+        return InferenceModel(model, runtime, _on_device(lambda images: _no_grad(model)(images).logits, device))
     if runtime == "onnxruntime":
         return InferenceModel(model, runtime, cached_onnxruntime_logits(model, cache_dir))
     if runtime == "int8":
@@ -99,17 +99,35 @@ def prepare_inference(
         return InferenceModel(model, runtime, onnxruntime_logits(cached_int8_onnx(model, calibration, cache_dir)))
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
-        return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images)).logits)
+
+        def logits(images):
+            return _no_grad(model)(_channels_last(images)).logits
+
+        return InferenceModel(model, runtime, _on_device(logits, device))
     if runtime in HALF_PRECISIONS:
         dtype = HALF_PRECISIONS[runtime]
         cpu.warn_if_slow_on_this_cpu(device, dtype, f"the {runtime} runtime", log)
-        model = copy.deepcopy(model).to(dtype)  # the caller's model stays float32
-        return InferenceModel(model, runtime, lambda images: _no_grad(model)(_channels_last(images).to(dtype)).logits)
+        half = copy.deepcopy(model).to(dtype)  # the caller's model stays float32
+
+        def half_logits(images):
+            return _no_grad(half)(_channels_last(images).to(dtype)).logits
+
+        return InferenceModel(half, runtime, _on_device(half_logits, device))
     from .export import ExportedGraph
 
     # Freezing folds BatchNorm into the convolutions and pre-packs weights for oneDNN: it needs no_grad.
     compiled = torch.compile(ExportedGraph(model, normalized_input=True).eval(), options={"freezing": True})
     return InferenceModel(model, runtime, lambda images: _no_grad(compiled)(_channels_last(images)))
+
+
+def _on_device(logits: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
+    """``logits`` as it runs best on ``device``: replayed as CUDA graphs on a GPU (the host's kernel launches, not
+    the GPU, bound a DeepLab forward there), called as it is on the CPU."""
+    if device.type != "cuda":
+        return logits
+    from .cuda_graphs import CudaGraphed
+
+    return CudaGraphed(logits)
 
 
 def _no_grad(function):
