@@ -8,6 +8,7 @@ images (N, 3, H, W) float32, it returns ``SegmentationOutput`` with float32 logi
 Measured on the development CPU (``atrous bench``, BENCHMARKS.md): ONNX Runtime and inductor with frozen weights
 are the fastest fp32 paths, and ONNX Runtime keeps that speed at every image size from one export, where a
 compiled graph recompiles for new sizes. ``auto`` therefore picks ONNX Runtime on the CPU and eager elsewhere.
+On a GPU the eager, channels_last and half-precision runtimes replay CUDA graphs (``atrous.cuda_graphs``).
 The exported file is cached (keyed by architecture, weights and library versions), so its cost is paid once; the
 cache keeps the ``ONNX_CACHE_ENTRIES`` most recently used exports, replaces an entry ONNX Runtime cannot load, and
 a cache folder that cannot be written costs an export per run, never the run (``cached_onnxruntime_logits``).
