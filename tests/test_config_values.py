@@ -204,6 +204,38 @@ def test_cuda_without_a_gpu_is_a_message(capsys, tmp_path, monkeypatch):
     )
 
 
+def test_more_processes_than_gpus_is_a_message(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU machine: the second process is told why, instead of CUDA's
+    "invalid device ordinal" (seen on an H100 machine)."""
+    from atrous.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 0) == torch.device("cuda", 0)
+    for preference in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 needs GPU 1, but this machine has 1 CUDA device\(s\): "
+                                              r"start at most 1 process\(es\) per machine \(torchrun "
+                                              r"--nproc_per_node=1\), or train on the CPU with train.device=cpu"):
+            resolve_device(preference, 1)
+    assert resolve_device("cpu", 1) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "preference, runtime, device",
+    [("auto", "int8", "cpu"), ("auto", "onnxruntime", "cpu"), ("auto", "eager", "auto"), ("auto", "auto", "auto"),
+     ("cuda", "int8", "cuda"), ("cpu", "fp16", "cpu")],
+)  # fmt: skip
+def test_the_onnx_runtime_runtimes_run_on_the_cpu_of_a_gpu_machine(preference, runtime, device):
+    """eval/predict --runtime int8 (or onnxruntime) with the device left to auto: the CPU, where ONNX Runtime runs,
+    not the GPU it would refuse (seen on an H100 machine: "the int8 runtime runs on the CPU; got device cuda:0").
+    A GPU named outright stays asked for, and prepare_inference refuses it saying why."""
+    import argparse
+
+    from atrous.cli import _inference_device
+
+    assert _inference_device(preference, argparse.Namespace(runtime=runtime)) == device
+
+
 def test_overrides_go_anywhere_and_resume_does_not_swallow_one(monkeypatch):
     import atrous.engine
 

@@ -303,6 +303,14 @@ def _names_from_the_model(config, model):
     return dataclasses.replace(config, data=data)
 
 
+def _inference_device(preference: str, args: argparse.Namespace) -> str:
+    """The device eval and predict run on: ``auto`` is the CPU for the ONNX Runtime runtimes (their CPU provider),
+    on a GPU machine too; a GPU asked for by name with them is refused by ``prepare_inference``, saying why."""
+    from .runtime import CPU_RUNTIMES
+
+    return "cpu" if preference == "auto" and args.runtime in CPU_RUNTIMES else preference
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_to_dict, load_config
     from .distributed import init_distributed, shutdown
@@ -313,7 +321,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .runtime import prepare_inference
 
     config = apply_overrides(load_config(args.config), args.overrides)
-    info = init_distributed(args.device if args.device != "auto" else config.train.device)
+    info = init_distributed(_inference_device(args.device if args.device != "auto" else config.train.device, args))
     try:
         model = _load_model(args)
         config = _names_from_the_model(config, model)
@@ -357,7 +365,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .quantize import calibration_batch
     from .runtime import prepare_inference
 
-    device = resolve_device(args.device)
+    device = resolve_device(_inference_device(args.device, args))
     model = _load_model(args)
     paths = expand_inputs(args.inputs)
     calibration = calibration_batch(_input_calibration(paths), model) if args.runtime == "int8" else None

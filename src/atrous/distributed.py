@@ -43,6 +43,13 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA device is available")
     if preference != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:  # torchrun started more processes on this machine than it has GPUs
+            raise ConfigError(
+                f"process LOCAL_RANK={local_rank} needs GPU {local_rank}, but this machine has {gpus} CUDA "
+                f"device(s): start at most {gpus} process(es) per machine (torchrun --nproc_per_node={gpus}), or "
+                "train on the CPU with train.device=cpu"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

@@ -35,6 +35,7 @@ from .models.segmenter import SegmentationOutput, Segmenter
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8")
+CPU_RUNTIMES = ("onnxruntime", "int8")  # ONNX Runtime's CPU provider: on a GPU machine too, device auto means the CPU
 HALF_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Exports kept in the cache, the most recently used (a ResNet-101 DeepLab's is about 64 MB: about 0.5 GB in all);
 # the environment variable overrides it.
@@ -84,7 +85,7 @@ def prepare_inference(
     runtime = default_runtime(device) if runtime == "auto" else runtime
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose from {['auto', *RUNTIMES]}")
-    if runtime in ("onnxruntime", "int8") and device.type != "cpu":  # refused before the model is moved
+    if runtime in CPU_RUNTIMES and device.type != "cpu":  # refused before the model is moved
         raise ConfigError(f"the {runtime} runtime runs on the CPU (ONNX Runtime); got device {device}")
     model = model.to(device).eval()
     if runtime == "eager":
