@@ -8,27 +8,18 @@ torchvision) with cuDNN's autotuner off and on. Side by side in one process, med
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from atrous.bench.gpu import _pair, _synchronized, compare_training
+from atrous.bench.gpu import _pair, _synchronized, compare_training, torchvision_in_half
 from atrous.bench.timing import ab_medians
 from atrous.runtime import prepare_inference
 
 
-def inference_paths(device: torch.device, batch: int) -> dict[str, float]:
-    theirs, ours = _pair(101, device)
-    theirs = copy.deepcopy(theirs).to(dtype=torch.float16, memory_format=torch.channels_last).eval()
-    graphed = prepare_inference(ours, "fp16", device=device)
+def inference_paths(torchvision, graphed, device: torch.device, batch: int) -> dict[str, float]:
+    """Milliseconds per forward of each path on one batch of random 513x513 images."""
     images = torch.randn(batch, 3, 513, 513, device=device)
-
-    def torchvision():
-        with torch.no_grad():
-            return theirs(images.half().contiguous(memory_format=torch.channels_last))["out"].float()
-
     paths = {
-        "torchvision fp16": torchvision,
+        "torchvision fp16": lambda: torchvision(images),
         "atrous fp16, no CUDA graph": lambda: graphed._logits.forward(images).float(),
         "atrous fp16 (CUDA graphs)": lambda: graphed(images).logits,
     }
@@ -41,8 +32,10 @@ def main() -> None:
         raise SystemExit("needs a CUDA GPU")
     device = torch.device("cuda")
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    theirs, ours = _pair(101, device)  # one set of weights, built once for both batch sizes
+    torchvision, graphed = torchvision_in_half(theirs, torch.float16), prepare_inference(ours, "fp16", device=device)
     for batch in (1, 8):
-        ms = inference_paths(device, batch)
+        ms = inference_paths(torchvision, graphed, device, batch)
         print(f"fp16 inference, batch {batch}: " + ", ".join(f"{name} {value:.2f} ms" for name, value in ms.items()))
     for flag in (False, True):
         torch.backends.cudnn.benchmark = flag

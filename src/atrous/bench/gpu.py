@@ -93,6 +93,18 @@ def _synchronized(run, device: torch.device):
     return call
 
 
+def torchvision_in_half(model, dtype: torch.dtype):
+    """torchvision's model converted by hand (a copy, ``.to(dtype)``, channels_last) as float32 images -> float32
+    logits: what the bench sets atrous's half-precision runtime against."""
+    half = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last).eval()
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return half(images.to(dtype).contiguous(memory_format=torch.channels_last))["out"].float()
+
+    return logits
+
+
 def compare_inference(
     device: torch.device, *, depth: int = DEPTH, size: int = CROP, batches=LATENCY_BATCHES, rounds: int = 5
 ) -> list[dict]:  # fmt: skip
@@ -102,15 +114,14 @@ def compare_inference(
     runtime = AMP[device.type]
     dtype = HALF_PRECISIONS[runtime]
     theirs, ours = _pair(depth, device)
-    theirs = copy.deepcopy(theirs).to(dtype=dtype, memory_format=torch.channels_last).eval()
+    theirs = torchvision_in_half(theirs, dtype)
     ours = prepare_inference(ours, runtime, device=device)
     rows = []
     for batch in batches:
         images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device)
 
         def torchvision(images=images):
-            with torch.no_grad():
-                return theirs(images.to(dtype).contiguous(memory_format=torch.channels_last))["out"].float()
+            return theirs(images)
 
         def atrous(images=images):
             return ours(images).logits
