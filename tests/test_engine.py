@@ -6,6 +6,7 @@ import logging
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from atrous.checkpoint import load_checkpoint
 from atrous.cli import main
 from atrous.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from atrous.data import SynthSpec, write_synthetic
-from atrous.engine import poly_with_warmup, train
+from atrous.engine import poly_with_warmup, prepare, train, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,6 +241,32 @@ def test_poly_schedule_with_warmup():
     assert factor(5) == pytest.approx((1 - 5 / 100) ** 0.9 * (0.1 + 0.9 * 0.5))
     assert factor(50) == pytest.approx(0.5**0.9)
     assert factor(100) == 0.0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_step_skipped_by_the_fp16_scaler_still_advances_the_schedule_and_warns_nothing(synthetic, tmp_path, fused):
+    # fp16 runs only on CUDA; the same GradScaler works on the CPU. An infinite pixel makes the gradients
+    # non-finite, so the step is skipped, as fp16 does while its scale settles. The engine's fused optimizer skips
+    # inside its kernel; an unfused one (the bench's) is never called, and torch warned "lr_scheduler.step() before
+    # optimizer.step()" (seen in benchmarks/gpu_paths.py on an H200).
+    run = prepare(small_config(synthetic, tmp_path))
+    if not fused:
+        run.optimizer = torch.optim.SGD(run.model.parameters(), lr=0.01, momentum=0.9, fused=False)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, poly_with_warmup(8, 0.9, 0, 1.0))
+    assert bool(run.optimizer.defaults["fused"]) is fused
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    images = torch.randn(4, 3, 40, 40)
+    images[0, 0, 0, 0] = math.inf
+    run.batches = iter([(images, torch.randint(0, 7, (4, 40, 40)))])
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    lr_before = run.optimizer.param_groups[0]["lr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_step(run)
+    assert run.scaler.get_scale() == 2.0**15, "the scaler did not see the overflow"
+    assert all(torch.equal(p, before[name]) for name, p in run.model.named_parameters()), "the step was not skipped"
+    assert (run.iteration, run.scheduler.last_epoch) == (1, 1)
+    assert run.optimizer.param_groups[0]["lr"] < lr_before
 
 
 def test_config_errors_are_clear(synthetic, tmp_path):

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +273,12 @@ def train_step(run: TrainingRun) -> torch.Tensor:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
+    with warnings.catch_warnings():
+        # fp16's GradScaler skips the step when the gradients overflow (the first steps, while the scale settles):
+        # an unfused optimizer (the bench's) is then never called, and torch warns that the schedule ran ahead of
+        # it. The poly LR is a function of the iteration, which advances either way (resume depends on it).
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        run.scheduler.step()
     run.iteration += 1
     return total
 
