@@ -22,7 +22,6 @@ import pickle
 import random
 import re
 import shutil
-import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .atomic import written_by_live_process, written_whole
 from .errors import ConfigError, MissingFileError, StorageError, WeightsError
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 LAST, BEST = "last.pt", "best.pt"
 # What a checkpoint must hold to continue its run, beyond the model.
 TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "iteration", "best_metric", "rng")
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?:(?P<host>[^.]+)-)?(?P<pid>\d+)\.tmp")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -51,31 +50,6 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _writer() -> str:
-    """This process, as temporary file names record it: host (dots replaced) and pid."""
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
-
-
-def _written_by_live_process(temporary: Path) -> bool:
-    """Whether the process that names ``temporary`` may still be writing it. A process on another host cannot be
-    asked: its file is kept (the run directory's lock keeps other hosts out; claiming it clears what they left)."""
-    match = _TEMPORARY.fullmatch(temporary.name)
-    if match is None:
-        return True  # not a name atrous writes
-    host, pid = match["host"], int(match["pid"])
-    if host is not None and host != _writer().rsplit("-", 1)[0]:
-        return True
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _disk_full(error: BaseException) -> bool:
@@ -111,14 +85,13 @@ def _size(count: float) -> str:
 
 @contextmanager
 def _temporary(path: Path, needed: int) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write it under, deleted if the block fails (a half-written file would
-    fill the disk and confuse the next run); a full disk is re-raised as ``StorageError`` saying how much ``path``
-    needed (``needed`` bytes) and how much is free."""
-    temporary = path.with_name(f".{path.name}.{_writer()}.tmp")
+    """A temporary name beside ``path`` to write it under (``atomic.written_whole``: renamed to ``path`` when the
+    block ends, deleted if it fails, as a half-written file would fill the disk and confuse the next run); a full
+    disk is re-raised as ``StorageError`` saying how much ``path`` needed (``needed`` bytes) and how much is free."""
     try:
-        yield temporary
+        with written_whole(path) as temporary:
+            yield temporary
     except BaseException as error:  # KeyboardInterrupt too
-        temporary.unlink(missing_ok=True)
         if not _disk_full(error):
             raise
         free = shutil.disk_usage(path.parent).free
@@ -136,12 +109,10 @@ def atomic_save(obj, path: str | Path) -> Path:
     Raises ``StorageError`` when the disk is full; no partial file is left behind, whatever the failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary(path, needed=_tensor_bytes(obj)) as temporary:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+    with _temporary(path, needed=_tensor_bytes(obj)) as temporary, open(temporary, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     _fsync_directory(path.parent)
     return path
 
@@ -156,7 +127,6 @@ def _atomic_alias(source: Path, alias: Path) -> None:
             shutil.copyfile(source, temporary)
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
-        os.replace(temporary, alias)
     _fsync_directory(alias.parent)
 
 
@@ -174,7 +144,7 @@ def save_checkpoint(state: dict, directory: str | Path, *, iteration: int, keep_
     for old in snapshots[: max(0, len(snapshots) - max(keep_last, 1))]:
         old.unlink(missing_ok=True)
     for stale in directory.glob(".*.tmp"):  # left by a process killed mid-write; never another's live one
-        if not _written_by_live_process(stale):
+        if not written_by_live_process(stale):
             stale.unlink(missing_ok=True)
     return path
 

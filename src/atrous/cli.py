@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .atomic import written_whole
 from .bench import SECTIONS
 from .errors import AtrousError, ConfigError, user_message
 from .models import MODELS, list_backbones, list_models, list_presets, preset
@@ -447,15 +448,11 @@ def _export_int8(args: argparse.Namespace, model) -> int:
     out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
     refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")
     network = cached_int8_onnx(model, calibration)  # quantised once, on normalised images; the cache keeps it
-    partial = out.with_name(f"{out.name}.partial")
-    try:
+    with written_whole(out, suffix=".partial") as partial:  # never half a file at --out
         if args.normalized_input:
             shutil.copyfile(network, partial)
         else:
             with_uint8_input(network, model, partial)
-        partial.replace(out)  # never half a file at --out
-    finally:
-        partial.unlink(missing_ok=True)
     with torch.no_grad():
         expected = onnxruntime_logits(cached_onnx(model))(calibration).argmax(1)
         predicted = onnxruntime_logits(out)(calibration if args.normalized_input else photos).argmax(1)

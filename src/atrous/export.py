@@ -13,9 +13,7 @@ wrong gets plausible, wrong labels, so nothing about it is left to guess.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import written_whole
 from .errors import ConfigError, MissingDependencyError
 from .models.normalization import InputNormalization
 from .models.segmenter import Segmenter
@@ -145,10 +144,9 @@ def export_model(
     graph = ExportedGraph(model, normalized_input=normalized_input).eval()
     example = example_images((example_size, example_size), normalized_input=normalized_input,
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
-    # Named rather than mkstemp'd: the export is created with the user's usual permissions, not mkstemp's 0600.
-    temporary = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
     metadata = export_metadata(model, normalized_input=normalized_input)
-    try:
+    with written_whole(path, suffix=".partial") as partial:
+        temporary = str(partial)
         if format == "onnx":
             # The class axis is named too: the exporter would call it after the op that makes it (Resizelogits_dim_1).
             torch.onnx.export(
@@ -160,9 +158,6 @@ def export_model(
             with torch.no_grad():
                 traced = torch.jit.trace(graph, example, check_trace=False)
             traced.save(temporary, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata, indent=1)})
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     return path
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .atomic import written_whole
 from .errors import ConfigError, DataError, MissingFileError
 
 LOCK_FILE = ".atrous.lock"
@@ -179,7 +180,6 @@ def trim_metrics(path: str | Path, iteration: int) -> list[dict]:
     path = Path(path)
     rows = [row for row in read_metrics(path) if row.get("iteration", 0) <= iteration]
     if path.is_file():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(temporary, path)
+        with written_whole(path) as temporary:
+            temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return rows

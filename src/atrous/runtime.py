@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from . import cpu
+from .atomic import written_whole
 from .errors import AtrousError, ConfigError
 from .models.segmenter import SegmentationOutput, Segmenter
 
@@ -202,12 +203,8 @@ def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str
     if path.is_file():
         _mark_used(path)
         return path
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
+    with written_whole(path, suffix=".partial") as partial:  # a killed quantisation leaves a .partial the cache deletes
         quantize_onnx(fp32, partial, calibration)
-        partial.replace(path)  # whole or absent: a killed quantisation leaves only a .partial the cache deletes
-    finally:
-        partial.unlink(missing_ok=True)
     _evict(path.parent, keep=_cache_entries(), current=path)
     return path
 

@@ -1,0 +1,57 @@
+"""Files that appear whole or not at all: each is written under a temporary name beside its final one and renamed
+over it in one step, so a reader (or the next run after a crash) finds the previous complete file or the new one,
+never half of one.
+
+The temporary name records its writer, ``.<name>.<host>-<pid><suffix>``: what a process killed mid-write leaves can
+be told from what a live one is still writing (``written_by_live_process``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?:(?P<host>[^.]+)-)?(?P<pid>\d+)\.(?:tmp|partial)")
+
+
+def writer() -> str:
+    """This process, as temporary file names record it: host (dots replaced) and pid."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+@contextmanager
+def written_whole(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name beside ``path`` for the block to write; renamed to ``path`` when the block ends, deleted
+    when it fails (KeyboardInterrupt too). Named rather than mkstemp'd: the file gets the user's usual permissions,
+    not mkstemp's 0600."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{writer()}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def written_by_live_process(temporary: Path) -> bool:
+    """Whether the process that names ``temporary`` may still be writing it. A process on another host cannot be
+    asked: its file is kept (the run directory's lock keeps other hosts out; claiming it clears what they left)."""
+    match = _TEMPORARY.fullmatch(temporary.name)
+    if match is None:
+        return True  # not a name atrous writes
+    host, pid = match["host"], int(match["pid"])
+    if host is not None and host != writer().rsplit("-", 1)[0]:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
