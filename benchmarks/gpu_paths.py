@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from atrous.bench.gpu import _pair, _synchronized, compare_training, torchvision_in_half
+from atrous.bench.gpu import compare_training, model_pair_on, synchronized, torchvision_in_half
 from atrous.bench.timing import ab_medians
 from atrous.runtime import prepare_inference
 
@@ -23,7 +23,7 @@ def inference_paths(torchvision, graphed, device: torch.device, batch: int) -> d
         "atrous fp16, no CUDA graph": lambda: graphed._logits.forward(images).float(),
         "atrous fp16 (CUDA graphs)": lambda: graphed(images).logits,
     }
-    seconds = ab_medians({name: _synchronized(run, device) for name, run in paths.items()}, rounds=7, warmup=3)
+    seconds = ab_medians({name: synchronized(run, device) for name, run in paths.items()}, rounds=7, warmup=3)
     return {name: 1000 * value for name, value in seconds.items()}
 
 
@@ -32,7 +32,7 @@ def main() -> None:
         raise SystemExit("needs a CUDA GPU")
     device = torch.device("cuda")
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
-    theirs, ours = _pair(101, device)  # one set of weights, built once for both batch sizes
+    theirs, ours = model_pair_on(101, device)  # one set of weights, built once for both batch sizes
     torchvision, graphed = torchvision_in_half(theirs, torch.float16), prepare_inference(ours, "fp16", device=device)
     for batch in (1, 8):
         ms = inference_paths(torchvision, graphed, device, batch)

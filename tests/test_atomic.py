@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from atrous.atomic import writer, written_by_live_process, written_whole
+from atrous.atomic import write_text_whole, writer, written_by_live_process, written_whole
 
 
 def test_the_file_appears_only_when_the_block_ends(tmp_path):
@@ -50,3 +50,18 @@ def test_names_from_a_finished_process_are_dead_and_foreign_names_are_kept(tmp_p
     assert written_by_live_process(tmp_path / f".x.pt.{host}-{os.getpid()}.tmp")
     assert written_by_live_process(tmp_path / ".x.pt.elsewhere-1.tmp")  # another host cannot be asked
     assert written_by_live_process(tmp_path / "notes.txt")  # not a name atrous writes
+
+
+def test_write_text_whole_keeps_the_old_text_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    assert write_text_whole(path, "a: 1\n") == path and path.read_text() == "a: 1\n"
+
+    def disk_full_halfway(self, text):
+        self.write_bytes(text[: len(text) // 2].encode())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(path), "write_text", disk_full_halfway)
+    with pytest.raises(OSError, match="No space"):
+        write_text_whole(path, "a: 2\nb: 3\n")
+    assert path.read_text() == "a: 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

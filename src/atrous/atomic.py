@@ -55,3 +55,11 @@ def written_by_live_process(temporary: Path) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def write_text_whole(path: str | Path, text: str) -> Path:
+    """``Path.write_text`` that a crash cannot leave half done (a truncated config.yaml or metrics.json would stop
+    the next resume or script that reads it)."""
+    with written_whole(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .atomic import write_text_whole
 from .errors import ConfigError, MissingFileError
 from .models.spec import ModelSpec
 
@@ -309,7 +310,7 @@ def load_config(path: str | Path) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_whole(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

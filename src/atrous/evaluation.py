@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import write_text_whole
 from .errors import ConfigError, DataError
 from .inference import InferenceOptions, model_input, predict
 from .metrics import ConfusionMatrix
@@ -200,7 +201,7 @@ def run_evaluation(
     details = {"runtime": getattr(model, "runtime", "eager"),
                "inference": dataclasses.asdict(options or InferenceOptions()), **(report or {})}  # fmt: skip
     try:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # first: the one file scripts read
+        write_text_whole(out_dir / "metrics.json", json.dumps(metrics, indent=2))  # first: the one file scripts read
         write_run_report(
             out_dir, title=f"atrous evaluation: {dataset.name}", class_names=dataset.class_names,
             palette=dataset.palette, evaluation=result, training_log=training_log, details=details,

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from .atomic import write_text_whole
 from .inference import InferenceOptions
 from .visualize import overlay
 
@@ -181,6 +182,4 @@ def write_report(
         f"<!doctype html><html><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     )
-    path = directory / "report.html"
-    path.write_text(page)
-    return path
+    return write_text_whole(directory / "report.html", page)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .atomic import written_whole
+from .atomic import write_text_whole
 from .errors import ConfigError, DataError, MissingFileError
 
 LOCK_FILE = ".atrous.lock"
@@ -180,6 +180,5 @@ def trim_metrics(path: str | Path, iteration: int) -> list[dict]:
     path = Path(path)
     rows = [row for row in read_metrics(path) if row.get("iteration", 0) <= iteration]
     if path.is_file():
-        with written_whole(path) as temporary:
-            temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_text_whole(path, "".join(json.dumps(row) + "\n" for row in rows))
     return rows

@@ -28,7 +28,7 @@ LATENCY_BATCHES = (1, 8)
 AMP = {"cuda": "fp16", "cpu": "bf16"}
 
 
-def _pair(depth: int, device: torch.device):
+def model_pair_on(depth: int, device: torch.device):
     """(torchvision, atrous) with one set of weights, BN calibrated on a fixed batch, on ``device``."""
     theirs, ours = calibrated_model_pair(OUTPUT_STRIDE, depth)
     return theirs.to(device), ours.to(device)
@@ -55,7 +55,7 @@ def compare_training(
     precision, channels_last), images/s, the speed-up and how far the two loss curves part."""
     amp = AMP[device.type]
     images, masks = _training_batch(size, batch, device)
-    theirs, ours = (_prepared_for_training(model, device) for model in _pair(depth, device))
+    theirs, ours = (_prepared_for_training(model, device) for model in model_pair_on(depth, device))
     steppers = {
         "torchvision": engine_stepper(theirs, images, masks, amp, forward=_torchvision_forward(theirs)),
         "atrous": engine_stepper(ours, images, masks, amp),
@@ -82,7 +82,7 @@ def peak_training_memory(
     return run_child("atrous.bench.gpu", task)["peak_mib"]
 
 
-def _synchronized(run, device: torch.device):
+def synchronized(run, device: torch.device):
     """``run``, returning only once the device has finished its work (a GPU call returns as soon as it is queued)."""
 
     def call():
@@ -113,7 +113,7 @@ def compare_inference(
     images to float32 logits; how many pixels the two predict alike."""
     runtime = AMP[device.type]
     dtype = HALF_PRECISIONS[runtime]
-    theirs, ours = _pair(depth, device)
+    theirs, ours = model_pair_on(depth, device)
     theirs = torchvision_in_half(theirs, dtype)
     ours = prepare_inference(ours, runtime, device=device)
     rows = []
@@ -127,8 +127,8 @@ def compare_inference(
             return ours(images).logits
 
         # Three warm-up calls: atrous's runtime captures a CUDA graph for a shape on its second call.
-        seconds = ab_medians({"torchvision": _synchronized(torchvision, device),
-                              "atrous": _synchronized(atrous, device)}, rounds=rounds, warmup=3)  # fmt: skip
+        seconds = ab_medians({"torchvision": synchronized(torchvision, device),
+                              "atrous": synchronized(atrous, device)}, rounds=rounds, warmup=3)  # fmt: skip
         agreement = (atrous().argmax(1) == torchvision().argmax(1)).double().mean().item()
         rows.append({"batch": batch, "runtime": runtime, "ms": {name: 1000 * s for name, s in seconds.items()},
                      "ratio": seconds["torchvision"] / seconds["atrous"], "agreement": agreement})  # fmt: skip
@@ -137,7 +137,7 @@ def compare_inference(
 
 def _child(task: dict) -> dict:
     device = torch.device(task["device"])
-    theirs, ours = _pair(task["depth"], torch.device("cpu"))  # built on the CPU: only the trained one moves
+    theirs, ours = model_pair_on(task["depth"], torch.device("cpu"))  # built on the CPU: only the trained one moves
     keep = theirs if task["model"] == "torchvision" else ours
     del theirs, ours
     model = _prepared_for_training(keep, device)

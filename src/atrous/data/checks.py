@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text_whole
 from ..errors import ConfigError
 from ..progress import progress_bar
 from .base import SegmentationDataset
@@ -105,8 +106,7 @@ def class_statistics(dataset: SegmentationDataset, *, progress: bool = True) -> 
 def write_class_statistics(stats: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=2))
-    return path
+    return write_text_whole(path, json.dumps(stats, indent=2))
 
 
 def read_class_weights(path: str | Path, *, kind: str = "median_frequency", num_classes: int) -> list[float]:

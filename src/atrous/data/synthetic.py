@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..atomic import write_text_whole
 from ..errors import MissingFileError
 from ..progress import progress_bar
 from .base import SegmentationDataset
@@ -170,7 +171,7 @@ def write_synthetic(out: str | Path, spec: SynthSpec = SynthSpec(), *, progress:
         save_mask(voc_root / "SegmentationClass" / f"{sample_id}.png", mask, palette)
     for split, names in [("train", ids["train"]), ("val", ids["val"]), ("trainval", all_ids)]:
         (split_dir / f"{split}.txt").write_text("\n".join(names) + "\n")
-    meta_path.write_text(json.dumps(meta, indent=2))  # written last: its presence means the set is complete
+    write_text_whole(meta_path, json.dumps(meta, indent=2))  # written last: its presence means the set is complete
     return voc_root
 
 
