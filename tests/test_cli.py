@@ -8,7 +8,7 @@ from torchvision.models import segmentation
 
 import atrous
 from atrous.cli import main
-from atrous.models import TORCHVISION_DEEPLABV3
+from atrous.models import TORCHVISION_DEEPLABV3, summary
 from atrous.models.summary import count_flops
 
 
@@ -42,12 +42,49 @@ def test_models_command_lists_every_architecture_and_backbone(capsys):
 
 
 def test_models_table_from_the_console_entry_point():
+    # The size of the test above: its counts come from the cache the suite's ATROUS_CACHE holds (45 s otherwise).
     result = subprocess.run(
-        [sys.executable, "-m", "atrous", "models", "--size", "65"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "atrous", "models", "--size", "129"], capture_output=True, text=True, check=True
     )
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["model", "backbone", "OS"]
     assert any(line.split()[:3] == ["deeplabv3plus", "mobilenet_v3_large", "16"] for line in lines)
+
+
+def test_the_model_table_is_counted_once_per_model_code_and_torch_version(tmp_path, monkeypatch):
+    specs = [("deeplabv3", "resnet18", 8), ("deeplabv3", "resnet18", 16)]
+    monkeypatch.setattr(summary, "_table_specs", lambda: specs)
+    counted = []
+    real_count = summary.count_flops
+
+    def count(size, **fields):
+        counted.append(fields["output_stride"])
+        return real_count(size, **fields)
+
+    monkeypatch.setattr(summary, "count_flops", count)
+    rows = summary.model_rows(size=65, num_classes=5, cache_dir=tmp_path)
+    assert counted == [8, 16] and [row["output_stride"] for row in rows] == [8, 16]
+    assert rows[0]["gflops"] > rows[1]["gflops"] > 0
+    assert summary.model_rows(size=65, num_classes=5, cache_dir=tmp_path) == rows and counted == [8, 16]
+    summary.model_rows(size=97, num_classes=5, cache_dir=tmp_path)  # another size is counted, beside the first
+    assert counted == [8, 16, 8, 16] and len(list((tmp_path / "model_table").iterdir())) == 1
+    (cached,) = (tmp_path / "model_table").iterdir()
+    cached.write_text("{damaged")
+    assert summary.model_rows(size=65, num_classes=5, cache_dir=tmp_path) == rows and counted[4:] == [8, 16]
+    monkeypatch.setattr(summary, "_code_fingerprint", lambda: "changed-model-code")
+    assert summary.model_rows(size=65, num_classes=5, cache_dir=tmp_path) == rows and counted[6:] == [8, 16]
+    assert [path.name for path in (tmp_path / "model_table").iterdir()] == ["changed-model-code.json"]
+
+
+def test_the_fingerprint_follows_the_model_code(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "heads.py").write_text("RATES = (6, 12, 18)\n")
+    monkeypatch.setattr(summary, "__file__", str(models / "summary.py"))
+    before = summary._code_fingerprint()
+    assert summary._code_fingerprint() == before
+    (models / "heads.py").write_text("RATES = (12, 24, 36)\n")
+    assert summary._code_fingerprint() != before
 
 
 def _subcommands(parser: argparse.ArgumentParser, path: str = "atrous"):
