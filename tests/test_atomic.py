@@ -2,6 +2,7 @@
 and the metrics log."""
 
 import os
+import re
 
 import pytest
 
@@ -14,7 +15,7 @@ def test_the_file_appears_only_when_the_block_ends(tmp_path):
     with written_whole(path, suffix=".partial") as temporary:
         temporary.write_text("new")
         assert path.read_text() == "old"  # a reader meanwhile sees the previous complete file
-        assert temporary.parent == tmp_path and temporary.name == f".model.onnx.{writer()}.partial"
+        assert temporary.parent == tmp_path and re.fullmatch(rf"\.model\.onnx\.[0-9a-f]{{8}}\.{writer()}\.partial", temporary.name)
         assert written_by_live_process(temporary)
     assert path.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -37,6 +38,14 @@ def test_a_block_that_writes_nothing_leaves_the_old_file_and_says_so(tmp_path):
     with pytest.raises(FileNotFoundError), written_whole(path):
         pass
     assert path.read_text() == "old"
+
+
+def test_two_writers_of_one_file_in_one_process_get_their_own_temporaries(tmp_path):
+    with written_whole(tmp_path / "a.onnx") as first, written_whole(tmp_path / "a.onnx") as second:
+        assert first != second
+        first.write_text("first")
+        second.write_text("second")
+    assert (tmp_path / "a.onnx").read_text() == "first"  # the outer block ends last: its whole file wins
 
 
 def test_names_from_a_finished_process_are_dead_and_foreign_names_are_kept(tmp_path):

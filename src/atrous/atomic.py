@@ -2,8 +2,9 @@
 over it in one step, so a reader (or the next run after a crash) finds the previous complete file or the new one,
 never half of one.
 
-The temporary name records its writer, ``.<name>.<host>-<pid><suffix>``: what a process killed mid-write leaves can
-be told from what a live one is still writing (``written_by_live_process``).
+The temporary name records its writer, ``.<name>.<token>.<host>-<pid><suffix>``: what a process killed mid-write
+leaves can be told from what a live one is still writing (``written_by_live_process``); the random token keeps two
+threads of one process writing the same file (an export cache behind a threaded server) off each other's bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +31,7 @@ def written_whole(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     when it fails (KeyboardInterrupt too). Named rather than mkstemp'd: the file gets the user's usual permissions,
     not mkstemp's 0600."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{writer()}{suffix}")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{writer()}{suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
