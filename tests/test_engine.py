@@ -269,6 +269,25 @@ def test_a_step_skipped_by_the_fp16_scaler_still_advances_the_schedule_and_warns
     assert run.optimizer.param_groups[0]["lr"] < lr_before
 
 
+def test_a_warning_of_the_training_step_is_shown_once_not_at_every_iteration(synthetic, tmp_path):
+    # The schedule's first step is wrapped in catch_warnings (above), which resets the registry behind "show once":
+    # a warning of the step shows again after it, once, and never after that (wrapping every step showed it 6 times).
+    run = prepare(small_config(synthetic, tmp_path))
+    run.batches = iter([(torch.randn(4, 3, 40, 40), torch.randint(0, 7, (4, 40, 40)))] * 6)
+    loss_fn = run.loss_fn
+
+    def noisy_loss(*args):
+        warnings.warn("a warning of every training step", UserWarning)
+        return loss_fn(*args)
+
+    run.loss_fn = noisy_loss
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        for _ in range(6):
+            train_step(run)
+    assert [str(w.message) for w in shown].count("a warning of every training step") == 2
+
+
 def test_config_errors_are_clear(synthetic, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key optim.learning_rate; valid keys of optim: \['decay_norm"):
         config_from_dict({"optim": {"learning_rate": 0.1}})

@@ -273,14 +273,24 @@ def train_step(run: TrainingRun) -> torch.Tensor:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    with warnings.catch_warnings():
-        # fp16's GradScaler skips the step when the gradients overflow (the first steps, while the scale settles):
-        # an unfused optimizer (the bench's) is then never called, and torch warns that the schedule ran ahead of
-        # it. The poly LR is a function of the iteration, which advances either way (resume depends on it).
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        run.scheduler.step()
+    _advance_schedule(run.scheduler)
     run.iteration += 1
     return total
+
+
+def _advance_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One step of the learning-rate schedule, which is a function of the iteration: it advances whether or not the
+    optimizer stepped (resume depends on it). fp16's GradScaler skips the step when the gradients overflow (the
+    first steps, while the scale settles); an unfused optimizer (the bench's) is then never called, and torch warns
+    that the schedule ran ahead of it. torch checks on the schedule's first step only (``last_epoch`` 0), and only
+    that step is wrapped: ``catch_warnings`` resets the registry behind "show once" warnings, so wrapping every step
+    would repeat any such warning of the training step at every iteration."""
+    if scheduler.last_epoch > 0:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
 
 
 def validate(run: TrainingRun) -> Evaluation:
