@@ -26,8 +26,8 @@ from .models import (
 from .models.deeplabv2_port import get_deeplab_v2
 from .models.pretrained import from_pretrained
 from .models.weights import WeightsReport, load_weights
+from .version import __version__
 
-__version__ = "0.1.0"
 
 # Submodules README uses as `atrous.<module>.<name>` after a plain `import atrous`, imported on first use so that
 # `import atrous` stays light (onnxruntime, matplotlib and the datasets load only when asked for).

@@ -26,6 +26,7 @@ from .errors import ConfigError, MissingDependencyError
 from .models.normalization import InputNormalization
 from .models.segmenter import Segmenter
 from .paths import refuse_overwrite
+from .version import __version__
 
 PARITY_SIZES = ((513, 513), (321, 479), (257, 385))  # one odd pair, as the check promises
 FORMATS = ("onnx", "torchscript")
@@ -75,7 +76,6 @@ def export_metadata(model: Segmenter, *, normalized_input: bool = False) -> dict
     input (what the graph takes, in words), input_dtype, input_layout, normalization (name, mean, std, channel_order,
     the units of mean and std, and who applies it), output, num_classes, class_names and palette (JSON; null when the
     weights file named none), model_spec (JSON; null for a hand-composed model) and atrous_version."""
-    from . import __version__
 
     norm = model.normalization
     applied = "by the caller, before the graph" if normalized_input else "inside the graph"

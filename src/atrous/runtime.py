@@ -32,6 +32,7 @@ from . import cpu
 from .atomic import written_whole
 from .errors import AtrousError, ConfigError
 from .models.segmenter import SegmentationOutput, Segmenter
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,6 @@ def cache_directory(cache_dir: str | Path | None = None) -> Path:
 def model_fingerprint(model: Segmenter) -> str:
     """sha256 over architecture, every tensor in the state dict and the versions that shape an export."""
     import onnxruntime
-
-    from . import __version__
 
     digest = hashlib.sha256()
     spec = model.spec.to_dict() if model.spec is not None else repr(model)  # a hand-composed Segmenter: its modules
