@@ -13,6 +13,7 @@ wrong gets plausible, wrong labels, so nothing about it is left to guess.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -192,6 +193,21 @@ def with_uint8_input(network_path: str | Path, model: Segmenter, out_path: str |
     onnx.helper.set_model_props(merged, export_metadata(model, normalized_input=False))
     onnx.save(merged, str(out_path))
     return Path(out_path)
+
+
+def write_int8_onnx(network_path: str | Path, model: Segmenter, out_path: str | Path, *,
+                    normalized_input: bool = False) -> Path:  # fmt: skip
+    """Write the int8 graph at ``network_path`` (``atrous.runtime.cached_int8_onnx``: the quantised network on
+    normalised float32 images) as a file to deploy at ``out_path``: behind ``model``'s normalisation, taking uint8 RGB
+    images as ``export_model``'s default does (``with_uint8_input``), or the network alone with
+    ``normalized_input``. The file appears whole or not at all."""
+    out_path = Path(out_path)
+    with written_whole(out_path, suffix=".partial") as partial:  # never half a file where the user asked for one
+        if normalized_input:
+            shutil.copyfile(network_path, partial)
+        else:
+            with_uint8_input(network_path, model, partial)
+    return out_path
 
 
 def onnxruntime_logits(path: str | Path):

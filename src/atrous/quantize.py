@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.io import read_image
 from .errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,44 @@ def evenly_spaced(count: int, total: int) -> list[int]:
     if total <= count:
         return list(range(total))
     return [round(i * (total - 1) / (count - 1)) if count > 1 else 0 for i in range(count)]
+
+
+def calibration_images(dataset) -> list[np.ndarray]:
+    """``CALIBRATION_IMAGES`` images of ``dataset``, evenly spread over it (all of a smaller one), as it returns them:
+    (H, W, 3) uint8 RGB from an untransformed dataset. ``atrous eval`` and ``atrous export --int8`` give the training
+    split of the model's data, whose activation ranges the quantised graph should keep."""
+    return [dataset[index][0] for index in evenly_spaced(CALIBRATION_IMAGES, len(dataset))]
+
+
+def calibration_files(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """``CALIBRATION_IMAGES`` of the image files at ``paths``, evenly spread, read as (H, W, 3) uint8 RGB: the images
+    a model is deployed on, where no dataset is at hand (``atrous predict --runtime int8``)."""
+    return [read_image(paths[index]) for index in evenly_spaced(CALIBRATION_IMAGES, len(paths))]
+
+
+def int8_agreement(
+    int8: Callable[[torch.Tensor], object], fp32: Callable[[torch.Tensor], object], images: torch.Tensor, *,
+    int8_images: torch.Tensor | None = None,
+) -> float:  # fmt: skip
+    """Fraction of the pixels of ``images`` (N, 3, H, W) given the same class (argmax of the logits) by ``int8`` as by
+    ``fp32``: what quantisation changes in the predictions, where a logit difference would not say.
+
+    ``int8`` and ``fp32`` map images to logits (N, C, H, W), as ``atrous.export.onnxruntime_logits`` does, or to an
+    output that carries them (``.logits``), as ``atrous.runtime.prepare_inference``'s models do. ``fp32`` is given
+    ``images``, ``int8`` ``int8_images`` when its graph takes them otherwise (uint8 photos where it normalises
+    inside), else ``images``.
+    """
+    with torch.no_grad():
+        expected = _logits(fp32(images)).argmax(1)
+        predicted = _logits(int8(images if int8_images is None else int8_images)).argmax(1)
+    if predicted.shape != expected.shape:
+        raise ValueError(f"int8 and fp32 predictions differ in shape: {tuple(predicted.shape)} and "
+                         f"{tuple(expected.shape)}")  # fmt: skip
+    return (predicted == expected).double().mean().item()
+
+
+def _logits(output) -> torch.Tensor:
+    return getattr(output, "logits", output)
 
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor) -> Path:
