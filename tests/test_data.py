@@ -11,6 +11,7 @@ from atrous.cli import main
 from atrous.data import DataError, SynthSpec, build_dataset, read_image, read_mask, write_synthetic
 from atrous.data.checks import class_statistics, read_class_weights
 from atrous.data.classes import CITYSCAPES_LABEL_TO_TRAIN, COCO_STUFF_UNUSED_IDS
+from atrous.errors import ConfigError
 
 
 def test_voc_splits_read_palette_indices(tmp_path):
@@ -276,3 +277,54 @@ def test_datasets_work_in_dataloader_workers(tmp_path):
     dataset = build_dataset("synthetic", tmp_path, "train", transforms=train_transforms(normalization=IMAGENET_RGB, crop_size=32))
     images, masks = next(iter(DataLoader(dataset, batch_size=4, num_workers=2)))
     assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 32, 32) and masks.dtype == torch.int64
+
+
+def test_each_dataset_family_declares_its_options_and_engine_config_and_cli_ask_data(monkeypatch, capsys):
+    """The options beyond transforms and on_error are the family's declaration (folder's: its classes), not a name
+    engine, config or the command line know: a new family that takes class names gets them through all three."""
+    import atrous.data
+    from atrous.config import Config, apply_overrides, with_model_labels
+    from atrous.engine import dataset_options
+
+    assert atrous.data.family_options("folder") == ("num_classes", "class_names", "palette", "label_mapping")
+    assert [name for name in atrous.data.list_datasets() if atrous.data.family_options(name)] == ["folder"]
+    assert atrous.data.datasets_taking("label_mapping") == ["folder"] and atrous.data.family_options("nothing") == ()
+    folder = apply_overrides(Config(), ["data.dataset=folder", "data.label_mapping={0: 0, 255: 1}"])
+    assert dataset_options(folder) == {"num_classes": folder.model.num_classes, "label_mapping": {0: 0, 255: 1}}
+    assert dataset_options(Config()) == {}  # VOC names and counts its own classes
+
+    toy = atrous.data.DatasetFamily(lambda root, split, **options: options, options=("num_classes", "class_names"))
+    monkeypatch.setitem(atrous.data.DATASETS, "toy", toy)
+    config = apply_overrides(Config(), ["data.dataset=toy", "model.num_classes=2", "data.class_names=[sky, road]"])
+    assert dataset_options(config) == {"num_classes": 2, "class_names": ["sky", "road"]}
+    assert atrous.data.build_dataset("toy", ".", "val", **dataset_options(config))["class_names"] == ["sky", "road"]
+    with pytest.raises(ConfigError, match=r"data\.palette is for folder datasets; dataset 'toy' names"):
+        apply_overrides(config, ["data.palette=[[1, 2, 3], [4, 5, 6]]"])
+    with pytest.raises(ConfigError, match=r"data\.label_mapping is for folder datasets \(raw mask value"):
+        apply_overrides(config, ["data.label_mapping={0: 0, 255: 1}"])
+    unnamed = apply_overrides(Config(), ["data.dataset=toy", "model.num_classes=2"])
+    named = with_model_labels(unnamed, class_names=("sky", "road"), palette=np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
+    assert named.data.class_names == ["sky", "road"] and named.data.palette is None  # toy takes no palette
+    voc = with_model_labels(Config(), class_names=("sky", "road"), palette=None)
+    assert voc.data.class_names is None  # VOC names its own classes
+
+    monkeypatch.setitem(atrous.data.DATASETS, "toy", atrous.data.DatasetFamily(toy.build, options=("label_mapping",)))
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(atrous.data.list_datasets()) in usage and "toy" in usage
+    assert "folder and toy datasets, e.g. 0:0,255:1" in usage
+
+
+def test_a_folder_config_without_names_takes_the_models_names_and_colours():
+    from atrous.config import Config, apply_overrides, with_model_labels
+
+    config = apply_overrides(Config(), ["data.dataset=folder", "model.num_classes=2"])
+    palette = np.arange(256 * 3, dtype=np.uint8).reshape(256, 3)
+    named = with_model_labels(config, class_names=("sky", "road"), palette=palette)
+    assert named.data.class_names == ["sky", "road"] and named.data.palette == palette[:2].tolist()
+    given = apply_overrides(config, ["data.palette=[[1, 2, 3], [4, 5, 6]]"])
+    assert with_model_labels(given, class_names=("sky", "road"), palette=palette).data.palette == [[1, 2, 3], [4, 5, 6]]
+    own = apply_overrides(config, ["data.class_names=[a, b]"])
+    assert with_model_labels(own, class_names=("sky", "road"), palette=palette) is own
+    assert with_model_labels(config, class_names=None, palette=palette) is config

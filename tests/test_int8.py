@@ -130,10 +130,11 @@ def test_eval_int8_prints_the_fp32_and_int8_scores(fitted, run_files, capsys):
                  "int8", "--out", str(out)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "calibrating on 6 images of synthetic train (cached" in printed
-    found = re.search(r"mIoU fp32 \(onnxruntime\) (\d\.\d{4}), int8 (\d\.\d{4}): int8 loses (-?\d+\.\d\d) points",
-                      printed)  # fmt: skip
+    found = re.search(r"mIoU fp32 \(onnxruntime\) (\d\.\d{4}), int8 (\d\.\d{4}): int8 loses (-?\d+\.\d\d) points; "
+                      r"(\d+\.\d\d)% of the calibration pixels predicted as by the fp32 graph", printed)  # fmt: skip
     assert found, printed
-    fp32_score, int8_score, lost = (float(value) for value in found.groups())
+    assert float(found.group(4)) >= 95.0  # export --int8 prints the same figure (test_predict_int8_and_export_int8)
+    fp32_score, int8_score, lost = (float(value) for value in found.groups()[:3])
     metrics = __import__("json").loads((out / "metrics.json").read_text())
     assert f"{metrics['mIoU']:.4f}" == found.group(2)
     assert lost == pytest.approx(100 * (fp32_score - int8_score), abs=0.011)

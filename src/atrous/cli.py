@@ -9,17 +9,34 @@ import logging
 import sys
 from pathlib import Path
 
-from .atomic import written_whole
-from .bench import SECTIONS
+from . import engine
+from .bench import SECTIONS, run_bench
+from .checkpoint import load_trained_model
+from .config import Config, apply_overrides, config_to_dict, load_config, with_model_labels
+from .data import SynthSpec, build_dataset, datasets_taking, list_datasets, write_synthetic
+from .data.checks import check_dataset, class_statistics, write_class_statistics
+from .data.convert import write_cityscapes_train_ids
+from .demo import FAST_ITERATIONS, run_demo
+from .distributed import init_distributed, resolve_device, shutdown
 from .errors import AtrousError, ConfigError, user_message
+from .evaluation import evaluate, format_scores, run_evaluation
+from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxruntime_logits, parity, write_int8_onnx
+from .inference import InferenceOptions
 from .models import MODELS, list_backbones, list_models, list_presets, preset
+from .models.backbones import backbone_entry
 from .models.summary import model_rows
-from .runtime import RUNTIMES
+from .models.zoo import zoo
+from .paths import check_writable_dir, refuse_overwrite
+from .predict import expand_inputs, predict_files
+from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
+from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
+
+# Every import is made here, none inside a command: with them all, `atrous --help` takes as long as with the few it
+# needs (the package face already loads torch, the models and the datasets; the rest measured about 30 ms more).
+# ONNX Runtime, onnx and matplotlib stay out of it: the library imports them where it uses them.
 
 
 def _zoo_table() -> int:
-    from .models.zoo import zoo
-
     for entry in zoo().values():
         published, spec = entry.published, entry.spec
         if entry.kind == "backbone_init":
@@ -35,8 +52,6 @@ def _zoo_table() -> int:
 
 
 def _backbone_list() -> int:
-    from .models.backbones import backbone_entry
-
     for name in list_backbones():
         entry = backbone_entry(name)
         strides = "/".join(str(stride) for stride in entry.output_strides)
@@ -97,8 +112,6 @@ def _label_mapping(text: str) -> dict[int, int]:
 
 
 def _dataset_from_args(args: argparse.Namespace):
-    from .data import build_dataset
-
     options = {}
     if args.num_classes is not None:
         options["num_classes"] = args.num_classes
@@ -108,8 +121,6 @@ def _dataset_from_args(args: argparse.Namespace):
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from .data import SynthSpec, write_synthetic
-
     spec = SynthSpec(seed=args.seed, train=args.train, val=args.val, size=args.size)
     root = write_synthetic(args.out, spec)
     print(f"synthetic dataset (VOC layout): {root}  [{spec.train} train / {spec.val} val, {spec.size}px]")
@@ -117,16 +128,12 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from .data.checks import check_dataset
-
     report = check_dataset(_dataset_from_args(args))
     print(report)
     return 0 if report.ok else 1
 
 
 def _data_stats(args: argparse.Namespace) -> int:
-    from .data.checks import class_statistics, write_class_statistics
-
     stats = class_statistics(_dataset_from_args(args))
     width = max(len(name) for name in stats["classes"])
     print(f"{'class'.ljust(width)}  {'pixels':>12}  {'freq':>8}  {'w_inv':>8}  {'w_median':>8}")
@@ -142,13 +149,16 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 
 def _data_convert(args: argparse.Namespace) -> int:
-    from .data.convert import write_cityscapes_train_ids
-
     if args.dataset != "cityscapes":
         raise ConfigError(f"convert writes Cityscapes trainId PNGs; dataset {args.dataset!r} maps labels on the fly")
     written = write_cityscapes_train_ids(args.root, args.split)
     print(f"wrote {written} *_gtFine_labelTrainIds.png files under {args.root}")
     return 0
+
+
+def _takers(option: str) -> str:
+    """The dataset families a ``data`` flag is for ("folder"), as ``atrous.data`` declares them."""
+    return " and ".join(datasets_taking(option))
 
 
 def _add_data_commands(commands) -> None:
@@ -167,11 +177,12 @@ def _add_data_commands(commands) -> None:
         ("convert", _data_convert, "write Cityscapes *_labelTrainIds.png beside the labelIds"),
     ]:
         action = actions.add_parser(name, help=text)
-        action.add_argument("--dataset", required=True, help="voc, cityscapes, gta5, ade20k, coco_stuff, folder, ...")
+        action.add_argument("--dataset", required=True, help=", ".join(list_datasets()))
         action.add_argument("--root", type=Path, required=True, help="the dataset's folder, as its archives unpack")
         action.add_argument("--split", default="train", help="default train")
-        action.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="folder datasets")
-        action.add_argument("--label-map", type=_label_mapping, default=None, help="folder datasets, e.g. 0:0,255:1")
+        action.add_argument("--num-classes", type=POSITIVE_INT, default=None, help=f"{_takers('num_classes')} datasets")
+        action.add_argument("--label-map", type=_label_mapping, default=None,
+                            help=f"{_takers('label_mapping')} datasets, e.g. 0:0,255:1")  # fmt: skip
         if name == "stats":
             action.add_argument("--out", type=Path, default=Path("class_weights.json"),
                                 help="class weights JSON for data.class_weights (default class_weights.json)")
@@ -213,8 +224,6 @@ def _add_flag(parser: argparse.ArgumentParser, flag: str, **options) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import Config, apply_overrides, load_config
-
     config = load_config(args.config) if args.config else Config()
     if args.preset:
         config = dataclasses.replace(config, model=preset(args.preset))
@@ -234,15 +243,12 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .distributed import shutdown
-    from .engine import train
-
     if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
         # `--resume optim.lr=0.01`: argparse gave the override to --resume's optional PATH; it is an override.
         args.overrides, args.resume = [args.resume, *args.overrides], "last"
     resume = True if args.resume == "last" else args.resume
     try:
-        summary = train(_config_from_args(args), resume=resume, stop_at=args.stop_at, overwrite=args.overwrite)
+        summary = engine.train(_config_from_args(args), resume=resume, stop_at=args.stop_at, overwrite=args.overwrite)
     finally:
         shutdown()
     best = summary["best_mIoU"]
@@ -268,8 +274,6 @@ def _add_train_command(commands) -> None:
 
 
 def _inference_options(args: argparse.Namespace):
-    from .inference import InferenceOptions
-
     if args.msc:  # DeepLab-v2's multi-scale inputs with max fusion (kazuto1011's MSC)
         return InferenceOptions(scales=tuple(args.scales or (1.0, 0.75, 0.5)), fusion="max", crf=args.crf)
     scales = tuple(args.scales) if args.scales else ((0.5, 0.75, 1.0, 1.25, 1.5, 1.75) if args.tta else (1.0,))
@@ -286,47 +290,24 @@ def _load_model(args: argparse.Namespace):
     """The model ``--weights`` holds, as its own spec says, or ``--preset`` / ``--model`` for files with none; the
     other spec flags override single fields. Flags that ask for a model computing otherwise than the one the file
     implies (torchvision's files at output stride 16, say) are refused: the outputs would be silently wrong."""
-    from .checkpoint import load_trained_model
-
     base = preset(args.preset) if args.preset else None
     overrides = {field: getattr(args, flag) for flag, field in SPEC_FLAGS.items()}  # --model is the name override
     return load_trained_model(args.weights, spec=base, overrides=overrides, other_architecture="refuse")
 
 
-def _names_from_the_model(config, model):
-    """A folder dataset's config that does not name its classes takes the model's names and colours (the ones it
-    was trained with), so reports say "crack", not "class_1"."""
-    d = config.data
-    if d.dataset != "folder" or d.class_names or model.class_names is None:
-        return config
-    palette = model.palette[: model.num_classes].tolist() if d.palette is None and model.palette is not None else None
-    data = dataclasses.replace(d, class_names=list(model.class_names), palette=palette or d.palette)
-    return dataclasses.replace(config, data=data)
-
-
 def _inference_device(preference: str, args: argparse.Namespace) -> str:
     """The device eval and predict run on: ``auto`` is the CPU for the ONNX Runtime runtimes (their CPU provider),
     on a GPU machine too; a GPU asked for by name with them is refused by ``prepare_inference``, saying why."""
-    from .runtime import CPU_RUNTIMES
-
     return "cpu" if preference == "auto" and args.runtime in CPU_RUNTIMES else preference
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, config_to_dict, load_config
-    from .distributed import init_distributed, shutdown
-    from .engine import build_validation_set
-    from .evaluation import evaluate, format_scores, run_evaluation
-    from .paths import check_writable_dir
-    from .quantize import calibration_batch
-    from .runtime import prepare_inference
-
     config = apply_overrides(load_config(args.config), args.overrides)
     info = init_distributed(_inference_device(args.device if args.device != "auto" else config.train.device, args))
     try:
         model = _load_model(args)
-        config = _names_from_the_model(config, model)
-        dataset = build_validation_set(config, args.split)
+        config = with_model_labels(config, class_names=model.class_names, palette=model.palette)
+        dataset = engine.build_validation_set(config, args.split)
         if dataset.num_classes != model.num_classes:
             raise ConfigError(f"the model has {model.num_classes} classes, dataset {dataset.name!r} {dataset.num_classes}")
         out_dir = args.out or config.run_dir / "eval"
@@ -338,8 +319,10 @@ def _eval(args: argparse.Namespace) -> int:
         details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
                    "config": config_to_dict(config)}  # fmt: skip
         if args.runtime == "int8":  # what quantisation costs, on the same images: the fp32 graph's score first
-            fp32 = evaluate(prepare_inference(model, "onnxruntime", device=info.device), dataset, device=info.device,
-                            options=options, rank=info.rank, world_size=info.world_size)  # fmt: skip
+            fp32_graph = prepare_inference(model, "onnxruntime", device=info.device)
+            agreement = int8_agreement(inference, fp32_graph, calibration) if info.is_main else None  # rank 0 says it
+            fp32 = evaluate(fp32_graph, dataset, device=info.device, options=options, rank=info.rank,
+                            world_size=info.world_size)  # fmt: skip
             details["fp32 mIoU (onnxruntime)"] = f"{fp32.scores['mIoU']:.4f}"
             if info.is_main:
                 print(f"fp32 (onnxruntime) mIoU {fp32.scores['mIoU']:.4f}; int8 next")
@@ -352,7 +335,8 @@ def _eval(args: argparse.Namespace) -> int:
         if info.is_main and args.runtime == "int8":
             lost = 100 * (fp32.scores["mIoU"] - result.scores["mIoU"])
             print(f"mIoU fp32 (onnxruntime) {fp32.scores['mIoU']:.4f}, int8 {result.scores['mIoU']:.4f}: int8 loses "
-                  f"{lost:.2f} points")  # fmt: skip
+                  f"{lost:.2f} points; {agreement:.2%} of the calibration pixels predicted as by the fp32 "
+                  "graph")  # fmt: skip
         if info.is_main:
             print(f"metrics, per-class IoU chart, confusion matrix and report.html written to {out_dir}")
     finally:
@@ -361,11 +345,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .distributed import resolve_device
-    from .predict import expand_inputs, predict_files
-    from .quantize import calibration_batch
-    from .runtime import prepare_inference
-
     device = resolve_device(_inference_device(args.device, args))
     model = _load_model(args)
     paths = expand_inputs(args.inputs)
@@ -380,8 +359,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import PARITY_TOLERANCE, export_model, exported_metadata, parity
-
     if not args.int8 and (args.config is not None or args.overrides):
         raise ConfigError("--config and config overrides are for --int8's calibration data: add --int8, or drop them")
     model = _load_model(args)
@@ -403,60 +380,37 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _dataset_calibration(config):
-    """int8 calibration images, (H, W, 3) uint8 RGB arrays: the training split of the config's dataset,
-    untransformed, evenly spread."""
-    from .engine import build_validation_set
-    from .quantize import CALIBRATION_IMAGES, evenly_spaced
-
-    dataset = build_validation_set(config, config.data.train_split)
-    images = [dataset[index][0] for index in evenly_spaced(CALIBRATION_IMAGES, len(dataset))]
+    """int8 calibration images, (H, W, 3) uint8 RGB arrays, from the training split of the config's dataset
+    (untransformed, as the validation set is read)."""
+    dataset = engine.build_validation_set(config, config.data.train_split)
+    images = calibration_images(dataset)
     print(f"int8: calibrating on {len(images)} images of {dataset.name} (cached once done)")  # the name has the split
     return images
 
 
 def _input_calibration(paths):
-    """int8 calibration images, (H, W, 3) uint8 RGB arrays, from the images to predict: the data the model is
-    deployed on."""
-    from .data.io import read_image
-    from .quantize import CALIBRATION_IMAGES, evenly_spaced
-
-    chosen = [paths[index] for index in evenly_spaced(CALIBRATION_IMAGES, len(paths))]
-    print(f"int8: calibrating on {len(chosen)} of the input images (cached for these images)")
-    return [read_image(path) for path in chosen]
+    """int8 calibration images, (H, W, 3) uint8 RGB arrays, from the images to predict."""
+    images = calibration_files(paths)
+    print(f"int8: calibrating on {len(images)} of the input images (cached for these images)")
+    return images
 
 
 def _export_int8(args: argparse.Namespace, model) -> int:
     """The int8 ONNX file (QDQ), calibrated on the --config dataset's training split, and how far its predictions
     are from the fp32 graph's on those images. Like the fp32 export it takes uint8 RGB images and normalises them
     inside (--normalized-input: normalised float32 images)."""
-    import shutil
-
-    import torch
-
-    from .config import apply_overrides, load_config
-    from .export import exported_metadata, onnxruntime_logits, with_uint8_input
-    from .paths import refuse_overwrite
-    from .quantize import calibration_photos
-    from .runtime import cached_int8_onnx, cached_onnx
-
     if args.format != "onnx":
         raise ConfigError("--int8 writes ONNX (ONNX Runtime's quantisation): drop --format torchscript")
     if args.config is None:
         raise ConfigError("--int8 calibrates on the model's data: pass --config (the run's config.yaml or a recipe)")
-    photos = calibration_photos(_dataset_calibration(apply_overrides(load_config(args.config), args.overrides)))
-    calibration = model.normalization(photos)
+    images = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides))
+    photos, calibration = calibration_photos(images), calibration_batch(images, model)
     out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
-    refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")
+    refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")  # before quantising
     network = cached_int8_onnx(model, calibration)  # quantised once, on normalised images; the cache keeps it
-    with written_whole(out, suffix=".partial") as partial:  # never half a file at --out
-        if args.normalized_input:
-            shutil.copyfile(network, partial)
-        else:
-            with_uint8_input(network, model, partial)
-    with torch.no_grad():
-        expected = onnxruntime_logits(cached_onnx(model))(calibration).argmax(1)
-        predicted = onnxruntime_logits(out)(calibration if args.normalized_input else photos).argmax(1)
-        agreement = (predicted == expected).float().mean().item()
+    write_int8_onnx(network, model, out, normalized_input=args.normalized_input)
+    agreement = int8_agreement(onnxruntime_logits(out), onnxruntime_logits(cached_onnx(model)), calibration,
+                               int8_images=None if args.normalized_input else photos)  # fmt: skip
     print(f"exported int8 ONNX to {out}: takes {exported_metadata(out)['input']}; {agreement:.2%} of the calibration "
           "pixels predicted as by the fp32 graph")  # fmt: skip
     return 0
@@ -549,9 +503,6 @@ def _add_inference_commands(commands) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import FAST_ITERATIONS, run_demo
-    from .evaluation import format_scores
-
     summary = run_demo(out_dir=args.out, data_root=args.data, fast=args.fast)
     print(format_scores(summary["scores"], summary["class_names"]))
     print(
@@ -565,8 +516,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
     if args.compare != "torchvision":
         raise ConfigError(f"--compare supports 'torchvision', got {args.compare!r}")
     markdown = run_bench(sections=tuple(args.only or SECTIONS), rounds=args.rounds)

@@ -13,12 +13,15 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from .atomic import write_text_whole
+from .data import DATASETS, datasets_taking, family_options
+from .data.labels import checked_class_names, checked_palette
 from .errors import ConfigError, MissingFileError
 from .models.spec import ModelSpec
 
@@ -251,8 +254,6 @@ def check_config(config: Config) -> None:
     Choices were checked by type (``Literal``) when the values were read, the model by ``ModelSpec``; this checks
     ranges and combinations. Whether the batch splits over the processes is known only at launch (``prepare``).
     """
-    from .data import DATASETS
-
     for key, value, holds, wanted in _ranges(config):
         if not holds:
             raise ConfigError(f"{key}={value!r}: must be {wanted}")
@@ -260,9 +261,9 @@ def check_config(config: Config) -> None:
         name = getattr(config.data, key)
         if name is not None and name not in DATASETS:
             raise ConfigError(f"data.{key}: unknown value {name!r}; choose from {sorted(DATASETS)}")
-    if config.data.label_mapping and config.data.dataset != "folder":
-        raise ConfigError(f"data.label_mapping is for folder datasets (raw mask value -> class); dataset "
-                          f"{config.data.dataset!r} maps its own labels: remove data.label_mapping")  # fmt: skip
+    if config.data.label_mapping and "label_mapping" not in family_options(config.data.dataset):
+        raise ConfigError(f"data.label_mapping is for {_families_taking('label_mapping')} datasets (raw mask value -> "
+                          f"class); dataset {config.data.dataset!r} maps its own labels: remove data.label_mapping")  # fmt: skip
     _check_class_labels(config)
     if config.data.batch_size % config.train.grad_accum:
         raise ConfigError(
@@ -273,19 +274,38 @@ def check_config(config: Config) -> None:
         raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on the CPU")
 
 
-def _check_class_labels(config: Config) -> None:
-    """data.class_names and data.palette: folder datasets only, one distinct entry per class of the model."""
-    from .data.labels import checked_class_names, checked_palette
+def _families_taking(option: str) -> str:
+    """"folder" for label_mapping: the dataset families a message says an option is for."""
+    return " and ".join(datasets_taking(option))
 
+
+def _check_class_labels(config: Config) -> None:
+    """data.class_names and data.palette: only for the dataset families that take them (folder datasets), one
+    distinct entry per class of the model."""
     d, num_classes = config.data, config.model.num_classes
     for key in ("class_names", "palette"):
-        if getattr(d, key) is not None and d.dataset != "folder":
-            raise ConfigError(f"data.{key} is for folder datasets; dataset {d.dataset!r} names and colours its own "
-                              f"classes: remove data.{key}")  # fmt: skip
+        if getattr(d, key) is not None and key not in family_options(d.dataset):
+            raise ConfigError(f"data.{key} is for {_families_taking(key)} datasets; dataset {d.dataset!r} names and "
+                              f"colours its own classes: remove data.{key}")  # fmt: skip
     if d.class_names is not None:
         checked_class_names(d.class_names, num_classes, key="data.class_names", count_from="model.num_classes")
     if d.palette is not None:
         checked_palette(d.palette, num_classes, key="data.palette", count_from="model.num_classes")
+
+
+def with_model_labels(config: Config, *, class_names: Sequence[str] | None, palette) -> Config:
+    """``config`` with the class names and colours of a model (``class_names``, and ``palette``: [r, g, b] rows,
+    0..255, at least one per class; those of the data it was trained on) where its dataset family takes them from
+    the config (a folder dataset) and the config gives none: reports then say "crack", not "class_1". Colours the
+    config gives stay; so does a config whose dataset names its own classes."""
+    d = config.data
+    if d.class_names or class_names is None or "class_names" not in family_options(d.dataset):
+        return config
+    if d.palette is None and palette is not None and "palette" in family_options(d.dataset):
+        palette = [[int(value) for value in colour] for colour in palette[: len(class_names)]]
+    else:
+        palette = d.palette
+    return dataclasses.replace(config, data=dataclasses.replace(d, class_names=list(class_names), palette=palette))
 
 
 def _cuda_selected(device: str) -> bool:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from . import cpu, distributed
 from .checkpoint import LAST, check_resumable, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .config import Config, config_to_dict, save_config
-from .data import SegmentationDataset, build_dataset, train_transforms
+from .data import SegmentationDataset, build_dataset, family_options, train_transforms
 from .data.checks import read_class_weights
 from .data.sampling import SeededDataset, TrainSampler
 from .distributed import DistInfo
@@ -122,15 +122,13 @@ def poly_with_warmup(iterations: int, power: float, warmup_iters: int, warmup_ra
 
 
 def dataset_options(config: Config) -> dict:
-    """Options only some dataset families take: a folder dataset's classes come from the model config, their names
-    and colours from ``data.class_names`` / ``data.palette``."""
-    if config.data.dataset != "folder":
-        return {}
-    options = {"num_classes": config.model.num_classes}
-    for key in ("label_mapping", "class_names", "palette"):
-        if getattr(config.data, key):
-            options[key] = getattr(config.data, key)
-    return options
+    """The options the config's dataset family takes (``atrous.data.family_options``), from the config: the number
+    of classes from the model config, a label mapping, names and colours from ``data.label_mapping`` /
+    ``data.class_names`` / ``data.palette`` (a folder dataset's). Unset ones are left to the family's defaults."""
+    d = config.data
+    values = {"num_classes": config.model.num_classes, "label_mapping": d.label_mapping, "class_names": d.class_names,
+              "palette": d.palette}  # fmt: skip
+    return {key: values[key] for key in family_options(d.dataset) if values[key]}
 
 
 def _datasets(config: Config, model: Segmenter) -> tuple[SegmentationDataset, SegmentationDataset]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, MissingFileError
@@ -10,26 +11,53 @@ from .ade20k import ade20k_dataset
 from .base import SegmentationDataset
 from .cityscapes import cityscapes_dataset, gta5_dataset
 from .coco_stuff import coco_stuff_dataset
-from .folder import folder_dataset
+from .folder import FOLDER_OPTIONS, folder_dataset
 from .io import DataError, read_image, read_mask
 from .labels import IGNORE_INDEX
 from .synthetic import SYNTHETIC_CLASSES, SynthSpec, synthetic_dataset, write_synthetic
 from .transforms import eval_transforms, train_transforms
 from .voc import voc_dataset
 
-DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
-    "voc": voc_dataset,
-    "cityscapes": cityscapes_dataset,
-    "ade20k": ade20k_dataset,
-    "coco_stuff": coco_stuff_dataset,
-    "gta5": gta5_dataset,
-    "folder": folder_dataset,
-    "synthetic": synthetic_dataset,
+
+@dataclass(frozen=True)
+class DatasetFamily:
+    """A dataset family as ``build_dataset`` knows it: how to read one, ``build(root, split, **options)``, and the
+    options it takes beyond ``transforms`` and ``on_error`` (the config and the command line offer those for it only).
+    Called, it builds."""
+
+    build: Callable[..., SegmentationDataset]
+    options: tuple[str, ...] = ()
+
+    def __call__(self, root: str | Path, split: str, **options) -> SegmentationDataset:
+        return self.build(root, split, **options)
+
+
+DATASETS: dict[str, DatasetFamily] = {
+    "voc": DatasetFamily(voc_dataset),
+    "cityscapes": DatasetFamily(cityscapes_dataset),
+    "ade20k": DatasetFamily(ade20k_dataset),
+    "coco_stuff": DatasetFamily(coco_stuff_dataset),
+    "gta5": DatasetFamily(gta5_dataset),
+    "folder": DatasetFamily(folder_dataset, options=FOLDER_OPTIONS),
+    "synthetic": DatasetFamily(synthetic_dataset),
 }
 
 
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
+
+
+def family_options(name: str) -> tuple[str, ...]:
+    """The options dataset family ``name`` takes beyond ``transforms`` and ``on_error``, e.g. ``label_mapping`` for
+    ``folder``; none for a name that is no family (``build_dataset`` refuses it, naming the choices)."""
+    family = DATASETS.get(name)
+    return family.options if family is not None else ()
+
+
+def datasets_taking(option: str) -> list[str]:
+    """The dataset families that take ``option`` (``["folder"]`` for ``label_mapping``), for messages that say
+    where an option belongs."""
+    return [name for name in list_datasets() if option in DATASETS[name].options]
 
 
 def build_dataset(
@@ -57,12 +85,15 @@ def build_dataset(
 
 __all__ = [
     "DATASETS",
+    "DatasetFamily",
     "IGNORE_INDEX",
     "SYNTHETIC_CLASSES",
     "DataError",
     "SegmentationDataset",
     "SynthSpec",
     "build_dataset",
+    "family_options",
+    "datasets_taking",
     "eval_transforms",
     "list_datasets",
     "read_image",

@@ -13,6 +13,9 @@ from .io import DataError
 from .labels import IGNORE_INDEX, checked_class_names, checked_palette, identity_table, lookup_table, voc_palette
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# The options of this family beyond root, split, transforms and on_error: a folder says nothing of its classes, so
+# the user does (the config's data.label_mapping / class_names / palette, the model's num_classes).
+FOLDER_OPTIONS = ("num_classes", "class_names", "palette", "label_mapping")
 
 
 def folder_dataset(
