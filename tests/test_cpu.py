@@ -59,3 +59,32 @@ def test_half_precision_on_a_cpu_without_the_hardware_is_warned_about(runtime, h
         assert len(warned) == (not present), warned
     if runtime == "fp16":  # and it says what to use instead
         assert "use bf16 (native on this CPU) or float32 here" in warned[0]
+
+
+@pytest.mark.parametrize("cap", [None, "ALL", "AVX512_CORE_AMX", "AVX512_CORE_BF16", "AVX512_CORE_VNNI", "AVX2"])
+def test_the_machine_the_bench_names_and_the_fast_paths_read_the_cpu_alike(cap, monkeypatch, tmp_path):
+    """One reading of the CPU: the bench's machine says what the hardware has (ONNX Runtime's int8 kernels use it
+    all) and what oneDNN may use of it, as the fast paths' probes say under the same cap."""
+    from atrous.bench.machine import this_machine
+
+    flags = "fpu avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel name\t: Xeon\ncpu MHz\t\t: 2400.0\n"
+                       f"flags\t\t: {flags}\n")  # fmt: skip
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # the same hardware, as torch probes it
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    machine = this_machine(cpuinfo)
+    assert machine.flags == ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+    assert all(machine.has(flag) for flag in machine.flags)  # the hardware, whatever the cap
+    assert cpu.onednn_cap() == cap
+    assert machine.onednn_may_use("amx_bf16") == cpu.amx_bf16()
+    assert (machine.onednn_may_use("avx512_bf16") or machine.onednn_may_use("amx_bf16")) == cpu.native_bf16()
+    uncapped = cap in (None, "ALL", "AVX512_CORE_AMX")
+    assert machine.onednn_may_use("avx512_vnni") == (cap != "AVX2")
+    assert cpu.amx_bf16() == uncapped
+    assert not this_machine(tmp_path / "absent").flags  # no /proc/cpuinfo: no flags claimed

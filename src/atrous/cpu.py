@@ -1,27 +1,83 @@
-"""What this CPU's kernels can use, for the fast paths chosen at run time.
+"""What this CPU has, and what oneDNN may use of it: for the fast paths chosen at run time and for the figures that
+name the machine they were measured on.
 
-The answers come from the hardware (torch's cpuinfo) capped by ``ONEDNN_MAX_CPU_ISA``, the variable oneDNN itself
-obeys: a process that keeps oneDNN off AMX gets atrous's no-AMX paths too (and a bench run can measure them on an
-AMX machine).
+What the hardware has: torch's probes (AMX, native bf16), and /proc/cpuinfo for the model, clock and the instruction
+set flags that choose between fast paths (``processor``). What oneDNN may use: the hardware capped by
+``ONEDNN_MAX_CPU_ISA``, the variable oneDNN itself obeys: a process that keeps oneDNN off AMX gets atrous's no-AMX
+paths too (and a bench run can measure them on an AMX machine). ONNX Runtime ignores the cap (its int8 kernels use
+whatever the hardware has), so a question about ONNX Runtime asks the hardware.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 # oneDNN's ISA names, lowest first (its documentation, "CPU ISA hints"); ALL = no cap.
 ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
                "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL")  # fmt: skip
+# The flags that choose between fast paths, in /proc/cpuinfo's spelling, each with the lowest oneDNN ISA that uses it.
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX512_CORE", "avx512_bf16": "AVX512_CORE_BF16",
+             "avx512_vnni": "AVX512_CORE_VNNI", "amx_tile": "AVX512_CORE_AMX", "amx_bf16": "AVX512_CORE_AMX",
+             "amx_int8": "AVX512_CORE_AMX"}  # fmt: skip
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def _onednn_allows(isa: str) -> bool:
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+@dataclass(frozen=True)
+class Processor:
+    """What the system says of its CPU: /proc/cpuinfo on Linux; elsewhere the platform's processor name only."""
+
+    name: str
+    flags: tuple[str, ...]  # the ISA_FLAGS it has, in ISA_FLAGS' order
+    ghz: float | None = None  # the highest stated "cpu MHz" (virtual machines often show the nominal clock)
+    vendor: str | None = None  # vendor_id: GenuineIntel, AuthenticAMD
+    family: int | None = None  # "cpu family": 25 = AMD Zen 3/Zen 4, 26 = Zen 5
+
+
+def processor(cpuinfo: Path = CPUINFO) -> Processor:
+    """This CPU as ``cpuinfo`` describes it (a file in /proc/cpuinfo's format)."""
+    found = {"name": platform.processor() or platform.machine(), "flags": set(), "vendor": None, "family": None}
+    megahertz = []
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and value:
+                found["name"] = value
+            elif key == "flags":
+                found["flags"] = set(value.split())
+            elif key == "cpu MHz" and value:
+                megahertz.append(float(value))
+            elif key == "vendor_id" and value:
+                found["vendor"] = value
+            elif key == "cpu family" and value.isdigit():
+                found["family"] = int(value)
+    return Processor(name=found["name"], flags=tuple(flag for flag in ISA_FLAGS if flag in found["flags"]),
+                     ghz=max(megahertz) / 1000 if megahertz else None, vendor=found["vendor"],
+                     family=found["family"])  # fmt: skip
+
+
+def onednn_cap() -> str | None:
+    """The ISA oneDNN is capped at (``ONEDNN_MAX_CPU_ISA``, or its older name ``DNNL_MAX_CPU_ISA``), None without one."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def onednn_allows(isa: str) -> bool:
+    """Whether oneDNN's cap leaves it ``isa`` (one of ``ONEDNN_ISAS``), if the hardware has it."""
+    cap = (onednn_cap() or "ALL").upper()
     if cap not in ONEDNN_ISAS:  # oneDNN ignores a name it does not know; so do we
         return True
     return ONEDNN_ISAS.index(cap) >= ONEDNN_ISAS.index(isa)
+
+
+def onednn_may_use(flag: str, flags: tuple[str, ...]) -> bool:
+    """Whether oneDNN may use the instruction set ``flag`` (one of ``ISA_FLAGS``) on a CPU with ``flags``: the
+    hardware has it and the cap leaves it."""
+    return flag in flags and onednn_allows(ISA_FLAGS[flag])
 
 
 def _torch_reports(name: str) -> bool:
@@ -32,19 +88,19 @@ def _torch_reports(name: str) -> bool:
 @functools.cache
 def amx_bf16() -> bool:
     """AMX tiles with bf16 (Intel Sapphire Rapids and later), usable by oneDNN."""
-    return _torch_reports("_is_amx_tile_supported") and _onednn_allows("AVX512_CORE_AMX")
+    return _torch_reports("_is_amx_tile_supported") and onednn_allows("AVX512_CORE_AMX")
 
 
 @functools.cache
 def amx_fp16() -> bool:
-    return _torch_reports("_is_amx_fp16_supported") and _onednn_allows("AVX512_CORE_AMX_FP16")
+    return _torch_reports("_is_amx_fp16_supported") and onednn_allows("AVX512_CORE_AMX_FP16")
 
 
 @functools.cache
 def native_bf16() -> bool:
     """bf16 arithmetic in hardware (AVX512_BF16: Intel Cooper Lake and later, AMD Zen 4 and later; or AMX). Without
     it, bf16 is emulated: an atrous layer measured 4-8.5x slower than float32 (BENCHMARKS.md)."""
-    return (_torch_reports("_is_avx512_bf16_supported") and _onednn_allows("AVX512_CORE_BF16")) or amx_bf16()
+    return (_torch_reports("_is_avx512_bf16_supported") and onednn_allows("AVX512_CORE_BF16")) or amx_bf16()
 
 
 def fast_reduced_precision_matmuls(dtype: torch.dtype) -> bool:

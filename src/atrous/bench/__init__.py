@@ -269,7 +269,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
     ceiling, peak, machine = conv_ceiling(), gemm_peak(), this_machine()
     report(f"atrous bench on {machine}: {torch.get_num_threads()} threads, torch {torch.__version__}, median of "
            f"{rounds} alternating rounds")  # fmt: skip
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    cap = cpu.onednn_cap()
     if cap:
         report(f"oneDNN capped at ONEDNN_MAX_CPU_ISA={cap}: AMX {'on' if cpu.amx_bf16() else 'off'}, native bf16 "
                f"{'on' if cpu.native_bf16() else 'off'} for oneDNN and atrous's path choices (ONNX Runtime ignores "
@@ -284,6 +284,7 @@ def run_bench(*, sections=SECTIONS, rounds: int = 5, echo: Callable[[str], None]
                f"GFLOP/s (the practical peak is {peak / theoretical:.0%} of it; it implies "
                f"{machine.ghz * peak / theoretical:.2f} GHz sustained)")  # fmt: skip
     report()
+    # int8 runs on ONNX Runtime, which ignores oneDNN's cap: its verdict asks the hardware, not what oneDNN may use.
     runs = {
         "inference": (
             lambda: _inference(report, ceiling, peak, machine.has("avx512_vnni"), rounds), "about 3 minutes on 2 cores"
