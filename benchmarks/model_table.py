@@ -3,19 +3,19 @@
     python benchmarks/model_table.py [--repeats 3] > benchmarks/model_table.md
     python benchmarks/model_table.py --timm       # DeepLabV3+ OS16 on the timm families README lists
 
-Latency: one 513x513 image, eval mode, fp32, all cores, median of ``repeats`` runs after one warm-up.
+Latency: one 513x513 image, eval mode, fp32, all cores, median of ``repeats`` rounds after one warm-up, timed as
+the bench times (``atrous.bench.timing.ab_medians``: a forward shorter than 0.25 s is averaged over calls in a row).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import atrous
 from atrous.bench.machine import this_machine
+from atrous.bench.timing import ab_medians
 from atrous.models import PRESETS, TORCHVISION_DEEPLABV3, ModelSpec
 from atrous.models.summary import count_flops
 
@@ -53,13 +53,7 @@ def latency_ms(spec: ModelSpec, repeats: int) -> float:
     model = atrous.build_model(spec).eval()
     images = torch.randn(1, 3, 513, 513)
     with torch.no_grad():
-        model(images)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(images)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        return ab_medians({"model": lambda: model(images)}, rounds=repeats)["model"] * 1000
 
 
 def main() -> None:
