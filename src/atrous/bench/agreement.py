@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import quantize
 from ..data.synthetic import SynthSpec, render_sample
 from ..losses import SegmentationLoss
 from ..models import Segmenter, build_model
@@ -54,6 +55,6 @@ def int8_agreement(model: Segmenter, images: torch.Tensor) -> float:
     half = max(1, images.shape[0] // 2)
     calibration, counted = images[:half], images[half:]
     cpu = torch.device("cpu")
-    expected = prepare_inference(model, "onnxruntime", device=cpu)(counted).logits.argmax(dim=1)
-    got = prepare_inference(model, "int8", device=cpu, calibration=calibration)(counted).logits.argmax(dim=1)
-    return (got == expected).double().mean().item()
+    fp32 = prepare_inference(model, "onnxruntime", device=cpu)
+    int8 = prepare_inference(model, "int8", device=cpu, calibration=calibration)
+    return quantize.int8_agreement(int8, fp32, counted)  # the figure atrous eval and export --int8 print
