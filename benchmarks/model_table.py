@@ -17,7 +17,7 @@ import atrous
 from atrous.bench.machine import this_machine
 from atrous.bench.timing import ab_medians
 from atrous.models import PRESETS, TORCHVISION_DEEPLABV3, ModelSpec
-from atrous.models.summary import count_flops
+from atrous.model_table import count_flops
 
 # mIoU (%) of the weights a published source distributes for exactly this network (see shared references).
 PUBLISHED = {

@@ -9,7 +9,7 @@ from torchvision.models import segmentation
 import atrous
 from atrous.cli import main
 from atrous.models import TORCHVISION_DEEPLABV3, summary
-from atrous.models.summary import count_flops
+from atrous.model_table import count_flops
 
 
 @pytest.mark.parametrize(

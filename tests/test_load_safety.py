@@ -52,7 +52,7 @@ def test_a_checkpoint_whose_spec_is_not_a_mapping_says_so(trained, tmp_path, spe
     contents = {**model_checkpoint(trained[0]), "spec": spec}
     torch.save(contents, tmp_path / "edited.pt")
     with pytest.raises(WeightsError, match=rf"edited.pt: its 'spec' is {type(spec).__name__} .*, not the mapping"):
-        atrous.checkpoint.load_trained_model(tmp_path / "edited.pt")
+        atrous.load_trained_model(tmp_path / "edited.pt")
 
 
 def test_a_trained_model_asked_for_other_classes_is_refused(trained, tmp_path, capsys):

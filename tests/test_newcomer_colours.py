@@ -14,7 +14,8 @@ from PIL import Image
 
 import atrous
 import atrous.predict
-from atrous.checkpoint import load_trained_model, model_checkpoint
+from atrous import load_trained_model
+from atrous.checkpoint import model_checkpoint
 from atrous.cli import main
 from atrous.config import apply_overrides, config_from_dict
 from atrous.data import build_dataset

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import atrous
-from atrous.checkpoint import load_trained_model, model_checkpoint
+from atrous import load_trained_model
+from atrous.checkpoint import model_checkpoint
 from atrous.errors import ConfigError, MissingDependencyError, WeightsError
 
 pytest.importorskip("timm")
@@ -114,7 +115,7 @@ def _timm_file(model_name: str, folder, filename: str | None = None):
     import timm
     from safetensors.torch import save_file
 
-    from atrous.models.timm_backbone import _pretrained_source
+    from atrous.models.backbones.timm import _pretrained_source
 
     torch.manual_seed(len(model_name))
     network = timm.create_model(model_name)
@@ -135,7 +136,7 @@ def test_imagenet_weights_from_the_hub_cache_give_timms_own_features(name, tmp_p
     feature equals timm's features_only network loading the same file its own way."""
     import timm
 
-    from atrous.models.zoo import hub_checkpoints
+    from atrous.paths import hub_checkpoints
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     path = _timm_file(name, hub_checkpoints())
@@ -169,7 +170,7 @@ def test_a_timm_file_by_path_loads_and_another_models_file_is_refused(tmp_path):
 def test_offline_the_error_names_the_url_and_where_to_put_the_file(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from atrous.models.zoo import hub_checkpoints
+    from atrous.paths import hub_checkpoints
 
     def offline(repo_id, filename, **_):
         raise huggingface_hub.errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
@@ -188,7 +189,7 @@ def test_offline_the_error_names_the_url_and_where_to_put_the_file(tmp_path, mon
 def test_without_timm_the_error_says_what_to_install(monkeypatch):
     import sys
 
-    from atrous.models.timm_backbone import timm_entry
+    from atrous.models.backbones.timm import timm_entry
 
     timm_entry.cache_clear()
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError

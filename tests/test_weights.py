@@ -11,7 +11,8 @@ from torchvision.models import segmentation
 import atrous
 from atrous.checkpoint import model_checkpoint
 from atrous.models import TORCHVISION_DEEPLABV3
-from atrous.models.weights import WeightsError, detect_format
+from atrous.errors import WeightsError
+from atrous.weights.load import detect_format
 
 
 @pytest.mark.parametrize(

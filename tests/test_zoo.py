@@ -19,8 +19,8 @@ from torchvision.models import segmentation
 import atrous
 from atrous.cli import main
 from atrous.errors import WeightsError
-from atrous.models import zoo as zoo_module
-from atrous.models.zoo import zoo
+from atrous.weights import zoo as zoo_module
+from atrous.registry import zoo
 
 
 def _published_layout(name: str) -> dict:
@@ -74,7 +74,7 @@ def test_backbone_init_entries_start_a_backbone_and_are_not_models(name, tmp_pat
         atrous.build_model(entry.spec, num_classes=4, pretrained_backbone=name)
     offline_hub.mkdir(parents=True, exist_ok=True)
     torch.save(init_file, offline_hub / entry.filename)
-    monkeypatch.setattr(zoo_module, "_check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
+    monkeypatch.setattr(zoo_module, "check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
     model = atrous.build_model(entry.spec, num_classes=4, pretrained_backbone=name)
     for key, value in model.backbone.state_dict().items():
         torch.testing.assert_close(value, source.backbone.state_dict()[key], rtol=0, atol=0)
@@ -90,7 +90,7 @@ def test_every_entry_runs_from_a_file_in_its_publishers_layout(name, tmp_path, m
     cached.parent.mkdir(parents=True)
     torch.save(_published_layout(name), cached)
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded a cached file"))
-    monkeypatch.setattr(zoo_module, "_check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
+    monkeypatch.setattr(zoo_module, "check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
     model = atrous.from_pretrained(name)
     assert model.num_classes == entry.spec.num_classes and not model.training
     names, _ = entry.class_names_and_palette()

@@ -10,23 +10,15 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from .checkpoint import load_trained_model
+from .build import build_model
 from .data import build_dataset
 from .errors import AtrousError, ConfigError, DataError, WeightsError
-from .models import (
-    PRESETS,
-    ModelSpec,
-    SegmentationOutput,
-    Segmenter,
-    build_model,
-    list_backbones,
-    list_models,
-    list_presets,
-)
-from .models.deeplabv2_port import get_deeplab_v2
-from .models.pretrained import from_pretrained
-from .models.weights import WeightsReport, load_weights
-from .version import __version__
+from .models import ModelSpec, SegmentationOutput, Segmenter
+from .publishers.deeplabv2.port import get_deeplab_v2
+from .registry import PRESETS, list_backbones, list_models, list_presets
+from .weights.load import WeightsReport, load_weights
+from .weights.pretrained import from_pretrained, load_trained_model
+from .version import __version__ as __version__
 
 
 # Submodules README uses as `atrous.<module>.<name>` after a plain `import atrous`, imported on first use so that

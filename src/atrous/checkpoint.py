@@ -15,27 +15,22 @@ A save that fails (a full disk) removes its half-written temporary file, and say
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
-import pickle
-import random
-import re
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from .atomic import written_by_live_process, written_whole
-from .errors import ConfigError, MissingFileError, StorageError, WeightsError
+from .errors import StorageError
+from .weights.torch_file import read_torch_file, verify_checksum, weights_checksum
 
 if TYPE_CHECKING:
-    from .engine import TrainingRun
-    from .models import ModelSpec, Segmenter
+    from .models.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -149,140 +144,16 @@ def save_checkpoint(state: dict, directory: str | Path, *, iteration: int, keep_
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
-    """What ``path`` holds, read without running any code from it, its ``checksum`` verified when it has one.
+def load_checkpoint(path: str | Path) -> dict:
+    """What ``path`` holds, read without running any code from it (``atrous.weights.torch_file``), its ``checksum``
+    verified when it has one; tensors on the CPU.
 
     Raises ``MissingFileError``, or ``WeightsError`` for a file that is damaged, changed after it was written, or
-    holds Python objects (which could run code when unpickled: such a file is refused, never loaded)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint not found: {path}")
-    try:
-        contents = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = _refused_by_torch(error)
-        if refused is None:
-            raise WeightsError(f"{path}: cannot read checkpoint (truncated or damaged file?): {error}") from error
-        raise WeightsError(
-            f"{path}: refused to load: the file holds Python code or objects, not only tensors and plain values, and "
-            f"unpickling them could run code on this machine ({refused}). atrous checkpoints never hold any; if this "
-            "is another project's weights file, model.weights=PATH reads its tensors without running its code"
-        ) from None  # torch's message would advise loading the file unsafely
-    except Exception as error:  # torch and zipfile raise several types for damaged files
-        raise WeightsError(f"{path}: cannot read checkpoint (truncated or damaged file?): {error}") from error
+    holds Python objects (which could run code when unpickled: atrous's checkpoints never hold any, so such a file
+    is refused, never loaded)."""
+    contents, _ = read_torch_file(path, what="checkpoint", objects="refuse")
     verify_checksum(contents, str(path))
     return contents
-
-
-def _refused_by_torch(error: pickle.UnpicklingError) -> str | None:
-    """What torch's weights-only unpickler refused in a file ("Trying to load unsupported GLOBAL posix.system ..."),
-    without torch's advice to turn the protection off; None when ``error`` is not such a refusal (a damaged file)."""
-    text = str(error)
-    if "Weights only load failed" not in text:
-        return None
-    details = [part for part in re.split(r"\n\s*\n", text)[1:] if part.strip() and "weights_only" not in part]
-    return " ".join(" ".join(details).split()) or "objects its safe loader does not accept"
-
-
-def weights_checksum(state_dict: Mapping[str, Any]) -> str:
-    """sha256 (hex) over each tensor's name, dtype, shape and bytes (C order), in sorted name order: the same for
-    the same values wherever the tensors live and whatever their memory format. Non-tensor entries are not in it."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name]
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def verify_checksum(contents: Mapping, source: str) -> None:
-    """Raise ``WeightsError`` naming ``source`` when ``contents`` has a ``checksum`` its ``model`` tensors do not
-    match. Contents without one (older atrous files, other projects' files) pass."""
-    stored = contents.get("checksum") if isinstance(contents, Mapping) else None
-    if stored is None:
-        return
-    weights = contents.get("model")
-    if not isinstance(weights, Mapping) or weights_checksum(weights) != stored:
-        raise WeightsError(
-            f"{source}: the weights do not match the checksum stored with them: the file was changed or damaged "
-            "after it was written (if you edited its weights on purpose, delete its 'checksum' entry)"
-        )
-
-
-def check_resumable(contents: Any, source: str, spec: ModelSpec) -> None:
-    """Raise unless ``contents`` is a training checkpoint (``training_state``) of the architecture ``spec``:
-    ``WeightsError`` for a file that holds no training state, ``ConfigError`` when the config asks for another
-    architecture than the one the checkpoint trained."""
-    from .models import ModelSpec
-
-    if not isinstance(contents, Mapping):
-        raise WeightsError(f"{source} holds a {type(contents).__name__}, not a training checkpoint: to start a run "
-                           f"from its weights use model.weights={source}")  # fmt: skip
-    if any(key not in contents for key in TRAINING_KEYS) or "model" not in contents:
-        raise WeightsError(f"{source} holds weights only (no optimizer state or iteration): to start a run from it "
-                           f"use model.weights={source}")  # fmt: skip
-    stored = contents.get("spec")
-    if stored is None:  # a Segmenter composed by hand: its state dict is checked when it is loaded
-        return
-    if not isinstance(stored, Mapping):
-        raise WeightsError(f"{source}: its 'spec' is a {type(stored).__name__} ({str(stored)[:60]!r}), not the "
-                           "mapping atrous writes (ModelSpec.to_dict()): the file was not written by atrous train, "
-                           f"or was edited; to start a run from its weights use model.weights={source}")  # fmt: skip
-    try:
-        trained = ModelSpec.from_dict(dict(stored), source=f"{source}: spec").resolved().architecture()
-    except ConfigError as error:
-        raise WeightsError(f"{source}: its 'spec' does not describe a model atrous can build: {error}") from error
-    if trained != spec:
-        changed = [f"{key} {getattr(trained, key)!r} -> {getattr(spec, key)!r}"
-                   for key in trained.to_dict() if getattr(trained, key) != getattr(spec, key)]  # fmt: skip
-        raise ConfigError(
-            f"checkpoint {source} was trained as {_describe(trained)}, the config asks {_describe(spec)} "
-            f"({', '.join(changed)}): resume with the run's own config, or start a new run with model.weights={source}"
-        )
-
-
-def _describe(spec: ModelSpec) -> str:
-    return f"{spec.name} {spec.backbone} OS{spec.output_stride} with {spec.num_classes} classes"
-
-
-def capture_rng() -> dict:
-    """Python, NumPy, torch and CUDA generator states, as tensors and plain values (weights_only-loadable)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["position"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def model_checkpoint(model: Segmenter) -> dict[str, Any]:
@@ -295,64 +166,3 @@ def model_checkpoint(model: Segmenter) -> dict[str, Any]:
         "palette": model.palette.tolist() if model.palette is not None else None,
         "checksum": weights_checksum(weights),
     }
-
-
-def training_state(run: TrainingRun) -> dict[str, Any]:
-    """The checkpoint of a training run. Every process calls it (the random states of all ranks are gathered);
-    rank 0 saves it."""
-    from .config import config_to_dict
-
-    rng_states = [capture_rng()]
-    if run.dist.distributed:
-        rng_states = [None] * run.dist.world_size
-        torch.distributed.all_gather_object(rng_states, capture_rng())
-    return {
-        **model_checkpoint(run.model),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "iteration": run.iteration,
-        "best_metric": run.best,
-        "rng": rng_states,
-        "config": config_to_dict(run.config),
-    }
-
-
-def restore_training_state(run: TrainingRun, state: dict[str, Any], *, source: str = "checkpoint") -> None:
-    """Put a run back where ``training_state`` left it: weights, optimizer, schedule, scaler, iteration, best score and
-    this rank's random streams (which restart when the number of processes changed). ``check_resumable`` first.
-
-    source: the file, named by the ``WeightsError`` raised when its weights or optimizer do not fit the run."""
-    try:
-        run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError) as error:  # torch's mismatch reports: keys, shapes, parameter groups
-        raise WeightsError(f"{source} does not fit the run the config describes: {error}") from error
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.iteration, run.best = state["iteration"], state["best_metric"]
-    rng_states = state["rng"]
-    if len(rng_states) == run.dist.world_size:
-        restore_rng(rng_states[run.dist.rank])
-    elif run.dist.is_main:
-        log.warning("resuming on %d processes from %d: random streams restart", run.dist.world_size, len(rng_states))
-
-
-def load_trained_model(
-    path: str | Path,
-    *,
-    spec: ModelSpec | None = None,
-    overrides: dict[str, Any] | None = None,
-    other_architecture: str = "warn",
-) -> Segmenter:
-    """The model in eval mode, with its class names and palette when the file has them.
-
-    path: an atrous checkpoint (it says which model it holds), or any weights file ``from_pretrained`` reads.
-    spec: the architecture to build instead of the one the file describes (needed for a file without a description).
-    overrides: ``ModelSpec`` fields to change; None values change nothing; ``name`` with the others builds a file
-    without a description. other_architecture: "warn" or "refuse" (the command line) a spec or overrides that ask for
-    a model computing otherwise than the one the file implies (see ``from_pretrained``).
-    """
-    from .models.pretrained import from_pretrained
-
-    return from_pretrained(path, spec=spec, other_architecture=other_architecture, **(overrides or {}))

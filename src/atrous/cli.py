@@ -11,7 +11,6 @@ from pathlib import Path
 
 from . import engine
 from .bench import SECTIONS, run_bench
-from .checkpoint import load_trained_model
 from .config import Config, apply_overrides, config_to_dict, load_config, with_model_labels
 from .data import SynthSpec, build_dataset, datasets_taking, list_datasets, write_synthetic
 from .data.checks import check_dataset, class_statistics, write_class_statistics
@@ -23,9 +22,9 @@ from .evaluation import evaluate, format_scores, run_evaluation
 from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxruntime_logits, parity, write_int8_onnx
 from .inference import InferenceOptions
 from .models import MODELS, list_backbones, list_models, list_presets, preset
-from .models.backbones import backbone_entry
-from .models.summary import model_rows
-from .models.zoo import zoo
+from .model_table import model_rows
+from .registry import backbone_entry, resolved, zoo
+from .weights.pretrained import load_trained_model
 from .paths import check_writable_dir, refuse_overwrite
 from .predict import expand_inputs, predict_files
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
@@ -43,7 +42,7 @@ def _zoo_table() -> int:
             print(f"{entry.name}\n  {entry.publisher}: starting weights of {spec.backbone} (pretrained_backbone="
                   f"{entry.name}); {entry.dataset}")  # fmt: skip
         else:
-            print(f"{entry.name}\n  {entry.publisher}: {spec.name} {spec.backbone} OS{spec.resolved().output_stride} "
+            print(f"{entry.name}\n  {entry.publisher}: {spec.name} {spec.backbone} OS{resolved(spec).output_stride} "
                   f"{spec.num_classes} classes ({entry.labels}); {entry.dataset}\n"
                   f"  published mIoU {published['mIoU']} on {published['benchmark']} ({published['source']})")  # fmt: skip
         print(f"  {entry.url or 'no direct download: ' + entry.download}")

@@ -24,6 +24,7 @@ from .data import DATASETS, datasets_taking, family_options
 from .data.labels import checked_class_names, checked_palette
 from .errors import ConfigError, MissingFileError
 from .models.spec import ModelSpec
+from .registry import check_spec
 
 
 @dataclass
@@ -188,7 +189,8 @@ def _from_dict(cls, values: dict, where: str = ""):
         )
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}" if where else key) for key, value in values.items()}
     try:
-        return cls(**kwargs)
+        made = cls(**kwargs)
+        return check_spec(made) if isinstance(made, ModelSpec) else made  # its names: the registry's to know
     except ConfigError as error:  # a dataclass that checks itself (ModelSpec): say where it sits
         raise ConfigError(f"{where}: {error}" if where else str(error)) from error
 
@@ -251,7 +253,8 @@ def _ranges(config: Config) -> list[tuple[str, Any, bool, str]]:
 def check_config(config: Config) -> None:
     """Raise ``ConfigError`` naming the key, the value and what it must be, for the first setting that cannot run.
 
-    Choices were checked by type (``Literal``) when the values were read, the model by ``ModelSpec``; this checks
+    Choices were checked by type (``Literal``) when the values were read, the model by ``ModelSpec`` and the
+    registry (``check_spec``); this checks
     ranges and combinations. Whether the batch splits over the processes is known only at launch (``prepare``).
     """
     for key, value, holds, wanted in _ranges(config):

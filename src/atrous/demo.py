@@ -68,7 +68,7 @@ def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synt
     """Run the whole pipeline on the embedded synthetic dataset and return a summary (scores, seconds, paths)."""
     import torch
 
-    from .checkpoint import load_trained_model
+    from .weights.pretrained import load_trained_model
     from .data import build_dataset, write_synthetic
     from .engine import train
     from .evaluation import run_evaluation, write_run_report

@@ -1,5 +1,5 @@
 """Training in four named parts: ``prepare(config) -> TrainingRun``, ``train_step(run)``, ``validate(run)`` and the
-checkpoint (``atrous.checkpoint.training_state`` / ``restore_training_state``); ``train`` is the loop over them.
+checkpoint (``atrous.training_state``: ``training_state`` / ``restore_training_state``); ``train`` is the loop over them.
 
 DDP, autocast, GradScaler, ``no_sync`` accumulation; rank 0 writes files; metrics are all-reduced before they are
 reported. No run loses another's work or its own: a run directory is locked by the run in it and never replaced
@@ -15,7 +15,6 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from . import cpu, distributed
-from .checkpoint import LAST, check_resumable, load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict, save_config
 from .data import SegmentationDataset, build_dataset, family_options, train_transforms
 from .data.checks import read_class_weights
@@ -36,73 +35,19 @@ from .models import Segmenter, build_model
 from .progress import progress_bar
 from .run_dir import RunDirLock, claim, trim_metrics
 from .runtime import HALF_PRECISIONS
+from .registry import resolved
+from .training_state import TrainingRun, check_resumable, restore_training_state, training_state
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainingRun:
-    """Everything a training step, a validation and a checkpoint need; ``prepare`` makes one from a config.
-
-    model: the ``Segmenter`` itself (checkpoints and validation use it); wrapped: ``model`` in DDP when distributed;
-    forward: ``wrapped``, compiled when ``train.compile``. batches: endless (images, masks) micro-batches of this rank.
-    iteration: optimizer steps done; iterations: the schedule's length.
-    """
-
-    config: Config
-    dist: DistInfo
-    model: Segmenter
-    wrapped: torch.nn.Module
-    forward: torch.nn.Module
-    loss_fn: SegmentationLoss
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None
-    iterations: int
-    train_set: SegmentationDataset | None = None
-    val_set: SegmentationDataset | None = None
-    iteration: int = 0
-    best: float = -math.inf
-
-    @property
-    def device(self) -> torch.device:
-        return self.dist.device
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.config.train.channels_last else torch.contiguous_format
-
-
-def parameter_groups(model: Segmenter, config: Config) -> list[dict]:
-    """SGD groups: backbone / heads (heads at ``head_lr_mult`` x lr) x decayed / not decayed.
-
-    Norm weights and all biases (tensors of one dimension) get no weight decay unless ``decay_norm_and_bias``.
-    """
-    optim = config.optim
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_head = not name.startswith("backbone.")
-        decayed = optim.decay_norm_and_bias or param.ndim > 1
-        groups.setdefault((is_head, decayed), []).append(param)
-    return [
-        {
-            "params": params,
-            "lr": optim.lr * (model.head_lr_mult if is_head else 1.0),
-            "weight_decay": optim.weight_decay if decayed else 0.0,
-            "name": f"{'head' if is_head else 'backbone'}{'' if decayed else '_no_decay'}",
-        }
-        for (is_head, decayed), params in sorted(groups.items())
-    ]
-
-
 def build_optimizer(model: Segmenter, config: Config) -> torch.optim.Optimizer:
-    """AdamW or SGD with momentum over ``parameter_groups``, in torch's fused implementation (one kernel over all
+    """AdamW or SGD with momentum over ``Segmenter.parameter_groups``, in torch's fused implementation (one kernel over all
     tensors) where the parameters live on a CPU or a CUDA device: on the CPU the default loops over the tensors one
     by one, and was a fifth of the demo's training step (measured here: 42 of 220 ms)."""
-    groups = parameter_groups(model, config)
+    optim = config.optim
+    groups = model.parameter_groups(lr=optim.lr, weight_decay=optim.weight_decay,
+                                    decay_norm_and_bias=optim.decay_norm_and_bias)  # fmt: skip
     fused = {"fused": True} if {p.device.type for p in model.parameters()} <= {"cpu", "cuda"} else {}
     if config.optim.name == "adamw":
         return torch.optim.AdamW(groups, lr=config.optim.lr, **fused)
@@ -197,7 +142,7 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
     if resume:  # read and checked first: a wrong file fails before the data is scanned and the model built
         path = config.run_dir / "checkpoints" / LAST if resume is True else Path(resume)
         checkpoint = load_checkpoint(path)
-        check_resumable(checkpoint, str(path), config.model.resolved().architecture())
+        check_resumable(checkpoint, str(path), resolved(config.model).architecture())
     torch.manual_seed(t.seed + info.rank)  # the model's init is rank 0's: DDP broadcasts it
     model = build_model(config.model)
     train_set, val_set = _datasets(config, model)

@@ -9,7 +9,15 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import torch
+
 from .errors import ConfigError
+
+
+def hub_checkpoints() -> Path:
+    """The torch hub cache's checkpoints folder (``$TORCH_HOME/hub/checkpoints``), where torchvision, timm's non-hub
+    files and atrous's model zoo keep their downloads."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def refuse_overwrite(outputs: Iterable[str | Path], protected: Mapping[str | Path, str], *, hint: str) -> None:

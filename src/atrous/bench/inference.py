@@ -12,7 +12,7 @@ import torch
 from ..data.synthetic import SynthSpec, render_sample
 from ..models import build_model
 from ..models.normalization import IMAGENET_RGB
-from ..models.summary import count_flops
+from ..model_table import count_flops
 from ..runtime import prepare_inference
 from .models import RATES, model_pair, randomise_batchnorm
 from .timing import ab_medians

@@ -9,8 +9,9 @@ from torchvision.models import resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
-from ..models import Segmenter, build_model
-from ..models.weights import load_weights
+from ..build import build_model
+from ..models.segmenter import Segmenter
+from ..weights.load import load_weights
 
 RATES = (12, 24, 36)  # torchvision's DeepLabHead, at both output strides
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone
+from .backbones.base import Backbone
 from .normalization import InputNormalization
 from .spec import ModelSpec
 
@@ -116,11 +116,37 @@ class Segmenter(nn.Module):
             aux_logits = F.interpolate(self.aux_head(features), **upsample)
         return SegmentationOutput(logits, aux_logits)
 
+    def parameter_groups(
+        self, *, lr: float, weight_decay: float | None = None, decay_norm_and_bias: bool = True
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups, the one rule atrous trains with: backbone at ``lr``, heads at ``lr *
+        head_lr_mult``; frozen parameters left out. With ``decay_norm_and_bias=False`` the norm weights and biases
+        (tensors of one dimension) of each part form a group of their own without weight decay.
+
+        weight_decay: each decayed group's (None: the optimizer's own, no key set). Groups are named ("backbone",
+        "backbone_no_decay", "head", "head_no_decay") and ordered as their (head, decayed) pair sorts, an order the
+        optimizer state in checkpoints relies on."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_head = not name.startswith("backbone.")
+            decayed = decay_norm_and_bias or param.ndim > 1
+            groups.setdefault((is_head, decayed), []).append(param)
+        result = []
+        for (is_head, decayed), params in sorted(groups.items()):
+            group = {"params": params, "lr": lr * (self.head_lr_mult if is_head else 1.0),
+                     "name": f"{'head' if is_head else 'backbone'}{'' if decayed else '_no_decay'}"}  # fmt: skip
+            if not decayed:
+                group["weight_decay"] = 0.0
+            elif weight_decay is not None:
+                group["weight_decay"] = weight_decay
+            result.append(group)
+        return result
+
     def optim_parameters(self, lr: float) -> list[dict[str, Any]]:
         """SGD parameter groups: backbone at ``lr``, heads at ``lr * head_lr_mult``; frozen parameters left out.
 
-        The name and behaviour of the DeepLab-v2 port's method (there: 1x backbone, 10x classifier).
-        """
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        heads = [p for name, p in self.named_parameters() if not name.startswith("backbone.") and p.requires_grad]
-        return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * self.head_lr_mult}]
+        The name and behaviour of the DeepLab-v2 port's method (there: 1x backbone, 10x classifier): the groups of
+        ``parameter_groups`` with every parameter decayed as the optimizer says."""
+        return self.parameter_groups(lr=lr)

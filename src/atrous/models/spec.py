@@ -1,5 +1,9 @@
 """``ModelSpec``: the one description of a model. It is ``build_model``'s arguments, ``Config.model``, what every
-checkpoint stores (as a plain dict) and what the command line edits with ``dataclasses.replace``."""
+checkpoint stores (as a plain dict) and what the command line edits with ``dataclasses.replace``.
+
+A leaf: it checks the values it holds by themselves (ranges, types). Whether its names exist (an architecture, a
+backbone, a stride that backbone reaches) is the registry's to say (``atrous.registry.check_spec``), since the
+publishers register names of their own; ``build_model``, configs and ``from_pretrained`` check through it."""
 
 from __future__ import annotations
 
@@ -11,17 +15,10 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-ModelName = Literal[
-    "deeplabv2", "deeplabv3", "deeplabv3plus", "deeplabv3plus_smp", "deeplabv3plus_vainf", "deeplabv3_mmseg",
-    "deeplabv3plus_mmseg", "deeplabv3_kazuto", "deeplabv1_kazuto",
-]
 FirstBlockDilation = Literal["previous", "stage"]
 OutputStride = Literal[4, 8, 16, 32]
 FrozenBN = Literal["none", "affine", "all"]
 
-# The output strides a backbone reaches by trading strides for dilation; a backbone whose stride is part of its
-# architecture lists its own (``BackboneEntry.output_strides``: HRNet's 4).
-OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 FROZEN_BN_CHOICES: tuple[str, ...] = ("none", "affine", "all")
 MAX_CLASSES = 65535  # masks hold class indices in at most 16 bits (255 stays the ignore label below that)
 # Where the starting weights come from: not part of the architecture. A built model's ``spec`` has them cleared,
@@ -33,7 +30,7 @@ INIT_FIELDS = ("pretrained_backbone", "weights")
 class ModelSpec:
     """A DeepLab model. ``None`` fields take the architecture's default (see ``atrous.models.MODELS``).
 
-    name: the head layout, ``deeplabv2`` | ``deeplabv3`` | ``deeplabv3plus``.
+    name: the head layout, ``deeplabv2`` | ``deeplabv3`` | ``deeplabv3plus``, or a publisher's (``atrous.list_models()``).
     backbone: a name from ``atrous.list_backbones()``; default ``resnet101_caffe`` for deeplabv2, else ``resnet50``.
     output_stride: 8, 16 or 32 (the HRNets: 4 only); default 8 for deeplabv2, 16 otherwise, the HRNets' 4.
     atrous_rates: default (6, 12, 18, 24) for deeplabv2; (6, 12, 18) at OS16 for V3/V3+, scaled with the stride.
@@ -52,7 +49,7 @@ class ModelSpec:
     weights: a weights file of any format ``load_weights`` reads, loaded into the whole model after building.
     """
 
-    name: ModelName = "deeplabv3"
+    name: str = "deeplabv3"
     backbone: str | None = None
     num_classes: int = 21
     output_stride: OutputStride | None = None
@@ -69,9 +66,6 @@ class ModelSpec:
     weights: str | None = None
 
     def __post_init__(self) -> None:
-        from . import MODELS  # the registries import this module
-        from .backbones import backbone_entry
-
         for name in ("atrous_rates", "multi_grid"):  # lists from YAML or JSON; frozen: set through object
             value = getattr(self, name)
             if value is not None:
@@ -79,17 +73,12 @@ class ModelSpec:
         for name in INIT_FIELDS:
             if isinstance(getattr(self, name), Path):
                 object.__setattr__(self, name, str(getattr(self, name)))
-        if self.name not in MODELS:
-            raise ConfigError(f"unknown model {self.name!r}; choose from {sorted(MODELS)}")
-        if self.backbone is not None:
-            backbone_entry(self.backbone)  # ConfigError for an unknown name
+        for name in ("name", "backbone"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (name == "backbone" and value is None)):
+                raise ConfigError(f"{name} must be a name (a string), got {value!r}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or not 1 <= self.num_classes <= MAX_CLASSES:
             raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES}], got {self.num_classes!r}")
-        backbone = self.backbone or MODELS[self.name].backbone
-        strides = backbone_entry(backbone).output_strides
-        if self.output_stride is not None and self.output_stride not in strides:
-            raise ConfigError(f"unsupported output_stride {self.output_stride!r}; choose from {list(strides)} on "
-                              f"{backbone}")  # fmt: skip
         if self.frozen_bn is not None and self.frozen_bn not in FROZEN_BN_CHOICES:
             raise ConfigError(f"unknown frozen_bn {self.frozen_bn!r}; choose from {list(FROZEN_BN_CHOICES)}")
         for name in ("atrous_rates", "multi_grid"):
@@ -105,25 +94,6 @@ class ModelSpec:
             isinstance(self.head_lr_mult, (int, float)) and 0 < self.head_lr_mult < math.inf  # NaN fails too
         ):
             raise ConfigError(f"head_lr_mult must be a finite number > 0, got {self.head_lr_mult}")
-        if self.separable and not MODELS[self.name].separable:
-            raise ConfigError(f"separable convs are not an option of {self.name}'s head (DeepLabV3/V3+ have it)")
-
-    def resolved(self) -> ModelSpec:
-        """The same spec with the architecture's defaults written in (what a built model reports)."""
-        from . import MODELS
-        from .backbones import backbone_entry
-
-        defaults = MODELS[self.name]
-        backbone = self.backbone or defaults.backbone
-        strides = backbone_entry(backbone).output_strides  # a backbone without the default's (HRNet) gets its own
-        output_stride = defaults.output_stride if defaults.output_stride in strides else strides[0]
-        return dataclasses.replace(
-            self,
-            backbone=backbone,
-            output_stride=self.output_stride or output_stride,
-            frozen_bn=self.frozen_bn or defaults.frozen_bn,
-            head_lr_mult=self.head_lr_mult if self.head_lr_mult is not None else defaults.head_lr_mult,
-        )
 
     def architecture(self) -> ModelSpec:
         """The spec without where its starting weights came from (``INIT_FIELDS`` cleared)."""

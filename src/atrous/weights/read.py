@@ -1,0 +1,117 @@
+"""Reading what holds weights, once: a torch file (``atrous.weights.torch_file``: no code from it runs), a
+``.safetensors`` file, a ``save_pretrained`` folder (weights beside ``config.json``) or a mapping already in memory;
+then the tensors unwrapped from whatever container a training run kept them in (``unwrap_state_dict``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import MissingFileError, WeightsError
+from .torch_file import module_state_dict, placeholders_in, read_torch_file, refusal
+
+_FIRST_KEYS_SHOWN = 5
+
+
+def first(items: list[str]) -> str:
+    """The first few of ``items``, and how many more, for a message."""
+    more = f" ... and {len(items) - _FIRST_KEYS_SHOWN} more" if len(items) > _FIRST_KEYS_SHOWN else ""
+    return ", ".join(items[:_FIRST_KEYS_SHOWN]) + more
+
+
+@dataclass
+class Source:
+    """What one weights file, folder or mapping holds: ``contents`` as read, ``inert`` the names of the objects in it
+    read as placeholders, ``name`` for messages."""
+
+    name: str
+    contents: object
+    inert: list[str] = field(default_factory=list)
+
+
+def read_source(source: str | Path | Mapping) -> Source:
+    """Read ``source`` once: a weights file (``read_weights_file``), a ``save_pretrained`` folder (``read_folder``) or
+    what a file holds, already in memory."""
+    if not isinstance(source, (str, Path)):
+        return Source("<state dict>", source)
+    if Path(source).is_dir():
+        contents, inert = read_folder(Path(source))
+    else:
+        contents, inert = read_weights_file(source)
+    return Source(str(source), contents, inert)
+
+
+def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
+    """(what a ``.pt``/``.pth``/``.pth.tar``/``.bin`` or ``.safetensors`` file holds, the names in it that were read as
+    inert placeholders). Never runs code from the file (see ``atrous.weights.torch_file``)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return read_torch_file(path)
+    if not path.is_file():
+        raise MissingFileError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path)), []
+    except Exception as error:  # safetensors raises its own types for damaged files
+        raise WeightsError(f"{path}: cannot read weights (truncated or damaged file?): {error}") from error
+
+
+def read_folder(folder: Path) -> tuple[dict, list[str]]:
+    """An smp ``save_pretrained`` folder: ``model.safetensors`` (or ``pytorch_model.bin``) beside ``config.json``."""
+    weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).is_file()), None)
+    if weights is None:
+        raise WeightsError(f"{folder}: a folder needs model.safetensors (or pytorch_model.bin), as save_pretrained "
+                           "writes it")  # fmt: skip
+    tensors, inert = read_weights_file(weights)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return {"state_dict": unwrap_state_dict(tensors, source=str(weights)), "smp_config": config}, inert
+
+
+
+# The keys training runs keep the model under: atrous/detectron2 ("model"), mmseg/jfzhang95/Lightning
+# ("state_dict"), VainF ("model_state").
+CONTAINERS = ("model", "state_dict", "model_state")
+
+
+def _count_tensors(value: object) -> int:
+    return sum(isinstance(item, torch.Tensor) for item in value.values()) if isinstance(value, Mapping) else 0
+
+
+def _refused(contents: object) -> str:
+    """Why a file without weights holds objects instead, when it does: what its pickle asked to call."""
+    names = placeholders_in(contents)
+    return f"; {refusal(names)}" if names else ""
+
+
+def unwrap_state_dict(state: object, *, source: str = "<state dict>") -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a checkpoint: ``state[c]`` for the first container key ``c`` of ``CONTAINERS`` that
+    holds one, the state dict of a whole pickled model, or ``state`` itself; without DDP's ``module.`` prefix."""
+    if isinstance(state, Mapping):
+        for container in CONTAINERS:
+            if isinstance(state.get(container), Mapping) or module_state_dict(state.get(container)):
+                state = state[container]
+                break
+    whole_model = module_state_dict(state)
+    if whole_model:
+        state = whole_model
+    if not isinstance(state, Mapping) or not state:
+        raise WeightsError(f"{source}: expected a non-empty mapping of parameter names to tensors{_refused(state)}")
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        nested = {key: _count_tensors(value) for key, value in state.items() if _count_tensors(value)}
+        hint = _refused(state)
+        if nested:
+            key = max(nested, key=nested.get)
+            hint = f"; its tensors are under [{key!r}] ({nested[key]} of them): pass ckpt[{key!r}]"
+        raise WeightsError(f"{source}: holds no tensors at the top level; first keys: {first([str(k) for k in state])}"
+                           f"{hint}")  # fmt: skip
+    if all(key.startswith("module.") for key in tensors):
+        tensors = {key[len("module.") :]: value for key, value in tensors.items()}
+    return tensors
+
+
