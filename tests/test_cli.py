@@ -7,9 +7,10 @@ import pytest
 from torchvision.models import segmentation
 
 import atrous
+from atrous import model_table as summary
 from atrous.cli import main
-from atrous.models import TORCHVISION_DEEPLABV3, summary
 from atrous.model_table import count_flops
+from atrous.models import TORCHVISION_DEEPLABV3
 
 
 @pytest.mark.parametrize(
@@ -77,14 +78,19 @@ def test_the_model_table_is_counted_once_per_model_code_and_torch_version(tmp_pa
 
 
 def test_the_fingerprint_follows_the_model_code(tmp_path, monkeypatch):
-    models = tmp_path / "models"
+    models, publisher = tmp_path / "models", tmp_path / "publishers" / "toy"
     models.mkdir()
+    publisher.mkdir(parents=True)
     (models / "heads.py").write_text("RATES = (6, 12, 18)\n")
-    monkeypatch.setattr(summary, "__file__", str(models / "summary.py"))
+    (publisher / "head.py").write_text("WIDTH = 256\n")
+    monkeypatch.setattr(summary, "__file__", str(tmp_path / "model_table.py"))
     before = summary._code_fingerprint()
     assert summary._code_fingerprint() == before
     (models / "heads.py").write_text("RATES = (12, 24, 36)\n")
-    assert summary._code_fingerprint() != before
+    changed_core = summary._code_fingerprint()
+    assert changed_core != before
+    (publisher / "head.py").write_text("WIDTH = 512\n")  # a publisher's network is model code too
+    assert summary._code_fingerprint() != changed_core
 
 
 def _subcommands(parser: argparse.ArgumentParser, path: str = "atrous"):

@@ -244,7 +244,7 @@ def test_a_file_of_placeholders_only_names_what_it_asked_for(tmp_path, capsys):
 def test_a_damaged_file_is_called_damaged_not_hostile(tmp_path):
     path = tmp_path / "noise.pth"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
-    with pytest.raises(WeightsError, match=r"noise.pth: cannot read weights \(truncated or corrupt file\?\)") as error:
+    with pytest.raises(WeightsError, match=r"noise.pth: cannot read weights \(truncated or damaged file\?\)") as error:
         atrous.load_trained_model(path)
     assert "weights_only" not in str(error.value) and "refused" not in str(error.value)
 

@@ -17,7 +17,7 @@ from atrous.checkpoint import model_checkpoint
 from atrous.cli import _load_model, build_parser, main
 from atrous.errors import WeightsError
 from atrous.export import export_metadata, export_model, exported_metadata
-from atrous.models import zoo as zoo_module
+from atrous.weights import zoo as zoo_module
 
 TORCHVISION_FILE = "deeplabv3_resnet50_coco-cd0a2569.pth"  # the published name; the values here are random
 TORCHVISION_URL = "https://download.pytorch.org/models/deeplabv3_resnet50_coco-cd0a2569.pth"
@@ -188,7 +188,7 @@ def test_a_published_file_missing_where_named_is_taken_from_the_torch_hub_cache(
     named = tmp_path / "elsewhere" / TORCHVISION_FILE  # does not exist
     with pytest.raises(WeightsError, match=f"{cached}: its sha256 starts [0-9a-f]{{8}}, not cd0a2569"):
         atrous.from_pretrained(named)  # a file under the published name that is not the publisher's is refused
-    monkeypatch.setattr(zoo_module, "_check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
+    monkeypatch.setattr(zoo_module, "check_hash", lambda path, entry: None)  # a stand-in: not the publisher's bytes
     with caplog.at_level("INFO", logger="atrous"):
         model = atrous.from_pretrained(named)
     assert f"{named} does not exist: using the file of the zoo entry deeplabv3_resnet50_coco_voc" in caplog.text

@@ -334,7 +334,7 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(synthetic, tmp_
         with pytest.raises(WeightsError) as refused:
             attempt()
         message = str(refused.value)
-        assert message.startswith(f"{malicious}: refused to load: the file holds Python code or objects")
+        assert message.startswith(f"{malicious}: refused for safety: the file holds pickled code or objects")
         assert "system" in message and "weights_only" not in message and "corrupt" not in message
     assert not marker.exists()
 

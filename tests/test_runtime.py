@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from conftest import randomise_batchnorm
 
 import atrous
-from atrous.models import atrous_conv
-from atrous.models.atrous_conv import AtrousConv2d
+from atrous.models import layers as atrous_conv
+from atrous.models.layers import AtrousConv2d
 from atrous.runtime import RUNTIMES, cached_onnx, prepare_inference
 
 
@@ -53,7 +53,7 @@ def test_backbone_atrous_convs_go_by_taps_only_where_half_the_work_reads_padding
 def test_a_backbones_dilated_convs_become_atrous_convs_holding_the_same_parameters():
     from torchvision.models import resnet50
 
-    from atrous.models.atrous_conv import adopt_dilated_convs
+    from atrous.models.layers import adopt_dilated_convs
 
     plain = resnet50(replace_stride_with_dilation=[False, True, True])
     before = {name: (type(m), m.weight) for name, m in plain.named_modules() if isinstance(m, torch.nn.Conv2d)}

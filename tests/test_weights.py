@@ -10,8 +10,8 @@ from torchvision.models import segmentation
 
 import atrous
 from atrous.checkpoint import model_checkpoint
-from atrous.models import TORCHVISION_DEEPLABV3
 from atrous.errors import WeightsError
+from atrous.models import TORCHVISION_DEEPLABV3
 from atrous.weights.load import detect_format
 
 

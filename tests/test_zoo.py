@@ -19,8 +19,8 @@ from torchvision.models import segmentation
 import atrous
 from atrous.cli import main
 from atrous.errors import WeightsError
-from atrous.weights import zoo as zoo_module
 from atrous.registry import zoo
+from atrous.weights import zoo as zoo_module
 
 
 def _published_layout(name: str) -> dict:

@@ -16,10 +16,9 @@ from .errors import AtrousError, ConfigError, DataError, WeightsError
 from .models import ModelSpec, SegmentationOutput, Segmenter
 from .publishers.deeplabv2.port import get_deeplab_v2
 from .registry import PRESETS, list_backbones, list_models, list_presets
+from .version import __version__ as __version__
 from .weights.load import WeightsReport, load_weights
 from .weights.pretrained import from_pretrained, load_trained_model
-from .version import __version__ as __version__
-
 
 # Submodules README uses as `atrous.<module>.<name>` after a plain `import atrous`, imported on first use so that
 # `import atrous` stays light (onnxruntime, matplotlib and the datasets load only when asked for).

@@ -21,16 +21,14 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .atomic import written_by_live_process, written_whole
 from .errors import StorageError
+from .models.segmenter import Segmenter
 from .weights.torch_file import read_torch_file, verify_checksum, weights_checksum
-
-if TYPE_CHECKING:
-    from .models.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from .errors import AtrousError, ConfigError, user_message
 from .evaluation import evaluate, format_scores, run_evaluation
 from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxruntime_logits, parity, write_int8_onnx
 from .inference import InferenceOptions
-from .models import MODELS, list_backbones, list_models, list_presets, preset
 from .model_table import model_rows
-from .registry import backbone_entry, resolved, zoo
-from .weights.pretrained import load_trained_model
+from .models import MODELS, list_backbones, list_models, list_presets, preset
 from .paths import check_writable_dir, refuse_overwrite
 from .predict import expand_inputs, predict_files
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
+from .registry import backbone_entry, resolved, zoo
 from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
+from .weights.pretrained import load_trained_model
 
 # Every import is made here, none inside a command: with them all, `atrous --help` takes as long as with the few it
 # needs (the package face already loads torch, the models and the datasets; the rest measured about 30 ms more).

@@ -10,8 +10,15 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import torch
+
 from .config import Config, apply_overrides, config_to_dict, load_config
+from .data import SynthSpec, build_dataset, write_synthetic
+from .engine import train
 from .errors import AtrousError, ConfigError
+from .evaluation import run_evaluation, write_run_report
+from .predict import predict_files
+from .weights.pretrained import load_trained_model
 
 DEMO_RECIPE = "deeplabv3plus_r18-os16_synthetic_64x64_700.yaml"
 # The smoke test's schedule and dataset size; everything else is the recipe's.
@@ -29,8 +36,6 @@ def demo_config(*, data_root: Path, out_dir: Path, fast: bool) -> Config:
 
 def demo_spec(*, fast: bool):
     """The synthetic dataset the demo writes (and reuses when it is already there), at the recipe's crop size."""
-    from .data import SynthSpec
-
     size = demo_config(data_root=Path("."), out_dir=Path("."), fast=fast).data.crop_size
     return SynthSpec(train=120, val=24, size=size) if fast else SynthSpec(size=size)
 
@@ -66,14 +71,6 @@ def _refuse_another_recipes_run(config: Config) -> None:
 
 def run_demo(*, out_dir: str | Path = "runs", data_root: str | Path = "data/synthetic", fast: bool = False) -> dict:
     """Run the whole pipeline on the embedded synthetic dataset and return a summary (scores, seconds, paths)."""
-    import torch
-
-    from .weights.pretrained import load_trained_model
-    from .data import build_dataset, write_synthetic
-    from .engine import train
-    from .evaluation import run_evaluation, write_run_report
-    from .predict import predict_files
-
     started = time.perf_counter()
     # The full demo's data is where its recipe says (so `atrous eval --config <recipe>` finds it); the smoke test's
     # smaller set goes beside it, not over it.

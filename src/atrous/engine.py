@@ -33,9 +33,9 @@ from .evaluation import Evaluation, evaluate, write_run_report
 from .losses import SegmentationLoss
 from .models import Segmenter, build_model
 from .progress import progress_bar
+from .registry import resolved
 from .run_dir import RunDirLock, claim, trim_metrics
 from .runtime import HALF_PRECISIONS
-from .registry import resolved
 from .training_state import TrainingRun, check_resumable, restore_training_state, training_state
 
 log = logging.getLogger(__name__)

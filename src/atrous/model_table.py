@@ -8,9 +8,8 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 import torchvision
+from torch.utils.flop_counter import FlopCounterMode
 
 from .atomic import write_text_whole
 from .build import build_model

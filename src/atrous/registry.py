@@ -4,51 +4,79 @@ publisher and each publisher (``atrous.publishers``) knows only the core; this m
 one folder there plus one line in ``PUBLISHERS``.
 
 It also answers what needs every name at once: whether a ``ModelSpec``'s names exist (``check_spec``), the spec
-with its architecture's defaults written in (``resolved``), and a backbone or a network built by name.
+with its architecture's defaults written in (``resolved``), a backbone or a network built by name, and which
+published file a missing path names (``locate_weights``: the zoo's files and the backbones' ImageNet files).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from .errors import ConfigError, WeightsError
+from torchvision.models import get_weight
+
+from .errors import ConfigError, MissingFileError, WeightsError
 from .models.architecture import Architecture
-from .models.atrous_conv import adopt_dilated_convs
 from .models.backbones import caffe_resnet, mobilenet_v3, resnet
 from .models.backbones.base import Backbone, BackboneEntry
 from .models.backbones.timm import is_timm, timm_entry
 from .models.heads.deeplab import ARCHITECTURES as PAPER_ARCHITECTURES
+from .models.layers import adopt_dilated_convs
 from .models.segmenter import Segmenter
 from .models.spec import ModelSpec
+from .paths import hub_checkpoints
 from .publishers import Publisher, deeplabv2, jfzhang95, kazuto, mmseg, smp, torchvision, vainf
 from .weights import atrous_format, imagenet_format
 from .weights.format import Format
-from .weights.zoo import ZooEntry, read_zoo
+from .weights.zoo import PublishedFile, ZooEntry, check_hash, read_zoo, torchvision_hash
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def zoo() -> dict[str, ZooEntry]:
+    """Every published checkpoint atrous knows, by name, from each publisher's ``zoo.yaml``."""
+    entries: dict[str, ZooEntry] = {}
+    for publisher in PUBLISHERS:
+        if publisher.zoo is not None:
+            entries.update(read_zoo(publisher.zoo, PRESETS))
+    return entries
+
+
+BACKBONES: dict[str, BackboneEntry] = {**resnet.BACKBONES, **caffe_resnet.BACKBONES, **mobilenet_v3.BACKBONES}
+MODELS: dict[str, Architecture] = dict(PAPER_ARCHITECTURES)
+PRESETS: dict[str, ModelSpec] = {}
+FORMATS: list[Format] = []
+_PUBLISHERS_FORMATS: list[Format] = []  # FORMATS before the generic ones
+
+
+def register(publisher: Publisher) -> None:
+    """Add a publisher's names to the tables (in place: every module that imported them sees it). Its formats are
+    tried after those already registered, and before the generic ones: atrous's own files and bare ImageNet backbones
+    (whose keys are the most generic; their layouts come from the backbones, the publisher's included)."""
+    clashes = sorted((set(publisher.backbones) & set(BACKBONES)) | (set(publisher.architectures) & set(MODELS))
+                     | (set(publisher.presets) & set(PRESETS)))  # fmt: skip
+    if clashes:
+        raise ConfigError(f"publisher {publisher.name!r} registers names already taken: {clashes}")
+    BACKBONES.update(publisher.backbones)
+    MODELS.update(publisher.architectures)
+    PRESETS.update(publisher.presets)
+    _PUBLISHERS_FORMATS.extend(publisher.formats)
+    FORMATS[:] = [*_PUBLISHERS_FORMATS, *atrous_format.FORMATS, *imagenet_format.formats(BACKBONES)]
+    if publisher not in PUBLISHERS:
+        PUBLISHERS.append(publisher)
+    zoo.cache_clear()
+
 
 # In this order their zoo entries are listed and their formats tried (each publisher's most specific first).
-PUBLISHERS: tuple[Publisher, ...] = (
-    deeplabv2.PUBLISHER, torchvision.PUBLISHER, kazuto.PUBLISHER, mmseg.PUBLISHER, vainf.PUBLISHER, smp.PUBLISHER,
-    jfzhang95.PUBLISHER,
-)  # fmt: skip
-
-BACKBONES: dict[str, BackboneEntry] = {
-    **resnet.BACKBONES, **caffe_resnet.BACKBONES, **mobilenet_v3.BACKBONES,
-    **{name: entry for publisher in PUBLISHERS for name, entry in publisher.backbones.items()},
-}  # fmt: skip
-MODELS: dict[str, Architecture] = {
-    **PAPER_ARCHITECTURES,
-    **{name: arch for publisher in PUBLISHERS for name, arch in publisher.architectures.items()},
-}
-PRESETS: dict[str, ModelSpec] = {name: spec for publisher in PUBLISHERS for name, spec in publisher.presets.items()}
+PUBLISHERS: list[Publisher] = []
+for _publisher in (deeplabv2.PUBLISHER, torchvision.PUBLISHER, kazuto.PUBLISHER, mmseg.PUBLISHER, vainf.PUBLISHER,
+                   smp.PUBLISHER, jfzhang95.PUBLISHER):  # fmt: skip
+    register(_publisher)
 TORCHVISION_DEEPLABV3: dict[str, ModelSpec] = dict(torchvision.PUBLISHER.presets)
-# Publishers' layouts first; atrous's own files and bare ImageNet backbones (whose keys are the most generic) last.
-FORMATS: list[Format] = [
-    *(fmt for publisher in PUBLISHERS for fmt in publisher.formats),
-    *atrous_format.FORMATS,
-    *imagenet_format.formats(BACKBONES),
-]
 
 
 def list_models() -> list[str]:
@@ -72,13 +100,47 @@ def preset(name: str) -> ModelSpec:
 
 
 @functools.cache
-def zoo() -> dict[str, ZooEntry]:
-    """Every published checkpoint atrous knows, by name, from each publisher's ``zoo.yaml``."""
-    entries: dict[str, ZooEntry] = {}
-    for publisher in PUBLISHERS:
-        if publisher.zoo is not None:
-            entries.update(read_zoo(publisher.zoo, PRESETS))
-    return entries
+def published_files() -> dict[str, PublishedFile]:
+    """Every file atrous knows a publisher of, by file name: the zoo's entries and torchvision's ImageNet backbones."""
+    files = {}
+    for entry in zoo().values():
+        fetch = (f"--weights {entry.name} (atrous.from_pretrained({entry.name!r}))" if entry.kind == "model" else
+                 f"model.pretrained_backbone={entry.name} (pretrained_backbone={entry.name!r} in Python)")  # fmt: skip
+        what = f"the file of the zoo entry {entry.name} (published by {entry.publisher})"
+        files[entry.filename] = PublishedFile(entry.name, what, entry.url, entry.hash, entry.download, fetch)
+    for backbone, entry in BACKBONES.items():
+        if entry.imagenet_weights is not None:
+            url = get_weight(entry.imagenet_weights).url
+            filename = url.rsplit("/", 1)[-1]
+            files.setdefault(filename, PublishedFile(
+                entry.imagenet_weights, f"torchvision's ImageNet weights of {backbone}", url, torchvision_hash(filename),
+                None,
+                "model.pretrained_backbone=imagenet (pretrained_backbone='imagenet' in Python)",
+            ))  # fmt: skip
+    return files
+
+
+def locate_weights(path: str | Path) -> Path:
+    """``path``, or, when it does not exist and names a published file (``published_files``), that file in the torch
+    hub cache, checked against its publisher's hash (the path used is logged at INFO level).
+
+    Raises ``MissingFileError`` naming where to download a published file and the folder to put it in when the cache
+    does not have it either; any other missing path comes back as it is, for its reader to say so."""
+    path = Path(path)
+    published = None if path.exists() else published_files().get(path.name)
+    if published is None:
+        return path
+    cached = hub_checkpoints() / path.name
+    if cached.is_file():
+        check_hash(cached, published)
+        log.info("%s does not exist: using %s from the torch hub cache, %s", path, published.what, cached)
+        return cached
+    where = f"{cached.parent} (the torch hub cache, where atrous looks for it by name; set TORCH_HOME to move it)"
+    if published.url is None:
+        raise MissingFileError(f"weights file not found: {path}. It is {published.what}, which has no direct download: "
+                               f"{published.download}. Put {path.name} in {where}, or pass the file's path")  # fmt: skip
+    raise MissingFileError(f"weights file not found: {path}. It is {published.what}: download {published.url} into "
+                           f"{where}, or let atrous download it: {published.fetch}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- formats

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import torch
 
-from . import cpu
+from . import cpu, quantize
 from .atomic import written_whole
+from .cuda_graphs import CudaGraphed
 from .errors import AtrousError, ConfigError
+from .export import ExportedGraph, export_model, onnxruntime_logits
 from .models.segmenter import SegmentationOutput, Segmenter
 from .version import __version__
 
@@ -98,8 +100,6 @@ def prepare_inference(
         if calibration is None:
             raise ConfigError("the int8 runtime needs calibration images of the model's data (atrous eval and predict "
                               "take them from the dataset or the inputs)")  # fmt: skip
-        from .export import onnxruntime_logits
-
         return InferenceModel(model, runtime, onnxruntime_logits(cached_int8_onnx(model, calibration, cache_dir)))
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
@@ -117,8 +117,6 @@ def prepare_inference(
             return _no_grad(half)(_channels_last(images).to(dtype)).logits
 
         return InferenceModel(half, runtime, _on_device(half_logits, device))
-    from .export import ExportedGraph
-
     # Freezing folds BatchNorm into the convolutions and pre-packs weights for oneDNN: it needs no_grad.
     compiled = torch.compile(ExportedGraph(model, normalized_input=True).eval(), options={"freezing": True})
     return InferenceModel(model, runtime, lambda images: _no_grad(compiled)(_channels_last(images)))
@@ -129,8 +127,6 @@ def _on_device(logits: Callable[[torch.Tensor], torch.Tensor], device: torch.dev
     the GPU, bound a DeepLab forward there), called as it is on the CPU."""
     if device.type != "cuda":
         return logits
-    from .cuda_graphs import CudaGraphed
-
     return CudaGraphed(logits)
 
 
@@ -176,8 +172,6 @@ def cached_onnx(model: Segmenter, cache_dir: str | Path | None = None) -> Path:
     ``$ATROUS_ONNX_CACHE_ENTRIES``) most recently used, and unfinished exports of killed processes. A cache folder
     that cannot be written raises ``OSError`` (``cached_onnxruntime_logits`` then exports to a temporary folder).
     """
-    from .export import export_model
-
     model = _exportable(model)
     folder = cache_directory(cache_dir) / "onnx"
     path = folder / f"{model_fingerprint(model)}.onnx"
@@ -194,8 +188,6 @@ def cached_onnx(model: Segmenter, cache_dir: str | Path | None = None) -> Path:
 def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str | Path | None = None) -> Path:
     """Path of ``model`` quantised to int8 (``atrous.quantize.quantize_onnx``) with activation ranges from
     ``calibration``, cached beside the fp32 export under the model's and the calibration images' fingerprints."""
-    from .quantize import quantize_onnx
-
     fp32 = cached_onnx(model, cache_dir)
     digest = hashlib.sha256(calibration.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:12]
     path = fp32.with_name(f"{fp32.stem}-int8-{digest}.onnx")
@@ -203,7 +195,7 @@ def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str
         _mark_used(path)
         return path
     with written_whole(path, suffix=".partial") as partial:  # a killed quantisation leaves a .partial the cache deletes
-        quantize_onnx(fp32, partial, calibration)
+        quantize.quantize_onnx(fp32, partial, calibration)  # looked up per call: tests replace it
     _evict(path.parent, keep=_cache_entries(), current=path)
     return path
 
@@ -217,8 +209,6 @@ def cached_onnxruntime_logits(model: Segmenter, cache_dir: str | Path | None = N
     the export is then paid on every run, and ONNX Runtime stays the runtime (its logits match eager's; a silent
     switch to eager would change the speed the user chose).
     """
-    from .export import onnxruntime_logits
-
     try:
         path = cached_onnx(model, cache_dir)
         try:
@@ -237,8 +227,6 @@ def cached_onnxruntime_logits(model: Segmenter, cache_dir: str | Path | None = N
 
 
 def _temporary_onnxruntime_logits(model: Segmenter):
-    from .export import export_model, onnxruntime_logits
-
     with tempfile.TemporaryDirectory(prefix="atrous-onnx-") as folder:
         path = export_model(_exportable(model), Path(folder) / "model.onnx", format="onnx", normalized_input=True)
         return onnxruntime_logits(path)  # the session has read the graph: the file may go

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from ..data.synthetic import SynthSpec, render_sample
+from ..model_table import count_flops
 from ..models import build_model
 from ..models.normalization import IMAGENET_RGB
-from ..model_table import count_flops
 from ..runtime import prepare_inference
 from .models import RATES, model_pair, randomise_batchnorm
 from .timing import ab_medians

@@ -85,16 +85,16 @@ def build_dataset(
 
 __all__ = [
     "DATASETS",
-    "DatasetFamily",
     "IGNORE_INDEX",
     "SYNTHETIC_CLASSES",
     "DataError",
+    "DatasetFamily",
     "SegmentationDataset",
     "SynthSpec",
     "build_dataset",
-    "family_options",
     "datasets_taking",
     "eval_transforms",
+    "family_options",
     "list_datasets",
     "read_image",
     "read_mask",

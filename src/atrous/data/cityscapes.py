@@ -8,14 +8,13 @@ import numpy as np
 
 from ..errors import ConfigError, MissingFileError
 from .base import SegmentationDataset
-from .classes import CITYSCAPES_CLASSES, CITYSCAPES_COLORS, CITYSCAPES_LABEL_TO_TRAIN
+from .classes import CITYSCAPES_CLASSES, CITYSCAPES_LABEL_TO_TRAIN
 from .io import DataError
-from .labels import IGNORE_INDEX, identity_table, lookup_table, palette_from_colors
+from .labels import CITYSCAPES_PALETTE, IGNORE_INDEX, identity_table, lookup_table
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
-CITYSCAPES_PALETTE = palette_from_colors(CITYSCAPES_COLORS, void=(0, 0, 0))
 
 
 def _valid(values) -> np.ndarray:

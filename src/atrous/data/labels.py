@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .classes import CITYSCAPES_COLORS
 
 # The one ignore label of atrous: void pixels in the data, padding in augmentation, ignored by losses/metrics.
 IGNORE_INDEX = 255
@@ -48,6 +49,10 @@ def palette_from_colors(colors: list[tuple[int, int, int]], *, void=(224, 224, 1
     palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
     palette[IGNORE_INDEX] = void
     return palette
+
+
+# Cityscapes' own colours for its 19 training classes (its labels.py), void black.
+CITYSCAPES_PALETTE = palette_from_colors(CITYSCAPES_COLORS, void=(0, 0, 0))
 
 
 def full_palette(palette: np.ndarray | Sequence[Sequence[int]] | None) -> np.ndarray:

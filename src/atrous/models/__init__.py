@@ -20,7 +20,7 @@ from .spec import ModelSpec
 # name -> the module above this package that defines it
 _ASSEMBLED = {
     **dict.fromkeys(("BACKBONES", "MODELS", "PRESETS", "TORCHVISION_DEEPLABV3", "list_backbones", "list_models",
-                     "list_presets", "make_spec", "preset"), "atrous.registry"),  # fmt: skip
+                     "list_presets", "make_spec", "preset"), "atrous.registry"),
     "build_model": "atrous.build",
 }
 

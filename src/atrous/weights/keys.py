@@ -50,6 +50,17 @@ def under(prefix: str, table: Table, target: str) -> Table:
     return [(prefix + pattern, lambda m, r=replacement: target + (r(m) if callable(r) else r)) for pattern, replacement in table]
 
 
+# torchvision's DeepLabHead / FCNHead (positional Sequentials) and its MobileNetV3 IntermediateLayerGetter, which
+# VainF's DeepLabV3 keeps one level deeper.
+TORCHVISION_HEAD_KEYS = [
+    *under(r"^classifier\.0\.", aspp_keys(r"0", r"1"), "head.aspp."),
+    (r"^classifier\.1\.", "head.conv.conv."), (r"^classifier\.2\.", "head.conv.bn."), (r"^classifier\.4\.", "head.classifier."),
+    (r"^aux_classifier\.0\.", "aux_head.conv.conv."), (r"^aux_classifier\.1\.", "aux_head.conv.bn."),
+    (r"^aux_classifier\.4\.", "aux_head.classifier."),
+    (r"^backbone\.(\d+)\.", r"backbone.features.\1."),  # MobileNetV3: IntermediateLayerGetter over `features`
+]  # fmt: skip
+
+
 # torchvision ResNets by the number of blocks in layer3 (ResNet-18/34 have 2/6 BasicBlocks: no conv3).
 _RESNET_BY_LAYER3 = {(6, True): "resnet50", (23, True): "resnet101", (36, True): "resnet152", (2, False): "resnet18",
                      (6, False): "resnet34"}  # fmt: skip

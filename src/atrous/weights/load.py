@@ -12,15 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 import torchvision
 
 from ..errors import WeightsError
 from ..models.backbones.timm import PREFIX, imagenet_file, is_timm, to_body_keys
 from ..models.segmenter import Segmenter
 from ..paths import hub_checkpoints
-from ..registry import BACKBONES, FORMATS, backbone_entry, detect, find_format, zoo
-from .published import locate_weights
+from ..registry import BACKBONES, FORMATS, backbone_entry, detect, find_format, locate_weights, zoo
 from .read import first, read_source, unwrap_state_dict
 from .zoo import zoo_file
 
@@ -210,11 +208,13 @@ def load_weights(
     new_classifier_ok: bool = True,
     name: str | None = None,
     inert: list[str] | tuple[str, ...] = (),
+    format_name: str | None = None,
 ) -> WeightsReport:
     """Load weights of any supported format into ``model`` and report what happened.
 
     source: a weights file path (``atrous.weights.read``), or what one holds (a state dict or a training-run dict);
-    ``name`` and ``inert`` then say, for the report, where it was read and which of its objects were placeholders.
+    ``name`` and ``inert`` then say, for the report, where it was read and which of its objects were placeholders;
+    ``format_name``, the layout's name when the caller has recognised it already (``from_pretrained``: once per file).
     The format is recognised by its keys.
     new_classifier_ok: whether the model's classifier may keep its fresh init, as fine-tuning to other classes
     wants: a classifier in the file whose class count differs from the model's is then skipped, and a file with
@@ -230,7 +230,7 @@ def load_weights(
         name, source, inert = str(source), read.contents, read.inert
     name = name or "<state dict>"
     state = unwrap_state_dict(source, source=name)
-    fmt = detect_format(state, source=name)
+    fmt = format_name or detect_format(state, source=name)
     report = WeightsReport(source=name, format=fmt)
     if inert:
         report.messages.append(f"other objects in the file were read as inert placeholders, nothing of them ran: "

@@ -2,7 +2,7 @@
 labels the file carries. A model asked for that computes otherwise than the one the file implies is refused or warned
 of, never built silently.
 
-One straight line: locate the file (``published.locate_weights``), read it once (``read.read_source``), check its
+One straight line: locate the file (``registry.locate_weights``), read it once (``read.read_source``), check its
 checksum, unwrap its tensors, recognise its format (``registry.detect``), describe the model it implies (the format's
 ``describe``), build it (``build_model``), translate and load (``load.load_weights``)."""
 
@@ -21,10 +21,9 @@ from ..errors import ConfigError, WeightsError
 from ..models.segmenter import Segmenter
 from ..models.spec import ModelSpec
 from ..paths import hub_checkpoints
-from ..registry import PRESETS, atrous_rates, check_spec, find_format, resolved, zoo
+from ..registry import PRESETS, atrous_rates, check_spec, find_format, locate_weights, resolved, zoo
 from .format import Format, Undescribed
 from .load import detect_format, load_weights
-from .published import locate_weights
 from .read import read_source, unwrap_state_dict
 from .torch_file import verify_checksum
 from .zoo import zoo_file
@@ -87,7 +86,8 @@ def _check_architecture(
 
 def _computed(spec: ModelSpec) -> dict[str, Any]:
     """``spec``'s ``COMPUTING_FIELDS`` as the model built from it has them: defaults written in, rates its stride's."""
-    values = {field: getattr(resolved(spec), field) for field in COMPUTING_FIELDS}
+    spec = resolved(spec)
+    values = {field: getattr(spec, field) for field in COMPUTING_FIELDS}
     values["atrous_rates"] = atrous_rates(spec)
     return values
 
@@ -241,7 +241,8 @@ def _from_file(
     if implied is not None:
         _check_architecture(name, fmt, implied, assumed, asked_spec, spec=spec, overrides=overrides, refuse=refuse)
     model = build_model(asked_spec)
-    report = load_weights(model, state, name=name, inert=inert, new_classifier_ok=new_classifier_ok)
+    report = load_weights(model, state, name=name, inert=inert, new_classifier_ok=new_classifier_ok,
+                          format_name=fmt.name)  # fmt: skip
     report.messages.append(f"architecture from {described}: {model.spec}")
     if spec is None:
         report.messages += [f"assumed {text}; pass {field}=... ({FLAGS.get(field, field)} ...) if it was trained "

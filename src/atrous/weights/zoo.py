@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import yaml
 
+from ..data.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_IDS, VOC_CLASSES
+from ..data.labels import CITYSCAPES_PALETTE, voc_palette
 from ..errors import ConfigError, WeightsError
 from ..models.spec import ModelSpec
 from ..paths import hub_checkpoints
@@ -25,10 +27,6 @@ log = logging.getLogger(__name__)
 
 
 def _labels(name: str) -> tuple[list[str], np.ndarray]:
-    from ..data.cityscapes import CITYSCAPES_PALETTE
-    from ..data.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_IDS, VOC_CLASSES
-    from ..data.labels import voc_palette
-
     tables = {
         "voc": (list(VOC_CLASSES), voc_palette()),
         "cityscapes": (list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE),

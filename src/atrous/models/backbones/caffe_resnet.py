@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
 import torch
+from torch import nn
 
 from ..normalization import CAFFE_BGR
-from .base import BackboneEntry
-from .resnet import ResNetBackbone
+from .base import BackboneEntry, ResNetBackbone
 
 CAFFE_IMAGENET_FILE = "DeepLab_resnet_pretrained_imagenet.pth"
 

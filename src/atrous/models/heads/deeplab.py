@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architecture import Architecture
-from ..atrous_conv import AtrousConv2d
-from ..layers import ASPP, ConvBNReLU, conv3x3_bn_relu
+from ..layers import ASPP, AtrousConv2d, ConvBNReLU, conv3x3_bn_relu
 
 
 class DeepLabV2Head(nn.Module):

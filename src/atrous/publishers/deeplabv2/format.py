@@ -7,11 +7,16 @@ import re
 
 from ...errors import WeightsError
 from ...models.normalization import CAFFE_BGR
+from ...models.spec import ModelSpec
 from ...weights.format import Format
 from ...weights.keys import classes
-from .presets import PRESETS
 
 BACKBONE_SCOPE = "backbone."
+
+# DeepLab-v2 as published: the Caffe ResNet-101 at OS8, rates 6-24, for PASCAL VOC's 21 classes.
+PRESETS: dict[str, ModelSpec] = {
+    "deeplabv2_resnet101_caffe": ModelSpec(name="deeplabv2", backbone="resnet101_caffe", num_classes=21),
+}
 
 
 def _classifier_targets(state, model) -> dict[str, str]:

@@ -13,7 +13,6 @@ from ...models.normalization import CAFFE_BGR
 from ...models.spec import ModelSpec
 from ...weights.format import Format
 from ...weights.keys import classes, rename
-from ..deeplabv2.presets import PRESETS
 
 _BLOCK = re.compile(r"^(?:base\.)?layer[2-5]\.block\d+\.(?:reduce|conv3x3|increase|shortcut)\.")
 _PARTS = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
@@ -60,7 +59,7 @@ def _prefix(state) -> str:
 def _describe_v2(state, contents, source):
     count = classes(state, f"{_prefix(state)}aspp.c0.weight")
     guess = "rates (6, 12, 18, 24) of DeepLabV2 (its DeepLabV2S uses (3, 6, 9, 12)); the file does not record them"
-    return PRESETS["deeplabv2_resnet101_caffe"].with_overrides(num_classes=count), [("atrous_rates", guess)]
+    return ModelSpec(name="deeplabv2", backbone="resnet101_caffe", num_classes=count), [("atrous_rates", guess)]
 
 
 def _describe_v1(state, contents, source):

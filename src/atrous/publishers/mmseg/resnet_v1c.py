@@ -8,8 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ...models.backbones.base import BackboneEntry
-from ...models.backbones.resnet import ResNetBackbone
+from ...models.backbones.base import BackboneEntry, ResNetBackbone
 from ...models.normalization import IMAGENET_RGB
 
 

@@ -2,7 +2,6 @@
 (``atrous.models.backbones``), since every other publisher builds on them."""
 
 from .. import Publisher, zoo_beside
-from .format import FORMATS
-from .presets import PRESETS
+from .format import FORMATS, PRESETS
 
 PUBLISHER = Publisher("torchvision", formats=FORMATS, presets=PRESETS, zoo=zoo_beside(__file__))

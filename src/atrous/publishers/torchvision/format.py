@@ -1,20 +1,25 @@
-"""torchvision's DeepLabV3 files (``deeplabv3_resnet50/101``, ``deeplabv3_mobilenet_v3_large``): positional
+"""torchvision's DeepLabV3 files and presets (``deeplabv3_resnet50/101``, ``deeplabv3_mobilenet_v3_large``): positional
 ``DeepLabHead`` / ``FCNHead`` Sequentials; the MobileNetV3 backbone an IntermediateLayerGetter over ``features``."""
 
 from __future__ import annotations
 
-from ...models.normalization import IMAGENET_RGB
-from ...weights.format import Format
-from ...weights.keys import aspp_keys, classes, rename_all, resnet, under
-from .presets import PRESETS
+from torch import nn
 
-HEAD_KEYS = [
-    *under(r"^classifier\.0\.", aspp_keys(r"0", r"1"), "head.aspp."),
-    (r"^classifier\.1\.", "head.conv.conv."), (r"^classifier\.2\.", "head.conv.bn."), (r"^classifier\.4\.", "head.classifier."),
-    (r"^aux_classifier\.0\.", "aux_head.conv.conv."), (r"^aux_classifier\.1\.", "aux_head.conv.bn."),
-    (r"^aux_classifier\.4\.", "aux_head.classifier."),
-    (r"^backbone\.(\d+)\.", r"backbone.features.\1."),  # MobileNetV3: IntermediateLayerGetter over `features`
-]  # fmt: skip
+from ...models.normalization import IMAGENET_RGB
+from ...models.spec import ModelSpec
+from ...weights.format import Format
+from ...weights.keys import TORCHVISION_HEAD_KEYS, classes, rename_all, resnet
+
+# Its DeepLabV3 models as named specs: OS8 for the ResNets, OS16 for MobileNetV3, rates (12, 24, 36) at both strides,
+# an aux head (load their files with ``from_pretrained`` or ``--preset NAME --weights FILE``).
+PRESETS: dict[str, ModelSpec] = {
+    "deeplabv3_resnet50": ModelSpec(name="deeplabv3", backbone="resnet50", output_stride=8, atrous_rates=(12, 24, 36), aux=True),
+    "deeplabv3_resnet101": ModelSpec(name="deeplabv3", backbone="resnet101", output_stride=8, atrous_rates=(12, 24, 36), aux=True),
+    "deeplabv3_mobilenet_v3_large": ModelSpec(
+        name="deeplabv3", backbone="mobilenet_v3_large", output_stride=16, atrous_rates=(12, 24, 36), aux=True
+    ),
+}  # fmt: skip
+
 _STRIDE = {"torchvision_deeplabv3_resnet": 8, "torchvision_deeplabv3_mobilenet_v3_large": 16}
 
 
@@ -31,14 +36,12 @@ def _describe(state, contents, source):
 
 
 def _translate(state, model):
-    return rename_all(state, HEAD_KEYS), ""
+    return rename_all(state, TORCHVISION_HEAD_KEYS), ""
 
 
 def _hints(name: str):
     def hints(model) -> list[str]:
         """torchvision's weights carry no dilation: say when the model will not reproduce its outputs."""
-        from torch import nn
-
         aspp = getattr(model.head, "aspp", None)
         if aspp is None:
             return []

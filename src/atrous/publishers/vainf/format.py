@@ -11,8 +11,7 @@ from ...errors import WeightsError
 from ...models.normalization import IMAGENET_RGB
 from ...models.spec import ModelSpec
 from ...weights.format import Format
-from ...weights.keys import aspp_keys, classes, from_filename, rename_all, resnet, under
-from ..torchvision.format import HEAD_KEYS
+from ...weights.keys import TORCHVISION_HEAD_KEYS, aspp_keys, classes, from_filename, rename_all, resnet, under
 
 
 def _xception_unit(match) -> str:
@@ -95,7 +94,7 @@ def _describe(state, contents, source):
 
 def _translate_v3(state, model):
     unwrapped = {key.replace("classifier.classifier.", "classifier.", 1): value for key, value in state.items()}
-    return rename_all(unwrapped, HEAD_KEYS, _BACKBONE_KEYS), ""
+    return rename_all(unwrapped, TORCHVISION_HEAD_KEYS, _BACKBONE_KEYS), ""
 
 
 def _translate_plus(state, model):
