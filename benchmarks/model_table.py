@@ -16,8 +16,8 @@ import torch
 import atrous
 from atrous.bench.machine import this_machine
 from atrous.bench.timing import ab_medians
-from atrous.models import PRESETS, TORCHVISION_DEEPLABV3, ModelSpec
 from atrous.model_table import count_flops
+from atrous.models import PRESETS, TORCHVISION_DEEPLABV3, ModelSpec
 
 # mIoU (%) of the weights a published source distributes for exactly this network (see shared references).
 PUBLISHED = {

@@ -18,7 +18,7 @@ MAX_LAYERS = 14
 def summary() -> str:
     if not TOOL.is_file():
         pytest.skip(f"the workplace's import-graph tool is not at {TOOL}")
-    result = subprocess.run([sys.executable, str(TOOL), str(ROOT / "src" / "atrous")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(TOOL), str(ROOT / "src" / "atrous")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"import cycles:\n{result.stdout}"  # the tool exits 1 on a cycle
     return result.stdout.splitlines()[0]
 

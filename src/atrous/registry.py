@@ -30,8 +30,9 @@ from .models.spec import ModelSpec
 from .paths import hub_checkpoints
 from .publishers import Publisher, deeplabv2, jfzhang95, kazuto, mmseg, smp, torchvision, vainf
 from .weights import atrous_format, imagenet_format
+from .weights import zoo as zoo_files
 from .weights.format import Format
-from .weights.zoo import PublishedFile, ZooEntry, check_hash, read_zoo, torchvision_hash
+from .weights.zoo import PublishedFile, ZooEntry, read_zoo
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ def published_files() -> dict[str, PublishedFile]:
             url = get_weight(entry.imagenet_weights).url
             filename = url.rsplit("/", 1)[-1]
             files.setdefault(filename, PublishedFile(
-                entry.imagenet_weights, f"torchvision's ImageNet weights of {backbone}", url, torchvision_hash(filename),
-                None,
+                entry.imagenet_weights, f"torchvision's ImageNet weights of {backbone}", url,
+                zoo_files.torchvision_hash(filename), None,
                 "model.pretrained_backbone=imagenet (pretrained_backbone='imagenet' in Python)",
             ))  # fmt: skip
     return files
@@ -132,7 +133,7 @@ def locate_weights(path: str | Path) -> Path:
         return path
     cached = hub_checkpoints() / path.name
     if cached.is_file():
-        check_hash(cached, published)
+        zoo_files.check_hash(cached, published)  # looked up per call: tests stand in for the publisher's
         log.info("%s does not exist: using %s from the torch hub cache, %s", path, published.what, cached)
         return cached
     where = f"{cached.parent} (the torch hub cache, where atrous looks for it by name; set TORCH_HOME to move it)"

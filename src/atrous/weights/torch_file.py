@@ -4,7 +4,7 @@ weights.
 
 ``torch.load(weights_only=True)`` refuses a file that holds any object it does not know: a numpy score
 (VainF, jfzhang95), mmengine's ``HistoryBuffer`` (mmseg), a whole pickled model (some smp users). The tensors in
-such files are still plain tensors. ``read_checkpoint`` lists the classes and functions a file names (without
+such files are still plain tensors. ``read_torch_file`` lists the classes and functions a file names (without
 unpickling it), lets the harmless ones through (numpy scalars and dtypes) and stands an ``Inert`` placeholder in
 for every other one, then loads with torch's own weights-only unpickler: a class in the file is never imported,
 a function in it never called. A file that calls what torch refuses outright (``os``, ``posix``, ``nt``, ``sys``), or
