@@ -343,6 +343,9 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(synthetic, tmp_
     truncated.write_bytes(truncated.read_bytes()[:5000])
     with pytest.raises(WeightsError, match=rf"{truncated}: cannot read checkpoint \(truncated or damaged file\?\)"):
         load_checkpoint(truncated)
+    # The same bytes named as weights (the one reader of torch files serves both): refused alike, never an OSError.
+    with pytest.raises(WeightsError, match=rf"{truncated}: cannot read weights \(truncated or damaged file\?\)"):
+        atrous.from_pretrained(truncated)
 
 
 # 6. Checksums.

@@ -89,7 +89,8 @@ def read_torch_file(
         raise MissingFileError(f"{what} not found: {path}")
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except (ValueError, RuntimeError):  # the pre-1.6 format, or a damaged file: torch.load decides, and says which
+    except (ValueError, RuntimeError, OSError):  # the pre-1.6 format, or a damaged (truncated) zip: torch.load decides,
+        # and says which
         names = []
     allowed, inert = [], []
     if "numpy.dtype" in names:  # unpickling a dtype builds an instance of its class, which the file does not name
