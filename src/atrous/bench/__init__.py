@@ -69,6 +69,8 @@ class Report:
 
 
 def _inference(report: Report, ceiling: float, peak: float, vnni: bool, rounds: int) -> None:
+    # Each section imports its modules when it runs (as below in each): ``atrous bench --only X`` loads what X times,
+    # and ``atrous --help`` (which imports this face) none of the sections' networks. No cycle is behind it.
     from .agreement import bf16_agreement, fit_synthetic_model, int8_agreement
     from .inference import BASELINE, compare_deeplabv3, compare_deeplabv3plus
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..data import SynthSpec, build_dataset, train_transforms, write_synthetic
+from ..inference import dense_crf_batch
 from ..metrics import ConfusionMatrix
 from ..models.normalization import IMAGENET_RGB
 from .timing import ab_medians
@@ -102,8 +103,6 @@ def confusion_matrix_update(*, updates: int = 100, rounds: int = 7) -> dict:
 
 def densecrf_cores(*, images: int = 4, size: int = 257) -> dict:
     """DenseCRF on ``images`` images: one process against all cores; the results must be identical."""
-    from ..inference import dense_crf_batch
-
     generator = np.random.default_rng(0)
     raw = [generator.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(images)]
     probabilities = [generator.dirichlet(np.ones(21), size=(size, size)).transpose(2, 0, 1).astype(np.float32)
