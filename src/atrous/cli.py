@@ -22,11 +22,10 @@ from .evaluation import evaluate, format_scores, run_evaluation
 from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxruntime_logits, parity, write_int8_onnx
 from .inference import InferenceOptions
 from .model_table import model_rows
-from .models import MODELS, list_backbones, list_models, list_presets, preset
 from .paths import check_writable_dir, refuse_overwrite
 from .predict import expand_inputs, predict_files
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
-from .registry import backbone_entry, resolved, zoo
+from .registry import MODELS, backbone_entry, list_backbones, list_models, list_presets, preset, resolved, zoo
 from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
 from .weights.pretrained import load_trained_model
 

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from . import cpu, distributed
+from .build import build_model
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict, save_config
 from .data import SegmentationDataset, build_dataset, family_options, train_transforms
@@ -31,7 +32,7 @@ from .distributed import DistInfo
 from .errors import AtrousError, ConfigError, TrainingError
 from .evaluation import Evaluation, evaluate, write_run_report
 from .losses import SegmentationLoss
-from .models import Segmenter, build_model
+from .models.segmenter import Segmenter
 from .progress import progress_bar
 from .registry import resolved
 from .run_dir import RunDirLock, claim, trim_metrics

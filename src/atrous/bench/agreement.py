@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 
 from .. import quantize
+from ..build import build_model
 from ..data.synthetic import SynthSpec, render_sample
 from ..losses import SegmentationLoss
-from ..models import Segmenter, build_model
+from ..models.segmenter import Segmenter
 from ..runtime import prepare_inference
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..build import build_model
 from ..data.synthetic import SynthSpec, render_sample
 from ..model_table import count_flops
-from ..models import build_model
 from ..models.normalization import IMAGENET_RGB
 from ..runtime import prepare_inference
 from .models import RATES, model_pair, randomise_batchnorm

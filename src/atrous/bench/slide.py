@@ -14,8 +14,8 @@ import sys
 
 import torch
 
+from ..build import build_model
 from ..inference import slide_labels, slide_logits, slide_windows
-from ..models import build_model
 from ..runtime import prepare_inference
 from .timing import ab_medians, peak_rss_mib, run_child
 
