@@ -1,10 +1,10 @@
 """The one owner of the checkpoint format. Crash-safe: written to a temporary file, fsynced, renamed; read back
-with ``weights_only=True``.
+by ``atrous.weights.torch_file`` (never running code from the file: one holding objects is refused).
 
 A checkpoint is a dict of plain values and tensors:
 - the model (``model_checkpoint``): ``model`` (state dict), ``spec`` (``ModelSpec.to_dict()``), ``class_names`` and
   ``palette`` (lists, or None);
-- a training run adds (``training_state``): ``optimizer``, ``scheduler``, ``scaler``, ``iteration``,
+- a training run adds (``atrous.training_state.training_state``): ``optimizer``, ``scheduler``, ``scaler``, ``iteration``,
   ``best_metric``, ``rng`` (one entry per process) and ``config``;
 - ``checksum``: of the model's tensors (``weights_checksum``), so that a file changed or damaged after it was written
   is refused (``verify_checksum``) rather than loaded.

@@ -1,7 +1,7 @@
 """Where atrous's names are assembled, once, above the core and the publishers: the backbones, the architectures, the
 checkpoint formats (in detection order), the presets and the model zoo. The core (``atrous.models``) knows no
 publisher and each publisher (``atrous.publishers``) knows only the core; this module lists both. A new publisher is
-one folder there plus one line in ``PUBLISHERS``.
+one folder there plus one line in the list of publishers registered below (``register``).
 
 It also answers what needs every name at once: whether a ``ModelSpec``'s names exist (``check_spec``), the spec
 with its architecture's defaults written in (``resolved``), a backbone or a network built by name, and which
@@ -72,10 +72,17 @@ def register(publisher: Publisher) -> None:
     zoo.cache_clear()
 
 
-# In this order their zoo entries are listed and their formats tried (each publisher's most specific first).
 PUBLISHERS: list[Publisher] = []
-for _publisher in (deeplabv2.PUBLISHER, torchvision.PUBLISHER, kazuto.PUBLISHER, mmseg.PUBLISHER, vainf.PUBLISHER,
-                   smp.PUBLISHER, jfzhang95.PUBLISHER):  # fmt: skip
+# In this order their zoo entries are listed and their formats tried (each publisher's most specific first).
+for _publisher in (
+    deeplabv2.PUBLISHER,
+    torchvision.PUBLISHER,
+    kazuto.PUBLISHER,
+    mmseg.PUBLISHER,
+    vainf.PUBLISHER,
+    smp.PUBLISHER,
+    jfzhang95.PUBLISHER,
+):
     register(_publisher)
 TORCHVISION_DEEPLABV3: dict[str, ModelSpec] = dict(torchvision.PUBLISHER.presets)
 
