@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ RUN_FILES = (CHECKPOINTS, METRICS, CONFIG, "tensorboard", "report.html", "report
 _SNAPSHOT = re.compile(r"iter_(\d+)\.pt")
 _HELD: dict[Path, RunDirLock] = {}  # resolved run directory -> this process's lock on it
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RunDirLock:
@@ -57,8 +60,10 @@ def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overw
 
     resume: True (continue the run in ``run_dir``) or a checkpoint path: the run's files stay, to be continued.
     overwrite: delete the run already there (``RUN_FILES`` only) first.
-    Raises ``ConfigError`` when another process holds the directory, when it holds a run and neither ``resume`` nor
-    ``overwrite`` is given, or when both are; ``MissingFileError`` when ``resume=True`` finds no run to continue.
+    Raises ``ConfigError`` when another process holds the directory, when it holds a run with a checkpoint and neither
+    ``resume`` nor ``overwrite`` is given, or when both are (a run that saved no checkpoint, a start that failed, holds
+    nothing to continue: it is replaced, with a warning); ``MissingFileError`` when ``resume=True`` finds no run to
+    continue.
     """
     run_dir = Path(run_dir)
     if resume and overwrite:
@@ -71,9 +76,11 @@ def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overw
             raise MissingFileError(f"{run_dir} holds no run to resume ({held or 'no checkpoints'}): start it without "
                                    "--resume, or pass --resume PATH to a checkpoint")  # fmt: skip
         if held is not None and not resume:
-            if not overwrite:
+            if not overwrite and has_checkpoint(run_dir):
                 raise ConfigError(f"{run_dir} already holds a training run ({held}): pass --resume to continue it, "
                                   "--overwrite to replace it, or choose another name (name=...)")  # fmt: skip
+            if not overwrite:  # a start that failed before its first checkpoint: nothing there to continue or lose
+                log.warning("%s holds a run that saved no checkpoint (%s): starting afresh in its place", run_dir, held)
             remove_run(run_dir)
         remove_temporary_files(run_dir)
     except BaseException:
@@ -119,6 +126,11 @@ def _describe_holder(text: str) -> str:
         return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
     except (ValueError, TypeError, KeyError):  # the holder is between taking the lock and writing its details
         return "a process that has not written its details yet"
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint of its run (anything to continue)."""
+    return any((Path(run_dir) / CHECKPOINTS).glob("*.pt"))
 
 
 def describe_run(run_dir: str | Path) -> str | None:
