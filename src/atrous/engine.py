@@ -26,7 +26,7 @@ from .build import build_model
 from .checkpoint import LAST, load_checkpoint, save_checkpoint
 from .config import Config, config_to_dict, save_config
 from .data import SegmentationDataset, build_dataset, family_options, train_transforms
-from .data.checks import read_class_weights
+from .data.checks import read_class_weights, refuse_binary_masks_read_as_ignore
 from .data.sampling import SeededDataset, TrainSampler
 from .distributed import DistInfo
 from .errors import AtrousError, ConfigError, TrainingError
@@ -85,6 +85,8 @@ def _datasets(config: Config, model: Segmenter) -> tuple[SegmentationDataset, Se
                                flip=d.flip, photometric=d.photometric, blur=d.blur)  # fmt: skip
     train_set = build_dataset(d.dataset, d.root, d.train_split, on_error=d.on_error, transforms=augment,
                               **dataset_options(config))  # fmt: skip
+    if d.label_mapping is None:  # a mapping given says what 255 is; without one, 0/255 masks would train nothing
+        refuse_binary_masks_read_as_ignore(train_set)
     if train_set.num_classes != model.num_classes:
         raise ConfigError(
             f"model.num_classes={model.num_classes} but dataset {train_set.name!r} has {train_set.num_classes} "

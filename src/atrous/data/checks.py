@@ -12,7 +12,7 @@ from ..atomic import write_text_whole
 from ..errors import ConfigError
 from ..progress import progress_bar
 from .base import SegmentationDataset
-from .io import DataError
+from .io import DataError, read_mask
 from .labels import IGNORE_INDEX
 
 IGNORE_DOMINATES = 0.5  # more ignored pixels than this fraction: the masks are probably read wrongly
@@ -72,6 +72,44 @@ def _distribution_warnings(dataset: SegmentationDataset, counts: np.ndarray) -> 
             "binary masks), map it: --label-map 0:0,255:1 (data.label_mapping={0: 0, 255: 1} in a config)"
         )
     return warnings
+
+
+# Masks read before training to recognise 0/255 binary masks: enough that a dataset of real classes shows one (VOC,
+# Cityscapes and the synthetic set do in any mask), few enough to cost a fraction of a second.
+BINARY_MASK_SAMPLE = 16
+
+
+def refuse_binary_masks_read_as_ignore(dataset: SegmentationDataset, *, sample: int = BINARY_MASK_SAMPLE) -> None:
+    """Raise ``DataError`` before any training when ``dataset``'s masks look like 0/255 binary masks read without a
+    label mapping: every mask of an evenly spread sample holds only 0 and 255, and 255 is the ignore label, so every
+    object pixel would be ignored and the model would learn background alone (``check_dataset`` warns of the same
+    in a full scan). The message names a mask, the values found and both fixes: map 255 to a class, or say that it
+    is meant as ignore. Unreadable masks are left to the dataset's own error handling."""
+    if dataset.num_classes < 2 or not len(dataset):
+        return
+    count = min(sample, len(dataset))
+    indices = sorted({round(i * (len(dataset) - 1) / max(count - 1, 1)) for i in range(count)})  # first and last in
+    example, checked = None, 0
+    for index in indices:
+        mask_path = dataset.samples[index][1]
+        try:
+            values = np.flatnonzero(np.bincount(read_mask(mask_path).ravel(), minlength=256))
+        except DataError:
+            continue
+        checked += 1
+        if not set(values.tolist()) <= {0, IGNORE_INDEX}:
+            return  # a mask with a class other than 0: the masks hold class indices
+        if IGNORE_INDEX in values and example is None:
+            example = mask_path
+    if example is None:
+        return
+    raise DataError(
+        f"{example}: the masks of {dataset.name} hold only the values 0 and 255 ({checked} of {len(dataset)} read, "
+        f"spread over the set), and 255 is the ignore label: every object pixel would be ignored and the model "
+        f"would learn background alone. If 255 marks a class (0/255 binary masks), map it: "
+        f"data.label_mapping={{0: 0, 255: 1}} (atrous data check ... --label-map 0:0,255:1 checks it); if 255 is "
+        f"meant as ignore, say so: data.label_mapping={{0: 0, 255: 255}}"
+    )
 
 
 def class_statistics(dataset: SegmentationDataset, *, progress: bool = True) -> dict:
