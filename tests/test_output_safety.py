@@ -370,3 +370,54 @@ def test_a_read_only_cache_is_read_and_never_written(model, tmp_path, caplog):
         assert "cannot be written" in caplog.text
     finally:
         folder.chmod(0o755)
+
+
+# ------------------------------------------------------------------------- predict: the careless user (issue 29)
+
+
+def test_an_output_folder_among_the_input_folders_is_refused_before_any_work(model, tmp_path):
+    """``--out`` equal to an input folder, inside one, or holding one: refused, nothing written anywhere."""
+    from atrous.predict import refuse_output_among_inputs
+
+    photos = tmp_path / "photos"
+    write_jpeg(photos / "a.jpg", 24, 32)
+    before = _files(tmp_path)
+    for out, relation in ((photos, "is"), (photos / "predictions", "lies inside"), (tmp_path, "holds")):
+        with pytest.raises(ConfigError, match=rf"--out {out} {relation} the input folder {photos}: .* outside it"):
+            refuse_output_among_inputs([str(photos)], out)
+    refuse_output_among_inputs([str(photos)], tmp_path / "elsewhere")  # a folder beside the inputs is fine
+    refuse_output_among_inputs([str(photos / "a.jpg")], tmp_path)  # a file input: its own outputs are checked by name
+    assert _files(tmp_path) == before
+
+
+def test_the_command_line_refuses_out_inside_the_inputs_before_reading_the_model(tmp_path, capsys):
+    from atrous.cli import main
+
+    photos = tmp_path / "photos"
+    write_jpeg(photos / "a.jpg", 24, 32)
+    # The weights file does not exist: the refusal comes first, before the model is looked for.
+    assert main(["predict", "--weights", str(tmp_path / "absent.pt"), str(photos), "--out", str(photos / "out")]) == 2
+    assert "lies inside the input folder" in capsys.readouterr().err
+    assert not (photos / "out").exists()
+
+
+def test_unreadable_images_are_named_and_skipped_and_every_other_one_is_predicted(model, tmp_path, caplog):
+    photos = tmp_path / "photos"
+    for index in range(4):
+        write_jpeg(photos / f"good_{index}.jpg", 24, 32, seed=index)
+    truncated_jpeg = photos / "cut.jpg"
+    truncated_jpeg.write_bytes(write_jpeg(photos / "whole.jpg", 24, 32).read_bytes()[:300])
+    (photos / "whole.jpg").unlink()
+    truncated_png = write_png(photos / "cut.png", np.zeros((24, 32), dtype=np.uint8))
+    truncated_png.write_bytes(truncated_png.read_bytes()[:20])  # the header itself is cut
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="atrous"), pytest.raises(atrous.predict.UnreadableImagesError) as failed:
+        _predict(model, expand_inputs([str(photos)]), out, batch_size=2)
+    error = failed.value
+    assert str(error).startswith(f"4 of 6 images predicted and written to {out}; 2 could not be read: ")
+    assert set(error.unreadable) == {truncated_jpeg, truncated_png} and len(error.written) == 4
+    assert str(truncated_jpeg) in str(error) and str(truncated_png) in str(error)
+    assert str(truncated_jpeg) in caplog.text and str(truncated_png) in caplog.text  # named as they happened
+    assert sorted(path.name for path in out.glob("*.png")) == [*(f"good_{i}.png" for i in range(4)), "legend.png"]
+    for index in range(4):
+        assert read_image(out / f"good_{index}_overlay.jpg").shape == (24, 32, 3)

@@ -23,7 +23,7 @@ from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxrunti
 from .inference import InferenceOptions
 from .model_table import model_rows
 from .paths import check_writable_dir, refuse_overwrite
-from .predict import expand_inputs, predict_files
+from .predict import expand_inputs, predict_files, refuse_output_among_inputs
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
 from .registry import MODELS, backbone_entry, list_backbones, list_models, list_presets, preset, resolved, zoo
 from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
@@ -343,6 +343,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    refuse_output_among_inputs(args.inputs, args.out)  # before the model is read: nothing to wait for
     device = resolve_device(_inference_device(args.device, args))
     model = _load_model(args)
     paths = expand_inputs(args.inputs)

@@ -23,7 +23,7 @@ from PIL import Image
 from .data.folder import IMAGE_EXTENSIONS
 from .data.io import read_image, save_mask
 from .data.labels import full_palette
-from .errors import DataError, MissingFileError
+from .errors import ConfigError, DataError, MissingFileError
 from .inference import InferenceOptions, model_input, predict, slide_labels
 from .paths import check_writable_dir, refuse_overwrite
 from .progress import progress_bar
@@ -59,6 +59,27 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise MissingFileError(f"no such file, folder or matching glob: {item}")
             found.update(m for m in matches if m.is_file())
     return sorted(found)
+
+
+def refuse_output_among_inputs(inputs: Sequence[str | Path], out_dir: str | Path) -> None:
+    """``ConfigError``, before any work, when ``out_dir`` is an input folder, lies inside one or holds one: a folder
+    input is searched recursively, so outputs written there would mix with the inputs and be read as inputs by the
+    next run (whose outputs would then clash with its own legend.png)."""
+    out = Path(out_dir).resolve()
+    for item in inputs:
+        if not Path(item).is_dir():
+            continue
+        folder = Path(item).resolve()
+        if out == folder:
+            relation = "is"
+        elif folder in out.parents:
+            relation = "lies inside"
+        elif out in folder.parents:
+            relation = "holds"
+        else:
+            continue
+        raise ConfigError(f"--out {out_dir} {relation} the input folder {item}: predictions never go among the inputs "
+                          "(a folder is searched for images recursively); choose an --out folder outside it")  # fmt: skip
 
 
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
@@ -156,6 +177,8 @@ def predict_files(
 
     Before any image is decoded: ``ConfigError`` if an output would replace an input or a ``protected`` file (path
     -> what it is, e.g. ``{"model.pt": "the weights file"}``), or if ``out_dir`` cannot be written.
+    An input that cannot be read is named (a warning) and skipped; every other one is predicted; then
+    ``UnreadableImagesError`` (a ``DataError``) says how many were written and names each unread one.
 
     Memory: images are grouped by size from their headers and decoded ``batch_size`` at a time (and at most
     ``whole_image_max_pixels`` pixels a batch). An image above ``whole_image_max_pixels`` goes alone, in sliding
@@ -177,17 +200,43 @@ def predict_files(
     Image.fromarray(legend(class_names, palette)).save(legend_file)
     options = options or InferenceOptions()
     device = device or torch.device("cpu")
-    written = []
+    written: list[Path] = []
+    unreadable: dict[Path, str] = {}  # input -> why it was not predicted
     with progress_bar(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-        for batch in _batches(paths, batch_size, whole_image_max_pixels):
-            written += _predict_batch(model, batch, outputs, palette, options, device, whole_image_max_pixels)
+        batches, unreadable = _batches(paths, batch_size, whole_image_max_pixels)
+        bar.update(len(unreadable))
+        for batch in batches:
+            done, failed = _predict_batch(model, batch, outputs, palette, options, device, whole_image_max_pixels)
+            written += done
+            unreadable |= failed
             bar.update(len(batch))
+    if unreadable:
+        raise UnreadableImagesError(written, unreadable, total=len(paths), out_dir=out_dir)
     return written
 
 
-def _predict_batch(model, batch, outputs, palette, options, device, max_pixels) -> list[Path]:
-    """Decode, predict and write one batch; its images and labels are freed on return, before the next is decoded."""
-    images = [read_image(path) for path in batch]
+class UnreadableImagesError(DataError):
+    """Some inputs could not be read; every other one was predicted and written. ``written``: the label PNGs
+    written; ``unreadable``: input -> why."""
+
+    def __init__(self, written: list[Path], unreadable: Mapping[Path, str], *, total: int, out_dir: Path) -> None:
+        self.written, self.unreadable = written, dict(unreadable)
+        reasons = "; ".join(unreadable.values())
+        super().__init__(f"{len(written)} of {total} images predicted and written to {out_dir}; {len(unreadable)} "
+                         f"could not be read: {reasons}")  # fmt: skip
+
+
+def _predict_batch(model, batch, outputs, palette, options, device, max_pixels) -> tuple[list[Path], dict[Path, str]]:
+    """Decode, predict and write one batch; its images and labels are freed on return, before the next is decoded.
+    Returns (the label PNGs written, the inputs that could not be decoded -> why)."""
+    decoded, unreadable = {}, {}
+    for path in batch:
+        try:
+            decoded[path] = read_image(path)
+        except DataError as error:
+            log.warning("%s", error)  # named as it happens; the whole list comes at the end
+            unreadable[path] = str(error)
+    batch, images = list(decoded), list(decoded.values())
     written = []
     for shape in dict.fromkeys(image.shape for image in images):  # one shape unless a header misled us
         group = [(path, image) for path, image in zip(batch, images) if image.shape == shape]
@@ -199,7 +248,7 @@ def _predict_batch(model, batch, outputs, palette, options, device, max_pixels) 
             save_mask(mask_path, label, palette)
             _save_overlay(overlay_path, image, label, palette)
             written.append(mask_path)
-    return written
+    return written, unreadable
 
 
 def _labels_of(model, palette, class_names) -> tuple[np.ndarray, list[str]]:
@@ -210,17 +259,22 @@ def _labels_of(model, palette, class_names) -> tuple[np.ndarray, list[str]]:
     return palette, list(names) if names is not None else [f"class_{i}" for i in range(model.num_classes)]
 
 
-def _batches(paths: list[Path], batch_size: int, max_pixels: int) -> list[list[Path]]:
-    """Inputs of one size (read from the headers) in batches of at most ``batch_size`` images and ``max_pixels``
-    pixels (at least one image)."""
+def _batches(paths: list[Path], batch_size: int, max_pixels: int) -> tuple[list[list[Path]], dict[Path, str]]:
+    """(inputs of one size, read from the headers, in batches of at most ``batch_size`` images and ``max_pixels``
+    pixels (at least one image); the inputs whose header cannot be read -> why)."""
     by_size: dict[tuple[int, int], list[Path]] = defaultdict(list)
+    unreadable = {}
     for path in paths:
-        by_size[image_size(path)].append(path)
+        try:
+            by_size[image_size(path)].append(path)
+        except DataError as error:
+            log.warning("%s", error)
+            unreadable[path] = str(error)
     batches = []
     for (height, width), group in by_size.items():
         size = max(1, min(batch_size, max_pixels // (height * width)))
         batches += [group[start : start + size] for start in range(0, len(group), size)]
-    return batches
+    return batches, unreadable
 
 
 def _options_for_size(
