@@ -432,3 +432,30 @@ def test_bf16_training_follows_the_float32_loss_curve(synthetic, tmp_path):
     drift = [abs(a - b) / b for a, b in zip(bf16, fp32)]
     assert drift[0] < 0.005 and sum(drift) / len(drift) < 0.05 and max(drift) < 0.15, (drift, fp32, bf16)
     assert sum(bf16[-4:]) < 0.8 * sum(bf16[:4]), bf16
+
+
+@pytest.mark.parametrize(
+    "model, data, train_options, refused",
+    [
+        ({"name": "deeplabv3plus"}, {"batch_size": 1}, {}, True),
+        ({"name": "deeplabv3"}, {"batch_size": 4}, {"grad_accum": 4}, True),
+        ({"name": "deeplabv3plus", "frozen_bn": "all"}, {"batch_size": 1}, {}, False),  # BN statistics frozen
+        ({"name": "deeplabv2"}, {"batch_size": 1}, {}, False),  # no image pooling
+        ({"name": "deeplabv3plus"}, {"batch_size": 2}, {}, False),
+    ],
+)
+def test_one_image_per_forward_pass_is_refused_before_any_data_where_image_pooling_trains(
+    tmp_path, model, data, train_options, refused
+):
+    """Batch 1 on DeepLabV3/V3+ (issue 29, C11): refused as the run is prepared, naming the flags that fix it, rather
+    than a traceback from the first step. The data root does not exist: the check comes before any data is read."""
+    config = small_config(tmp_path / "absent", tmp_path, model={"backbone": "resnet18", "num_classes": 7, **model},
+                          data=data, train=train_options)  # fmt: skip
+    if refused:
+        with pytest.raises(ConfigError, match=r"gives each forward pass 1 image .* needs 2 images or more: raise it "
+                                              r"\(--batch-size, data.batch_size=\d+\), lower train.grad_accum, or "
+                                              r"freeze the BatchNorm statistics \(model.frozen_bn=all"):  # fmt: skip
+            prepare(config)
+    else:
+        with pytest.raises(atrous.AtrousError, match="does not exist"):  # past the check, stopped by the data
+            prepare(config)

@@ -114,19 +114,26 @@ def test_the_cli_refuses_a_finished_run_and_names_resume_and_overwrite(synthetic
     assert "--resume continues the run there, --overwrite deletes it; give one" in capsys.readouterr().err
 
 
-def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_retry(synthetic, tmp_path, caplog):  # noqa: F811
-    """Batch 1 fails in the first step (ASPP's image pooling cannot take batch statistics of one image), after the run
-    directory was claimed and its config and metrics log written: nothing to continue, so the retry proceeds."""
-    failing = small_config(synthetic, tmp_path, data={"batch_size": 1}, train={"iterations": 2})
-    with pytest.raises(ValueError, match="batch size 1 in train mode"):
-        train(failing)
-    run_dir = failing.run_dir
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_retry(  # noqa: F811
+    synthetic, tmp_path, caplog, monkeypatch
+):
+    """A start that fails after the run directory was claimed and its config written (here the first step runs out
+    of memory): nothing to continue, so the retry proceeds."""
+
+    def out_of_memory(run):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 34359738368 bytes")
+
+    monkeypatch.setattr(engine, "train_step", out_of_memory)
+    with pytest.raises(RuntimeError, match="not enough memory"):
+        train(small_config(synthetic, tmp_path, train={"iterations": 2}))
+    monkeypatch.undo()
+    run_dir = small_config(synthetic, tmp_path).run_dir
     assert (run_dir / "config.yaml").is_file() and not list((run_dir / "checkpoints").glob("*.pt"))
     with caplog.at_level("WARNING", logger="atrous"):
         summary = train(small_config(synthetic, tmp_path, train={"iterations": 1, "save_every": 1}))
     assert summary["iteration"] == 1
     assert "holds a run that saved no checkpoint" in caplog.text and str(run_dir) in caplog.text
-    assert [row["iteration"] for row in rows(run_dir) if "loss" in row] == [1]  # the failed start's log replaced
+    assert [row["iteration"] for row in rows(run_dir) if "loss" in row] == [1]
 
     # Once it holds a checkpoint, the same directory is protected again (negative control).
     with pytest.raises(ConfigError, match="already holds a training run"):

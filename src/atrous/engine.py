@@ -32,6 +32,7 @@ from .distributed import DistInfo
 from .errors import AtrousError, ConfigError, TrainingError
 from .evaluation import Evaluation, evaluate, write_run_report
 from .losses import SegmentationLoss
+from .models.layers import ImagePooling
 from .models.segmenter import Segmenter
 from .progress import progress_bar
 from .registry import resolved
@@ -108,6 +109,23 @@ def build_validation_set(config: Config, split: str | None = None) -> Segmentati
     return build_dataset(name, root, split or d.val_split, on_error=d.on_error, **options)
 
 
+def _refuse_single_image_batches(model: Segmenter, config: Config, world_size: int) -> None:
+    """``ConfigError`` before any data is read when each forward pass would see one image while the model's ASPP
+    image pooling trains its BatchNorm: the branch pools each image to one value per channel, and the batch
+    statistics of one value do not exist (torch raises in the first step)."""
+    micro = _micro_batch(config, world_size)
+    if micro >= 2 or model.bn_stats_frozen or not any(isinstance(m, ImagePooling) for m in model.modules()):
+        return
+    d, t = config.data, config.train
+    raise ConfigError(
+        f"data.batch_size={d.batch_size} gives each forward pass 1 image ({world_size} process"
+        f"{'es' if world_size > 1 else ''} x train.grad_accum={t.grad_accum}), but {model.spec.name}'s image-pooling "
+        "branch normalises over the batch, which needs 2 images or more: raise it (--batch-size, data.batch_size="
+        f"{2 * world_size * t.grad_accum}), lower train.grad_accum, or freeze the BatchNorm statistics "
+        "(model.frozen_bn=all, as DeepLab-v2 trains)"
+    )
+
+
 def _micro_batch(config: Config, world_size: int) -> int:
     """Samples per process and forward pass: the global batch split over processes and accumulation steps."""
     return config.data.batch_size // (world_size * config.train.grad_accum)
@@ -148,6 +166,7 @@ def prepare(config: Config, *, resume: str | Path | bool | None = None) -> Train
         check_resumable(checkpoint, str(path), resolved(config.model).architecture())
     torch.manual_seed(t.seed + info.rank)  # the model's init is rank 0's: DDP broadcasts it
     model = build_model(config.model)
+    _refuse_single_image_batches(model, config, info.world_size)
     train_set, val_set = _datasets(config, model)
     model.set_labels(train_set.class_names, train_set.palette)
     class_weights = None
