@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from .paths import check_writable_dir, refuse_overwrite
 from .predict import expand_inputs, predict_files, refuse_output_among_inputs
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
 from .registry import MODELS, backbone_entry, list_backbones, list_models, list_presets, preset, resolved, zoo
+from .run_dir import describe_run, has_checkpoint
 from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
 from .weights.pretrained import load_trained_model
 
@@ -343,10 +345,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    refuse_output_among_inputs(args.inputs, args.out)  # before the model is read: nothing to wait for
+    # The inputs and the output folder first: mistakes there cost nothing to find, the model can take a while to read.
+    refuse_output_among_inputs(args.inputs, args.out)
+    paths = expand_inputs(args.inputs)
     device = resolve_device(_inference_device(args.device, args))
     model = _load_model(args)
-    paths = expand_inputs(args.inputs)
     calibration = calibration_batch(_input_calibration(paths), model) if args.runtime == "int8" else None
     inference = prepare_inference(model, args.runtime, device=device, calibration=calibration)
     # The colours and names of the data the model was trained on, as its file says (VOC's colours when it does not).
@@ -573,10 +576,29 @@ def _show_library_messages() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Name a mistyped flag (``--weigths``) and the closest valid one before argparse checks required arguments, which
+    would otherwise say only that ``--weights`` is missing. A prefix argparse accepts (``--weig``) is not unknown."""
+    commands = next(action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    command = next((token for token in argv if not token.startswith("-")), None)
+    if command not in commands:
+        return  # argparse names an unknown command itself
+    subparser = commands[command]
+    known = [option for action in subparser._actions for option in action.option_strings]
+    for token in argv[argv.index(command) + 1 :]:
+        if token == "--":
+            return
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and not any(option.startswith(flag) for option in known):
+            close = difflib.get_close_matches(flag, known, n=1)
+            subparser.error(f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """Arguments, with ``key=value`` overrides accepted anywhere on the line (argparse alone takes them only before
     the first flag), for the commands that take overrides."""
     parser = build_parser()
+    _refuse_unknown_flags(parser, sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]
     unknown = [item for item in extra if item not in overrides]
@@ -589,6 +611,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _what_was_kept(args: argparse.Namespace) -> str:
+    """After Ctrl-C: for a training run, its last checkpoint and the command that continues it; for the others, that
+    every file written is whole (files appear whole or not at all)."""
+    if args.command != "train":
+        return "every file written so far is whole (none is left half-written); run the command again to redo it"
+    try:
+        run_dir = _config_from_args(args).run_dir
+    except AtrousError:
+        return "run the command again to start over"
+    if has_checkpoint(run_dir):
+        return (f"{run_dir} keeps its last checkpoint ({describe_run(run_dir)}): the same command with --resume "
+                "continues it")
+    return f"{run_dir} holds no checkpoint yet: the same command starts the run again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     _show_library_messages()
@@ -597,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     except AtrousError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"atrous {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was kept and how to go on, not a traceback
+        print(f"atrous {args.command}: interrupted: {_what_was_kept(args)}", file=sys.stderr)
+        return 130
 
 
 __all__ = ["MODELS", "build_parser", "list_backbones", "list_models", "main"]

@@ -45,12 +45,17 @@ LEGEND_NAME = "legend"  # legend.png beside the outputs (legend_1.png, ... when 
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (searched recursively for images) and glob patterns -> sorted unique image paths."""
+    """Files, folders (searched recursively for images) and glob patterns -> sorted unique image paths.
+    ``MissingFileError`` names an input that matches nothing, and a folder that holds no image."""
     found: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.update(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            images = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not images:
+                raise MissingFileError(f"no images in the folder {item} (searched recursively for "
+                                       f"{', '.join(sorted(IMAGE_EXTENSIONS))})")  # fmt: skip
+            found.update(images)
         elif path.is_file():
             found.add(path)
         else:

@@ -1,0 +1,65 @@
+"""What a careless user meets on the command line (issue 29, C13-C14): a mistyped flag named with the closest valid
+one, a folder without images refused, Ctrl-C answered with one line saying what was kept and how to go on."""
+
+import pytest
+from data_fixtures import write_jpeg
+from test_engine import small_config, synthetic  # noqa: F401  (synthetic is a fixture)
+
+import atrous.cli
+from atrous import engine
+from atrous.cli import main
+from atrous.config import save_config
+
+
+def test_a_mistyped_flag_is_named_with_the_closest_valid_one_before_required_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--weigths", "model.pt", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == "atrous predict: error: unrecognized argument --weigths; did you mean --weights?"
+    with pytest.raises(SystemExit):  # a flag nothing is close to: named alone
+        main(["eval", "--zzz"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "atrous eval: error: unrecognized argument --zzz"
+
+
+def test_an_abbreviation_argparse_accepts_and_overrides_are_not_taken_for_mistypes(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    write_jpeg(photos / "a.jpg", 24, 32)
+    # --weig is argparse's abbreviation of --weights: it gets as far as the missing file.
+    assert main(["predict", "--weig", str(tmp_path / "absent.pt"), str(photos), "--out", str(tmp_path / "out")]) == 2
+    assert "absent.pt" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_without_images_exits_2_naming_it_and_the_extensions(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no image here")
+    assert main(["predict", "--weights", str(tmp_path / "m.pt"), str(empty), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"no images in the folder {empty}" in error and ".jpg" in error and ".png" in error
+
+
+def test_ctrl_c_in_training_says_what_was_kept_and_how_to_continue(synthetic, tmp_path, capsys, monkeypatch):  # noqa: F811
+    config = small_config(synthetic, tmp_path, train={"iterations": 4, "save_every": 1})
+    recipe = tmp_path / "recipe.yaml"
+    save_config(config, recipe)
+    assert main(["train", "--config", str(recipe), "--stop-at", "1"]) == 0
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    assert main(["train", "--config", str(recipe), "--resume"]) == 130
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert error.startswith(f"atrous train: interrupted: {config.run_dir} keeps its last checkpoint (")
+    assert "iteration 1" in error and "the same command with --resume continues it" in error
+
+    monkeypatch.setattr(atrous.cli, "predict_files", interrupted)
+    photos = tmp_path / "photos"
+    write_jpeg(photos / "a.jpg", 24, 32)
+    weights = config.run_dir / "checkpoints" / "last.pt"
+    assert main(["predict", "--weights", str(weights), str(photos), "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip() == ("atrous predict: interrupted: every file written so far is whole (none "
+                                               "is left half-written); run the command again to redo it")  # fmt: skip
