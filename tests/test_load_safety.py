@@ -369,3 +369,39 @@ def test_a_worker_error_comes_back_as_its_one_line(tmp_path):
                                         "(its other rows would read as zeros)"  # fmt: skip
     assert user_message(DataError("x.png: bad")) == "x.png: bad"
     assert user_message(WeightsError("a\nb")) == "a\nb"  # a message of several lines stays whole
+
+
+def test_a_checkpoints_stored_spec_never_chooses_weights_to_download_or_open(tmp_path, monkeypatch):
+    """Issue 29, B7: ``spec.pretrained_backbone`` / ``spec.weights`` in a file are initialisation choices, not the
+    architecture: never obeyed when the file is read (no download, no other file opened), and the labels the file
+    carries are checked as untrusted input (B9) before anything is built from them."""
+    import torch.hub
+
+    from atrous.checkpoint import model_checkpoint
+
+    model = atrous.build_model("deeplabv3", backbone="resnet18", num_classes=3)
+    contents = model_checkpoint(model)
+    contents["spec"] = {**contents["spec"], "pretrained_backbone": "imagenet", "weights": str(tmp_path / "fifo")}
+    os.mkfifo(tmp_path / "fifo")  # opening it would block forever
+    path = tmp_path / "steering.pt"
+    torch.save(contents, path)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("downloaded"))
+    loaded = atrous.from_pretrained(path)
+    assert loaded.spec.pretrained_backbone is None and loaded.spec.weights is None
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+    for key, value, expected in [
+        ("class_names", ["a", 7, "c"], r"class_names\[1\] is a int .* not a class name"),
+        ("class_names", "abc", r"class_names is a str of length 3, not a list"),
+        ("class_names", ["a", "b", "x" * 10_000], r"class_names\[2\] is a str of length 10000"),
+        ("palette", [[0, 0, 0], [1, 2], [3, 4, 5]], r"palette\[1\] is \[1, 2\], not \[r, g, b\]"),
+        ("palette", [[0, 0, 0]] * 100_000, r"palette is a list of length 100000, not rows"),
+        ("palette", [[0, 0, 0], [0, 0, 300], [0, 0, 1]], r"palette\[1\] is \[0, 0, 300\]"),
+    ]:
+        crafted = {**model_checkpoint(model), key: value}
+        if key == "palette":
+            crafted["class_names"] = ["a", "b", "c"]
+        torch.save(crafted, tmp_path / "labels.pt")
+        with pytest.raises(WeightsError, match=rf"labels.pt: its {expected}"):
+            atrous.from_pretrained(tmp_path / "labels.pt")

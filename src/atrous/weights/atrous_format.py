@@ -16,7 +16,10 @@ def _recognise(state, source) -> bool:
 def _describe(state, contents, source):
     spec = contents.get("spec") if isinstance(contents, Mapping) else None
     if isinstance(spec, Mapping):
-        return ModelSpec.from_dict(dict(spec), source=source), []
+        # The architecture only: where starting weights come from (pretrained_backbone, weights) is a choice made
+        # when a model is built for training, never taken from a file (it would have this one download or open
+        # whatever its author named). atrous writes them cleared; a file that has them was written otherwise.
+        return ModelSpec.from_dict(dict(spec), source=source).architecture(), []
     if spec is not None:  # written by hand or by another tool: say what is there rather than "no description"
         raise Undescribed(f"{source}: its 'spec' is {type(spec).__name__} {str(spec)[:60]!r}, not the mapping of "
                           "ModelSpec fields atrous writes: pass --preset NAME, or --model, --backbone and "

@@ -49,6 +49,52 @@ def _labels_in(contents, fmt) -> tuple[list | None, list | None]:
     return fmt.labels(contents) if fmt is not None and fmt.labels is not None else (None, None)
 
 
+# Labels come from the file, outside its tensor checksum: untrusted input, checked before anything is built from them.
+MAX_LABELS = 65536
+MAX_NAME_LENGTH = 200
+
+
+def _checked_labels(names, palette, *, source: str) -> tuple[list[str] | None, np.ndarray | None]:
+    """(class names, (N, 3) uint8 palette) a file carries, once they are what they claim to be, else ``WeightsError``
+    naming the file and the entry: names a list of short strings, the palette N rows of 3 integers 0-255, at most
+    ``MAX_LABELS`` of each. Nothing is converted before its size and shape are known (a few hundred bytes of pickle
+    can describe a list of a billion shared rows)."""
+    problem = None
+    if names is not None:
+        if not isinstance(names, (list, tuple)) or len(names) > MAX_LABELS:
+            problem = f"its class_names is a {type(names).__name__} of {_size(names)}, not a list of class names"
+        else:
+            bad = next((i for i, n in enumerate(names) if not isinstance(n, str) or len(n) > MAX_NAME_LENGTH), None)
+            if bad is not None:
+                problem = (f"its class_names[{bad}] is a {type(names[bad]).__name__} of {_size(names[bad])}, not a "
+                           f"class name (a string of at most {MAX_NAME_LENGTH} characters)")  # fmt: skip
+    if problem is None and palette is not None:
+        rows = palette
+        if isinstance(palette, np.ndarray) and palette.ndim == 2 and palette.size <= 3 * MAX_LABELS:
+            rows = palette.tolist()
+        if not isinstance(rows, (list, tuple)) or len(rows) > MAX_LABELS:
+            problem = f"its palette is a {type(palette).__name__} of {_size(palette)}, not rows of [r, g, b]"
+        else:
+            bad = next((i for i, row in enumerate(rows) if not _is_rgb(row)), None)
+            if bad is not None:
+                problem = f"its palette[{bad}] is {str(rows[bad])[:40]}, not [r, g, b] with integers 0-255"
+    if problem is not None:
+        raise WeightsError(f"{source}: {problem}: the labels a file carries must be what they claim to be (the "
+                           "weights were not loaded; a file whose labels are damaged or crafted is refused)")  # fmt: skip
+    names = list(names) if names is not None else None
+    return names, (np.asarray(palette, dtype=np.uint8) if palette is not None else None)
+
+
+def _size(value) -> str:
+    return f"length {len(value)}" if hasattr(value, "__len__") else "no length"
+
+
+def _is_rgb(row) -> bool:
+    if not isinstance(row, (list, tuple)) or len(row) != 3:
+        return False
+    return all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in row)
+
+
 def _other_classes_asked(name: str, theirs: int, asked: int, *, weights: str | Path) -> str:
     return (
         f"{name}'s classifier predicts {theirs} classes; {asked} were asked (num_classes={asked}, --num-classes "
@@ -248,12 +294,12 @@ def _from_file(
         report.messages += [f"assumed {text}; pass {field}=... ({FLAGS.get(field, field)} ...) if it was trained "
                             "otherwise" for field, text in assumed if overrides.get(field) is None]  # fmt: skip
     log.info("%s", report)
-    names, palette = _labels_in(contents, fmt)
+    names, palette = _checked_labels(*_labels_in(contents, fmt), source=name)
     if names is not None and len(names) != model.num_classes:
         names = None  # the classifier was replaced: the file's names describe other classes
     if palette is not None and len(palette) < model.num_classes:
         palette = None
-    model.set_labels(names, np.asarray(palette, dtype=np.uint8) if palette is not None else None)
+    model.set_labels(names, palette)
     return model.eval()
 
 
