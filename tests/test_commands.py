@@ -134,6 +134,9 @@ def test_commands_never_write_over_inputs_or_weights(trained, tmp_path, capsys):
     Image.fromarray(np.full((20, 24), 90, np.uint8)).save(photos / "gray.png")
     before = (photos / "gray.png").read_bytes()
     assert main(["predict", "--weights", str(checkpoint), str(photos), "--out", str(photos)]) == 2
+    assert f"--out {photos} is the input folder {photos}" in capsys.readouterr().err
+    # The input named as a file: its own outputs are checked one by one, and the label PNG would replace it.
+    assert main(["predict", "--weights", str(checkpoint), str(photos / "gray.png"), "--out", str(photos)]) == 2
     assert f"refusing to write {photos / 'gray.png'}: it is the input image" in capsys.readouterr().err
     assert (photos / "gray.png").read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["gray.png"]
     weights = checkpoint.read_bytes()

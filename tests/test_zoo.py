@@ -5,6 +5,7 @@ offline message says which file to put where. Nothing is downloaded here."""
 import numpy as np
 import pytest
 import torch
+from data_fixtures import write_jpeg
 from test_peer_files import (
     _KazutoDeepLabV2,
     _KazutoMSC,
@@ -103,7 +104,9 @@ def test_offline_the_error_names_the_file_and_the_folder(offline_hub, tmp_path, 
     expected = offline_hub / "deeplabv3_resnet50_coco-cd0a2569.pth"
     with pytest.raises(WeightsError, match=f"Put the file deeplabv3_resnet50_coco-cd0a2569.pth at {expected}"):
         atrous.from_pretrained("deeplabv3_resnet50_coco_voc")
-    assert main(["predict", "--weights", "deeplabv3_resnet50_coco_voc", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    photos = tmp_path / "photos"  # inputs and --out are checked first: a folder with an image, --out beside it
+    write_jpeg(photos / "a.jpg", 24, 32)
+    assert main(["predict", "--weights", "deeplabv3_resnet50_coco_voc", str(photos), "--out", str(tmp_path / "o")]) == 2
     assert "Offline?" in capsys.readouterr().err
 
 
