@@ -20,6 +20,11 @@ def test_a_mistyped_flag_is_named_with_the_closest_valid_one_before_required_one
     with pytest.raises(SystemExit):  # a flag nothing is close to: named alone
         main(["eval", "--zzz"])
     assert capsys.readouterr().err.strip().splitlines()[-1] == "atrous eval: error: unrecognized argument --zzz"
+    with pytest.raises(SystemExit):  # the flags of the innermost command named
+        main(["data", "synth", "--outt", str(tmp_path / "d"), "--train", "2"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "atrous data synth: error: unrecognized argument --outt; did you mean --out?"
+    )
 
 
 def test_an_abbreviation_argparse_accepts_and_overrides_are_not_taken_for_mistypes(tmp_path, capsys):

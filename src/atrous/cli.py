@@ -578,20 +578,25 @@ def _show_library_messages() -> None:
 
 def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Name a mistyped flag (``--weigths``) and the closest valid one before argparse checks required arguments, which
-    would otherwise say only that ``--weights`` is missing. A prefix argparse accepts (``--weig``) is not unknown."""
-    commands = next(action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    command = next((token for token in argv if not token.startswith("-")), None)
-    if command not in commands:
-        return  # argparse names an unknown command itself
-    subparser = commands[command]
-    known = [option for action in subparser._actions for option in action.option_strings]
-    for token in argv[argv.index(command) + 1 :]:
+    would otherwise say only that ``--weights`` is missing. A prefix argparse accepts (``--weig``) is not unknown.
+    The flags checked are those of the innermost command named (``atrous data synth``)."""
+    tokens = list(argv)
+    while True:
+        commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if commands is None:
+            break
+        command = next((token for token in tokens if not token.startswith("-")), None)
+        if command not in commands:
+            return  # argparse names an unknown (or missing) command itself
+        parser, tokens = commands[command], tokens[tokens.index(command) + 1 :]
+    known = [option for action in parser._actions for option in action.option_strings]
+    for token in tokens:
         if token == "--":
             return
         flag = token.split("=", 1)[0]
         if flag.startswith("--") and not any(option.startswith(flag) for option in known):
             close = difflib.get_close_matches(flag, known, n=1)
-            subparser.error(f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+            parser.error(f"unrecognized argument {flag}" + (f"; did you mean {close[0]}?" if close else ""))
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
