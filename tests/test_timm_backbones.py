@@ -194,7 +194,10 @@ def test_without_timm_the_error_says_what_to_install(monkeypatch):
     timm_entry.cache_clear()
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     try:
-        with pytest.raises(MissingDependencyError, match=r"pip install 'atrous\[timm\]'"):
+        # The command that fits this copy (from this clone: its constraints and its [timm] extra), never
+        # 'atrous[timm]' from the package index, where atrous is not.
+        with pytest.raises(MissingDependencyError, match=r"timm package: python -m pip install -c .*constraints\.txt\" "
+                                                         r"-e \".*\[timm\]\"$"):  # fmt: skip
             atrous.build_model("deeplabv3", backbone="timm:resnet18d", num_classes=2)
     finally:
         timm_entry.cache_clear()

@@ -22,6 +22,7 @@ from .errors import AtrousError, ConfigError, user_message
 from .evaluation import evaluate, format_scores, run_evaluation
 from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxruntime_logits, parity, write_int8_onnx
 from .inference import InferenceOptions
+from .install import extra_command
 from .model_table import model_rows
 from .paths import check_writable_dir, refuse_overwrite
 from .predict import expand_inputs, predict_files, refuse_output_among_inputs
@@ -57,7 +58,7 @@ def _backbone_list() -> int:
         strides = "/".join(str(stride) for stride in entry.output_strides)
         imagenet = "ImageNet: imagenet" if entry.imagenet_weights else "ImageNet: a file (see its error)"
         print(f"{name:24s} output stride {strides:12s} {entry.normalization.name:12s} {imagenet}")
-    print("\nAny timm CNN too: --backbone timm:<model name> (pip install 'atrous[timm]'), e.g. timm:xception65, "
+    print(f"\nAny timm CNN too: --backbone timm:<model name> ({extra_command('timm', 'timm')}), e.g. timm:xception65, "
           "timm:convnext_tiny, timm:efficientnet_b3; find names with python -c \"import timm; "
           "print(timm.list_models('*convnext*'))\"")  # fmt: skip
     return 0
@@ -465,7 +466,8 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide", action="store_true", help="sliding-window inference")
     parser.add_argument("--crop", type=POSITIVE_INT, default=513, help="window side with --slide (default 513)")
     parser.add_argument("--stride", type=POSITIVE_INT, default=341, help="window step with --slide (default 341)")
-    parser.add_argument("--crf", action="store_true", help="DenseCRF post-processing (pip install 'atrous[crf]')")
+    parser.add_argument("--crf", action="store_true",
+                        help=f"DenseCRF post-processing ({extra_command('crf', 'pydensecrf2')})")  # fmt: skip
     parser.add_argument("--msc", action="store_true",
                         help="DeepLab-v2's MSC: scales 1, 0.75, 0.5 (or --scales), logits max-fused (with --runtime eager)")  # fmt: skip
 

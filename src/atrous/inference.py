@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, MissingDependencyError
+from .install import extra_command
 
 
 def model_input(images: Sequence[np.ndarray], model: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -267,7 +268,7 @@ def _densecrf_module():
         from pydensecrf import densecrf
     except ImportError as error:
         raise MissingDependencyError(
-            "DenseCRF post-processing needs pydensecrf2: pip install 'atrous[crf]' (or pip install pydensecrf2)"
+            f"DenseCRF post-processing needs pydensecrf2: {extra_command('crf', 'pydensecrf2')}"
         ) from error
     return densecrf
 

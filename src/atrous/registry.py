@@ -19,6 +19,7 @@ from pathlib import Path
 from torchvision.models import get_weight
 
 from .errors import ConfigError, MissingFileError, WeightsError
+from .install import extra_command
 from .models.architecture import Architecture
 from .models.backbones import caffe_resnet, mobilenet_v3, resnet
 from .models.backbones.base import Backbone, BackboneEntry
@@ -178,7 +179,7 @@ def backbone_entry(name: str) -> BackboneEntry:
         return timm_entry(name)
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)} or timm:<model name> "
-                          "(pip install 'atrous[timm]'; timm.list_models('*pattern*') lists them)")  # fmt: skip
+                          f"({extra_command('timm', 'timm')}; timm.list_models('*pattern*') lists them)")  # fmt: skip
     return BACKBONES[name]
 
 

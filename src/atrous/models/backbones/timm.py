@@ -11,7 +11,8 @@ e.g. ``timm:xception65.tf_in1k``, the TF-DeepLab port): a copy in the torch hub 
 ``<model>.<tag>.safetensors`` first, else timm's download through the Hugging Face hub cache. The file is read by atrous's safe reader
 (no code from it runs) and its keys renamed to the ``features_only`` network's (``to_body_keys``).
 
-timm is an optional extra (``pip install 'atrous[timm]'``), imported only when a ``timm:`` backbone is asked for.
+timm is an optional extra (``atrous.install.extra_command`` says how to add it), imported only when a ``timm:``
+backbone is asked for.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, MissingDependencyError, WeightsError
+from ...install import extra_command
 from ...paths import hub_checkpoints
 from ..normalization import IMAGENET_RGB, InputNormalization
 from .base import Backbone, BackboneEntry
@@ -44,7 +46,7 @@ def _timm():
         import timm
     except ImportError as error:
         raise MissingDependencyError(
-            "timm backbones need the timm package: pip install 'atrous[timm]' (or pip install timm)"
+            f"timm backbones need the timm package: {extra_command('timm', 'timm')}"
         ) from error
     return timm
 
