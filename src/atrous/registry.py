@@ -244,7 +244,11 @@ def resolved(spec: ModelSpec) -> ModelSpec:
 
 def atrous_rates(spec: ModelSpec) -> tuple[int, ...]:
     """The ASPP rates a model built from ``spec`` has: its own, or its architecture's default at its stride."""
-    spec = resolved(spec)
+    return _rates_of(resolved(spec))
+
+
+def _rates_of(spec: ModelSpec) -> tuple[int, ...]:
+    """``atrous_rates`` of a spec already resolved."""
     if spec.atrous_rates is not None:
         return spec.atrous_rates
     return tuple(MODELS[spec.name].default_rates(spec.output_stride))
@@ -271,7 +275,7 @@ def build_network(spec: ModelSpec) -> Segmenter:
                           multi_grid_absolute=spec.multi_grid_absolute,
                           first_block_dilation=spec.first_block_dilation)  # fmt: skip
     adopt_dilated_convs(body)  # the dilated stages' 3x3 convolutions skip dead taps and train fast on the CPU
-    rates = spec.atrous_rates if spec.atrous_rates is not None else arch.default_rates(spec.output_stride)
+    rates = _rates_of(spec)
     common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}
     options = {"separable": spec.separable} if arch.separable else {}
     options |= {"align_corners": spec.align_corners} if arch.align_corners else {}

@@ -90,7 +90,7 @@ def checked_palette(colours: Sequence[Sequence[int]], num_classes: int, *, key: 
                           "give one [r, g, b] per class, in class-index order")  # fmt: skip
     for index, colour in enumerate(colours):
         channels = list(colour) if isinstance(colour, (list, tuple, np.ndarray)) else [colour]
-        if len(channels) != 3 or not all(_is_byte(value) for value in channels):
+        if len(channels) != 3 or not all(is_byte(value) for value in channels):
             raise ConfigError(f"{key}[{index}]={colour!r}: must be [r, g, b] with integers 0..255")
     seen: dict[tuple[int, ...], int] = {}
     for index, colour in enumerate(colours):
@@ -101,5 +101,6 @@ def checked_palette(colours: Sequence[Sequence[int]], num_classes: int, *, key: 
     return full_palette(colours)
 
 
-def _is_byte(value) -> bool:
+def is_byte(value) -> bool:
+    """An integer 0..255 (numpy's too; not a bool): one channel of a colour."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= 255

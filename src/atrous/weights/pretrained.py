@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..build import build_model
+from ..data.labels import is_byte
 from ..errors import ConfigError, WeightsError
 from ..models.segmenter import Segmenter
 from ..models.spec import ModelSpec
@@ -90,9 +91,7 @@ def _size(value) -> str:
 
 
 def _is_rgb(row) -> bool:
-    if not isinstance(row, (list, tuple)) or len(row) != 3:
-        return False
-    return all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in row)
+    return isinstance(row, (list, tuple)) and len(row) == 3 and all(is_byte(value) for value in row)
 
 
 def _other_classes_asked(name: str, theirs: int, asked: int, *, weights: str | Path) -> str:
