@@ -27,6 +27,24 @@ def write_png(path: Path, array: np.ndarray, *, palette: bool = False) -> Path:
     return path
 
 
+def make_disc_folder(root: Path, *, foreground: int = 255, train: int = 8, val: int = 2, size=(48, 64)) -> Path:
+    """A folder dataset (``<split>/images/*.jpg``, ``<split>/masks/*.png``): bright discs on dark noise, each image's
+    disc shifted a little; masks 0 (background) / ``foreground``, as a binary-mask tool writes them with 255."""
+    height, width = size
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for index in range(count):
+            rows, cols = np.mgrid[0:height, 0:width]
+            disc = (rows - height // 2) ** 2 + (cols - width // 3 - width // 16 * index) ** 2 < (height // 4) ** 2
+            image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+            image[disc] = 220
+            Image.fromarray(image).save(root / split / "images" / f"{split}_{index}.jpg")
+            Image.fromarray((disc * foreground).astype(np.uint8)).save(root / split / "masks" / f"{split}_{index}.png")
+    return root
+
+
 def make_voc(root: Path, *, train=("a", "b", "c"), val=("d", "e"), size=(24, 32), num_classes=21) -> Path:
     voc = root / "VOCdevkit" / "VOC2012"
     rng = np.random.default_rng(0)

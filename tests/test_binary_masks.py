@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import make_disc_folder
 from PIL import Image
 
 from atrous.cli import main
@@ -16,20 +17,8 @@ from atrous.engine import prepare
 from atrous.errors import DataError
 
 
-def _folder(root: Path, *, foreground: int = 255, count: int = 6) -> Path:
-    """Bright discs on dark noise, masks 0 / ``foreground``."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        for index in range(count):
-            rows, cols = np.mgrid[0:40, 0:48]
-            disc = (rows - 20) ** 2 + (cols - 16 - 3 * index) ** 2 < 10**2
-            image = rng.integers(0, 60, (40, 48, 3)).astype(np.uint8)
-            image[disc] = 220
-            Image.fromarray(image).save(root / split / "images" / f"{index}.jpg")
-            Image.fromarray((disc * foreground).astype(np.uint8)).save(root / split / "masks" / f"{index}.png")
-    return root
+def _folder(root: Path, *, foreground: int = 255) -> Path:
+    return make_disc_folder(root, foreground=foreground, train=6, val=6, size=(40, 48))
 
 
 def _config(root: Path, out: Path, label_mapping=None):
@@ -76,8 +65,8 @@ def test_masks_of_class_indices_are_not_taken_for_binary_masks(tmp_path):
     indices = build_dataset("folder", _folder(tmp_path / "indices", foreground=1), "train", num_classes=2)
     refuse_binary_masks_read_as_ignore(indices)
     mixed_root = _folder(tmp_path / "mixed")
-    mask = np.array(Image.open(mixed_root / "train" / "masks" / "5.png"))
-    Image.fromarray(np.where(mask == 255, 1, 0).astype(np.uint8)).save(mixed_root / "train" / "masks" / "5.png")
+    mask = np.array(Image.open(mixed_root / "train" / "masks" / "train_5.png"))
+    Image.fromarray(np.where(mask == 255, 1, 0).astype(np.uint8)).save(mixed_root / "train" / "masks" / "train_5.png")
     refuse_binary_masks_read_as_ignore(build_dataset("folder", mixed_root, "train", num_classes=2))
     with pytest.raises(DataError, match="only the values 0 and 255"):  # and the unmixed set is refused, as above
         refuse_binary_masks_read_as_ignore(build_dataset("folder", _folder(tmp_path / "binary"), "train", num_classes=2))

@@ -114,8 +114,8 @@ def test_the_cli_refuses_a_finished_run_and_names_resume_and_overwrite(synthetic
     assert "--resume continues the run there, --overwrite deletes it; give one" in capsys.readouterr().err
 
 
-def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_retry(  # noqa: F811
-    synthetic, tmp_path, caplog, monkeypatch
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_retry(
+    synthetic, tmp_path, caplog, monkeypatch  # noqa: F811
 ):
     """A start that fails after the run directory was claimed and its config written (here the first step runs out
     of memory): nothing to continue, so the retry proceeds."""
