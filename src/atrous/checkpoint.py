@@ -4,8 +4,8 @@ by ``atrous.weights.torch_file`` (never running code from the file: one holding 
 A checkpoint is a dict of plain values and tensors:
 - the model (``model_checkpoint``): ``model`` (state dict), ``spec`` (``ModelSpec.to_dict()``), ``class_names`` and
   ``palette`` (lists, or None);
-- a training run adds (``atrous.training_state.training_state``): ``optimizer``, ``scheduler``, ``scaler``, ``iteration``,
-  ``best_metric``, ``rng`` (one entry per process) and ``config``;
+- a training run adds (``atrous.training_state.training_state``): ``optimizer``, ``scheduler``, ``scaler``,
+  ``iteration``, ``best_metric``, ``rng`` (one entry per process) and ``config``;
 - ``checksum``: of the model's tensors (``weights_checksum``), so that a file changed or damaged after it was written
   is refused (``verify_checksum``) rather than loaded.
 

@@ -1,5 +1,6 @@
 """Training in four named parts: ``prepare(config) -> TrainingRun``, ``train_step(run)``, ``validate(run)`` and the
-checkpoint (``atrous.training_state``: ``training_state`` / ``restore_training_state``); ``train`` is the loop over them.
+checkpoint (``atrous.training_state``: ``training_state`` / ``restore_training_state``); ``train`` is the loop over
+them.
 
 DDP, autocast, GradScaler, ``no_sync`` accumulation; rank 0 writes files; metrics are all-reduced before they are
 reported. No run loses another's work or its own: a run directory is locked by the run in it and never replaced
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(model: Segmenter, config: Config) -> torch.optim.Optimizer:
-    """AdamW or SGD with momentum over ``Segmenter.parameter_groups``, in torch's fused implementation (one kernel over all
-    tensors) where the parameters live on a CPU or a CUDA device: on the CPU the default loops over the tensors one
+    """AdamW or SGD with momentum over ``Segmenter.parameter_groups``, in torch's fused implementation (one kernel over
+    all tensors) where the parameters live on a CPU or a CUDA device: on the CPU the default loops over the tensors one
     by one, and was a fifth of the demo's training step (measured here: 42 of 220 ms)."""
     optim = config.optim
     groups = model.parameter_groups(lr=optim.lr, weight_decay=optim.weight_decay,
