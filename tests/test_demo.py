@@ -20,7 +20,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert state["spec"]["name"] == "deeplabv3plus"
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and len(metrics["per_class_iou"]) == 7
-    assert len(list((run / "predictions").glob("*_overlay.jpg"))) == 24
+    assert len(list((run / "predictions").glob("*_overlay.png"))) == 24
     report = (run / "report.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', report)
     assert len(links) >= 3 + 8  # three figures and eight prediction strips

@@ -26,7 +26,8 @@ from atrous.data import build_dataset
 from atrous.engine import train
 from atrous.errors import ConfigError, DataError, DistributedTimeoutError, MissingFileError, StorageError, WeightsError
 from atrous.evaluation import evaluate
-from atrous.run_dir import LOCK_FILE, claim, read_metrics
+from atrous.folder_lock import LOCK_FILE
+from atrous.run_dir import claim, read_metrics
 
 FORK = multiprocessing.get_context("fork")  # children with torch already imported start in milliseconds
 STRAIGHT = {"iterations": 6, "val_every": 3, "save_every": 2, "keep_last": 10}

@@ -9,6 +9,7 @@ threads of one process writing the same file (an export cache behind a threaded 
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import socket
@@ -57,6 +58,23 @@ def written_by_live_process(temporary: Path) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def remove_dead_temporaries(folder: str | Path, *, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files in ``folder`` (and below, with ``recursive``) whose writer is dead: what a process
+    killed mid-write left (SIGKILL or power loss run no cleanup). With ``name``, only those of the final file
+    ``name``. Returns the paths deleted."""
+    pattern = f".{glob.escape(name)}.*" if name else ".*"
+    candidates = Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern)
+    removed = []
+    for temporary in candidates:
+        match = _TEMPORARY.fullmatch(temporary.name)
+        if match is None or (name is not None and not match["name"].startswith(f"{name}.")):
+            continue
+        if temporary.is_file() and not written_by_live_process(temporary):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
 
 
 def write_text_whole(path: str | Path, text: str) -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .atomic import written_by_live_process, written_whole
+from .atomic import remove_dead_temporaries, written_whole
 from .errors import StorageError
 from .models.segmenter import Segmenter
 from .weights.torch_file import read_torch_file, verify_checksum, weights_checksum
@@ -136,9 +136,7 @@ def save_checkpoint(state: dict, directory: str | Path, *, iteration: int, keep_
     snapshots = sorted(directory.glob("iter_*.pt"))
     for old in snapshots[: max(0, len(snapshots) - max(keep_last, 1))]:
         old.unlink(missing_ok=True)
-    for stale in directory.glob(".*.tmp"):  # left by a process killed mid-write; never another's live one
-        if not written_by_live_process(stale):
-            stale.unlink(missing_ok=True)
+    remove_dead_temporaries(directory)  # left by a process killed mid-write; never another's live one
     return path
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import engine
@@ -21,10 +24,11 @@ from .distributed import init_distributed, resolve_device, shutdown
 from .errors import AtrousError, ConfigError, user_message
 from .evaluation import evaluate, format_scores, run_evaluation
 from .export import PARITY_TOLERANCE, export_model, exported_metadata, onnxruntime_logits, parity, write_int8_onnx
+from .folder_lock import output_folder
 from .inference import InferenceOptions
 from .install import extra_command
 from .model_table import model_rows
-from .paths import check_writable_dir, refuse_overwrite
+from .paths import refuse_overwrite
 from .predict import expand_inputs, predict_files, refuse_output_among_inputs
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
 from .registry import MODELS, backbone_entry, list_backbones, list_models, list_presets, preset, resolved, zoo
@@ -312,37 +316,42 @@ def _eval(args: argparse.Namespace) -> int:
         if dataset.num_classes != model.num_classes:
             raise ConfigError(f"the model has {model.num_classes} classes, dataset {dataset.name!r} {dataset.num_classes}")
         out_dir = args.out or config.run_dir / "eval"
-        if info.is_main:  # before the export and the evaluation, not after them
-            check_writable_dir(out_dir, "evaluation output folder")
-        calibration = calibration_batch(_dataset_calibration(config), model) if args.runtime == "int8" else None
-        inference = prepare_inference(model, args.runtime, device=info.device, calibration=calibration)
-        options = _inference_options(args)
-        details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
-                   "config": config_to_dict(config)}  # fmt: skip
-        if args.runtime == "int8":  # what quantisation costs, on the same images: the fp32 graph's score first
-            fp32_graph = prepare_inference(model, "onnxruntime", device=info.device)
-            agreement = int8_agreement(inference, fp32_graph, calibration) if info.is_main else None  # rank 0 says it
-            fp32 = evaluate(fp32_graph, dataset, device=info.device, options=options, rank=info.rank,
-                            world_size=info.world_size)  # fmt: skip
-            details["fp32 mIoU (onnxruntime)"] = f"{fp32.scores['mIoU']:.4f}"
-            if info.is_main:
-                print(f"fp32 (onnxruntime) mIoU {fp32.scores['mIoU']:.4f}; int8 next")
-        result = run_evaluation(
-            inference, dataset, options=options, out_dir=out_dir, device=info.device,
-            save_predictions=args.save_predictions, rank=info.rank, world_size=info.world_size, report=details,
-            training_log=Path(args.weights).resolve().parent.parent / "metrics.jsonl",
-            on_scores=lambda result: print(format_scores(result.scores, dataset.class_names)),  # before any file
-        )  # fmt: skip
-        if info.is_main and args.runtime == "int8":
-            lost = 100 * (fp32.scores["mIoU"] - result.scores["mIoU"])
-            print(f"mIoU fp32 (onnxruntime) {fp32.scores['mIoU']:.4f}, int8 {result.scores['mIoU']:.4f}: int8 loses "
-                  f"{lost:.2f} points; {agreement:.2%} of the calibration pixels predicted as by the fp32 "
-                  "graph")  # fmt: skip
-        if info.is_main:
-            print(f"metrics, per-class IoU chart, confusion matrix and report.html written to {out_dir}")
+        # Held before the export and the evaluation, not after them: a second evaluation into it is refused first.
+        with output_folder(out_dir, "evaluation") if info.is_main else contextlib.nullcontext():
+            _evaluate_into(args, config, info, model, dataset, out_dir)
     finally:
         shutdown()
     return 0
+
+
+def _evaluate_into(args: argparse.Namespace, config, info, model, dataset, out_dir: Path) -> None:
+    """The evaluation of ``_eval`` once its output folder is held (on rank 0)."""
+    calibration = calibration_batch(_dataset_calibration(config), model) if args.runtime == "int8" else None
+    inference = prepare_inference(model, args.runtime, device=info.device, calibration=calibration)
+    options = _inference_options(args)
+    details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
+               "config": config_to_dict(config)}  # fmt: skip
+    if args.runtime == "int8":  # what quantisation costs, on the same images: the fp32 graph's score first
+        fp32_graph = prepare_inference(model, "onnxruntime", device=info.device)
+        agreement = int8_agreement(inference, fp32_graph, calibration) if info.is_main else None  # rank 0 says it
+        fp32 = evaluate(fp32_graph, dataset, device=info.device, options=options, rank=info.rank,
+                        world_size=info.world_size)  # fmt: skip
+        details["fp32 mIoU (onnxruntime)"] = f"{fp32.scores['mIoU']:.4f}"
+        if info.is_main:
+            print(f"fp32 (onnxruntime) mIoU {fp32.scores['mIoU']:.4f}; int8 next")
+    result = run_evaluation(
+        inference, dataset, options=options, out_dir=out_dir, device=info.device,
+        save_predictions=args.save_predictions, rank=info.rank, world_size=info.world_size, report=details,
+        training_log=Path(args.weights).resolve().parent.parent / "metrics.jsonl",
+        on_scores=lambda result: print(format_scores(result.scores, dataset.class_names)),  # before any file
+    )  # fmt: skip
+    if info.is_main and args.runtime == "int8":
+        lost = 100 * (fp32.scores["mIoU"] - result.scores["mIoU"])
+        print(f"mIoU fp32 (onnxruntime) {fp32.scores['mIoU']:.4f}, int8 {result.scores['mIoU']:.4f}: int8 loses "
+              f"{lost:.2f} points; {agreement:.2%} of the calibration pixels predicted as by the fp32 "
+              "graph")  # fmt: skip
+    if info.is_main:
+        print(f"metrics, per-class IoU chart, confusion matrix and report.html written to {out_dir}")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -633,17 +642,33 @@ def _what_was_kept(args: argparse.Namespace) -> str:
     return f"{run_dir} holds no checkpoint yet: the same command starts the run again"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, torchrun stopping its workers), raised where the process is, so
+    that it ends as Ctrl-C does: its ``finally`` blocks delete the temporaries of the files it was writing."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     _show_library_messages()
+    # Python's default for SIGTERM ends the process on the spot, leaving its temporary files behind.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.run(args)
     except AtrousError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"atrous {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: what was kept and how to go on, not a traceback
-        print(f"atrous {args.command}: interrupted: {_what_was_kept(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: what was kept and how to go on, not a traceback
+        how = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"atrous {args.command}: {how}: {_what_was_kept(args)}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["MODELS", "build_parser", "list_backbones", "list_models", "main"]

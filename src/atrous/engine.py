@@ -32,12 +32,13 @@ from .data.sampling import SeededDataset, TrainSampler
 from .distributed import DistInfo
 from .errors import AtrousError, ConfigError, TrainingError
 from .evaluation import Evaluation, evaluate, write_run_report
+from .folder_lock import FolderLock
 from .losses import SegmentationLoss
 from .models.layers import ImagePooling
 from .models.segmenter import Segmenter
 from .progress import progress_bar
 from .registry import resolved
-from .run_dir import RunDirLock, claim, trim_metrics
+from .run_dir import claim, trim_metrics
 from .runtime import HALF_PRECISIONS
 from .training_state import TrainingRun, check_resumable, restore_training_state, training_state
 
@@ -304,7 +305,7 @@ class RunLog:
             self.writer.close()
 
 
-def _claim_run_dir(run_dir: Path, info: DistInfo, *, resume, overwrite: bool) -> RunDirLock | None:
+def _claim_run_dir(run_dir: Path, info: DistInfo, *, resume, overwrite: bool) -> FolderLock | None:
     """Rank 0 claims the run directory (``atrous.run_dir.claim``); every rank raises its refusal, since the others
     would otherwise wait for rank 0 until the collective timeout."""
     lock, refusal = None, None

@@ -3,6 +3,7 @@ report writer (``write_run_report``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .atomic import write_text_whole
+from .data.io import save_image
 from .errors import ConfigError, DataError
+from .folder_lock import output_folder
 from .inference import InferenceOptions, model_input, predict
 from .metrics import ConfusionMatrix
 from .paths import check_writable_dir
@@ -170,20 +172,29 @@ def run_evaluation(
     No evaluation is lost to its output folder. Before the first image, ``out_dir`` (on rank 0) and its
     ``predictions`` folder (on every rank, which all save theirs) are created and proven writable, else
     ``ConfigError`` naming the folder and the system's reason (under torchrun the failing rank ends the job).
-    ``on_scores(result)`` is called on rank 0 as soon as the scores exist, before any report file is written: the
+    A second evaluation writing into ``out_dir`` meanwhile is refused (``folder_lock.output_folder``), and every
+    file is written whole. ``on_scores(result)`` is called on rank 0 as soon as the scores exist, before any report file is written: the
     command line prints them there. A write that fails after that (a full disk) raises ``ConfigError`` naming the
     file and the mIoU.
     """
     out_dir = Path(out_dir)
+    # Rank 0 holds the folder (the other ranks only add their saved predictions): a second evaluation into it is
+    # refused rather than mixing its metrics with this one's report.
+    with output_folder(out_dir, "evaluation") if rank == 0 else contextlib.nullcontext():
+        return _evaluate_into(model, dataset, out_dir=out_dir, device=device, options=options,
+                              save_predictions=save_predictions, rank=rank, world_size=world_size, progress=progress,
+                              report=report, training_log=training_log, on_scores=on_scores)  # fmt: skip
+
+
+def _evaluate_into(model, dataset, *, out_dir: Path, device, options, save_predictions, rank, world_size, progress,
+                   report, training_log, on_scores) -> Evaluation:  # fmt: skip
     predictions = out_dir / "predictions"
-    if rank == 0:
-        check_writable_dir(out_dir, "evaluation output folder")
     if save_predictions:
         check_writable_dir(predictions, "folder for the saved predictions")
 
     def save(index: int, labels: np.ndarray) -> None:
         stem = Path(dataset.samples[index][0]).stem
-        Image.fromarray(colorize(labels, dataset.palette)).save(predictions / f"{stem}.png")
+        save_image(predictions / f"{stem}.png", colorize(labels, dataset.palette))
 
     result = evaluate(
         model, dataset, device=device, options=options, rank=rank, world_size=world_size, progress=progress,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import written_whole
+from .atomic import remove_dead_temporaries, written_whole
 from .errors import ConfigError, MissingDependencyError
 from .models.normalization import InputNormalization
 from .models.segmenter import Segmenter
@@ -135,7 +135,8 @@ def export_model(
 
     protected: files ``path`` must not be (path -> what it is, e.g. ``{"model.pt": "the weights file"}``):
     ``ConfigError`` before any work if it is one of them. The file appears whole or not at all (written beside
-    ``path`` and renamed), so a failed export never leaves a broken file where a good one was.
+    ``path`` and renamed), so a failed export never leaves a broken file where a good one was; what an export killed
+    before left beside ``path`` (its hidden ``.partial``) is deleted first.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose from {list(FORMATS)}")
@@ -146,6 +147,7 @@ def export_model(
     example = example_images((example_size, example_size), normalized_input=normalized_input,
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
     metadata = export_metadata(model, normalized_input=normalized_input)
+    remove_dead_temporaries(path.parent, name=path.name)  # what an export killed before left there (tens of MB)
     with written_whole(path, suffix=".partial") as partial:
         temporary = str(partial)
         if format == "onnx":
@@ -202,6 +204,7 @@ def write_int8_onnx(network_path: str | Path, model: Segmenter, out_path: str | 
     images as ``export_model``'s default does (``with_uint8_input``), or the network alone with
     ``normalized_input``. The file appears whole or not at all."""
     out_path = Path(out_path)
+    remove_dead_temporaries(out_path.parent, name=out_path.name)
     with written_whole(out_path, suffix=".partial") as partial:  # never half a file where the user asked for one
         if normalized_input:
             shutil.copyfile(network_path, partial)

@@ -10,6 +10,8 @@ from pathlib import Path
 # changes the backend of a notebook or an application.
 from matplotlib.figure import Figure
 
+from .atomic import written_whole
+
 
 def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(training rows, validation rows) of a run's metrics.jsonl."""
@@ -19,6 +21,14 @@ def read_log(path: str | Path) -> tuple[list[dict], list[dict]]:
             row = json.loads(line)
             (val_rows if "val" in row else train_rows).append(row)
     return train_rows, val_rows
+
+
+def save_figure(figure: Figure, out: str | Path) -> Path:
+    """``figure`` as a PNG at ``out``, written whole (an interrupted run leaves the previous figure or none)."""
+    out = Path(out)
+    with written_whole(out) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    return out
 
 
 def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
@@ -40,9 +50,7 @@ def plot_training_curves(log_path: str | Path, out: str | Path) -> Path:
         axis.xaxis.label.set_fontsize(12)
         axis.tick_params(labelsize=11)
     figure.tight_layout()
-    out = Path(out)
-    figure.savefig(out, dpi=100)
-    return out
+    return save_figure(figure, out)
 
 
 # A bar at least this long carries its value inside its end (white on the bar); a shorter one just past its end, in
@@ -74,8 +82,7 @@ def per_class_iou_figure(class_names: list[str], iou: list[float]) -> Figure:
 
 def plot_per_class_iou(class_names: list[str], iou: list[float], out: str | Path) -> Path:
     """``per_class_iou_figure`` as a PNG."""
-    per_class_iou_figure(class_names, iou).savefig(out, dpi=100)
-    return Path(out)
+    return save_figure(per_class_iou_figure(class_names, iou), out)
 
 
 def plot_confusion_matrix(class_names: list[str], matrix, out: str | Path) -> Path:
@@ -94,5 +101,4 @@ def plot_confusion_matrix(class_names: list[str], matrix, out: str | Path) -> Pa
     axis.set(xlabel="prediction", ylabel="ground truth", title="confusion matrix (row-normalised)")
     figure.colorbar(image, fraction=0.046, pad=0.04)
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    return Path(out)
+    return save_figure(figure, out)

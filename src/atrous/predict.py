@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from .data.folder import IMAGE_EXTENSIONS
-from .data.io import read_image, save_mask
+from .data.io import read_image, save_image, save_mask
 from .data.labels import full_palette
 from .errors import ConfigError, DataError, MissingFileError
+from .folder_lock import output_folder
 from .inference import InferenceOptions, model_input, predict, slide_labels
 from .paths import check_writable_dir, refuse_overwrite
 from .progress import progress_bar
@@ -88,13 +89,13 @@ def refuse_output_among_inputs(inputs: Sequence[str | Path], out_dir: str | Path
 
 
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
-    """The name each input's outputs get under the output folder (``<name>.png``, ``<name>_overlay.jpg``).
+    """The name each input's outputs get under the output folder (``<name>.png``, ``<name>_overlay.png``).
 
     The name is the file's stem (``photos/cat.jpg`` -> ``cat``), with two exceptions, so that no two inputs share
     outputs (names compared ignoring case, as macOS and Windows disks do):
 
     - files of one folder whose stems clash keep their extension: ``x.jpg``, ``x.png`` -> ``x.jpg``, ``x.png``
-      (written ``x.jpg.png``, ``x.jpg_overlay.jpg``, ...);
+      (written ``x.jpg.png``, ``x.jpg_overlay.png``, ...);
     - files of different folders whose names clash get as many of their parent folders (below the inputs' common
       folder) as tell them apart, as subfolders: ``a/b/x.png``, ``c/b/x.png`` -> ``a/b/x``, ``c/b/x``.
 
@@ -134,7 +135,7 @@ def _clashing(keys: Mapping[Path, object]) -> list[Path]:
 
 def output_paths(names: Mapping[Path, str], out_dir: Path) -> dict[Path, tuple[Path, Path]]:
     """Input -> (label PNG, overlay JPEG) under ``out_dir``."""
-    return {path: (out_dir / f"{name}.png", out_dir / f"{name}_overlay.jpg") for path, name in names.items()}
+    return {path: (out_dir / f"{name}.png", out_dir / f"{name}_overlay.png") for path, name in names.items()}
 
 
 def legend_path(outputs: Mapping[Path, tuple[Path, ...]], out_dir: Path) -> Path:
@@ -158,6 +159,20 @@ def image_size(path: Path) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # the transposing orientations
 
 
+def planned_outputs(
+    paths: Sequence[Path], out_dir: Path, *, protected: Mapping[str | Path, str] | None = None
+) -> tuple[dict[Path, tuple[Path, Path]], Path]:
+    """(input -> (label PNG, overlay), the legend) that ``predict_files`` will write, once none of them would replace
+    an input or a ``protected`` file (else ``ConfigError``): checked before anything is written, the output folder's
+    lock file included."""
+    outputs = output_paths(output_names(paths), out_dir)
+    legend_file = legend_path(outputs, out_dir)
+    never_write = {path: "the input image" for path in paths} | dict(protected or {})
+    refuse_overwrite([*(file for pair in outputs.values() for file in pair), legend_file], never_write,
+                     hint="choose another --out folder")  # fmt: skip
+    return outputs, legend_file
+
+
 def predict_files(
     model,
     paths: list[Path],
@@ -172,7 +187,7 @@ def predict_files(
     protected: Mapping[str | Path, str] | None = None,
     whole_image_max_pixels: int = WHOLE_IMAGE_MAX_PIXELS,
 ) -> list[Path]:
-    """Write ``<name>.png`` (palette label image) and ``<name>_overlay.jpg`` per input, at the image's own size
+    """Write ``<name>.png`` (palette label image) and ``<name>_overlay.png`` per input, at the image's own size
     (EXIF orientation applied), ``<name>`` as ``output_names`` says, and ``legend.png`` (``legend_path``): a swatch of
     each class's colour with its index and name. Returns the label PNGs' paths.
 
@@ -181,7 +196,10 @@ def predict_files(
     when None, ``class_<i>`` when it has none.
 
     Before any image is decoded: ``ConfigError`` if an output would replace an input or a ``protected`` file (path
-    -> what it is, e.g. ``{"model.pt": "the weights file"}``), or if ``out_dir`` cannot be written.
+    -> what it is, e.g. ``{"model.pt": "the weights file"}``), if ``out_dir`` cannot be written, or if another
+    process is writing its outputs there (``folder_lock.output_folder``: two predictions never mix in one folder).
+    Every file is written whole (``save_image``): an interrupted prediction leaves whole files only, and the next
+    one into the folder deletes the temporaries of a killed one.
     An input that cannot be read is named (a warning) and skipped; every other one is predicted; then
     ``UnreadableImagesError`` (a ``DataError``) says how many were written and names each unread one.
 
@@ -195,19 +213,16 @@ def predict_files(
     """
     paths = list(dict.fromkeys(Path(path) for path in paths))  # a file named twice is predicted once
     out_dir = Path(out_dir)
-    outputs = output_paths(output_names(paths), out_dir)
-    legend_file = legend_path(outputs, out_dir)
-    never_write = {path: "the input image" for path in paths} | dict(protected or {})
-    refuse_overwrite([*(file for pair in outputs.values() for file in pair), legend_file], never_write,
-                     hint="choose another --out folder")  # fmt: skip
+    outputs, legend_file = planned_outputs(paths, out_dir, protected=protected)
     check_writable_dir(out_dir, "prediction output folder")
     palette, class_names = _labels_of(model, palette, class_names)
-    Image.fromarray(legend(class_names, palette)).save(legend_file)
     options = options or InferenceOptions()
     device = device or torch.device("cpu")
     written: list[Path] = []
     unreadable: dict[Path, str] = {}  # input -> why it was not predicted
-    with progress_bar(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+    with output_folder(out_dir, "prediction"), progress_bar(total=len(paths), desc="predict", unit="img",
+                                                             disable=not progress) as bar:  # fmt: skip
+        save_image(legend_file, legend(class_names, palette))
         batches, unreadable = _batches(paths, batch_size, whole_image_max_pixels)
         bar.update(len(unreadable))
         for batch in batches:
@@ -320,5 +335,6 @@ def _save_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: np
         start, stop = max(0, top - edge), min(height, top + rows + edge)
         strip = overlay(image[start:stop], labels[start:stop], palette, edge=edge)
         blended[top : top + rows] = strip[top - start : top - start + rows]
-    # Full-resolution colour (no 4:2:0 chroma subsampling): edges a pixel or two wide keep their class colour.
-    Image.fromarray(blended).save(path, quality=92, subsampling=0)
+    # PNG, not JPEG: lossless, so an edge pixel is exactly its class's legend colour (a JPEG's blocks blur 1-pixel
+    # edges into their neighbours).
+    save_image(path, blended)

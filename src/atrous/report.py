@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from .atomic import write_text_whole
+from .data.io import save_image
 from .inference import InferenceOptions
 from .visualize import overlay
 
@@ -109,9 +110,9 @@ def _sample(directory: Path, index: int, name: str, panels: list[np.ndarray]) ->
     files = [f"{ASSETS}/sample_{index:03d}.jpg", f"{ASSETS}/sample_{index:03d}_truth.png",
              f"{ASSETS}/sample_{index:03d}_prediction.png"]  # fmt: skip
     # The photo as JPEG at full colour resolution (its enlarged pixels stay squares); overlays as PNG, exact colours.
-    Image.fromarray(panels[0]).save(directory / files[0], quality=92, subsampling=0)
+    save_image(directory / files[0], panels[0], quality=92, subsampling=0)
     for relative, panel in zip(files[1:], panels[1:]):
-        Image.fromarray(panel).save(directory / relative)
+        save_image(directory / relative, panel)
     figures = "".join(_figure(relative, caption, labels=True) for relative, caption in zip(files, PANEL_CAPTIONS))
     return f"<figure><figcaption>{html.escape(name)}</figcaption><div class=panels>{figures}</div></figure>"
 

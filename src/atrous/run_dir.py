@@ -1,61 +1,34 @@
 """A run directory (``out_dir/name``): who owns it, what it holds, and its metrics log.
 
-A training run claims its directory before it builds anything (``claim``): it takes an exclusive lock on
-``run_dir/.atrous.lock``, which the kernel drops when the process ends however it ends, so a killed run never leaves
-a stale lock behind; it refuses a directory that already holds a run unless told to continue it (resume) or replace
-it (overwrite); and it deletes the temporary files that killed saves left (no other process can be writing there
-while the lock is held).
-
-The lock is a POSIX record lock (``fcntl.lockf``), not ``flock``: an flock belongs to the open file, which the
-DataLoader's forked workers share, so it would outlive the run in them; a record lock belongs to the process alone.
-A process does not conflict with its own record locks, so the directories this process holds are also listed here.
+A training run claims its directory before it builds anything (``claim``): it locks it (``folder_lock``), so a
+second run there is refused naming the first; it refuses a directory that already holds a run unless told to
+continue it (resume) or replace it (overwrite); and it deletes the temporary files that killed saves left (no other
+process can be writing there while the lock is held).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
-import os
 import re
 import shutil
-import socket
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from .atomic import write_text_whole
 from .errors import ConfigError, DataError, MissingFileError
+from .folder_lock import FolderLock, lock_folder
 
-LOCK_FILE = ".atrous.lock"
 CHECKPOINTS, METRICS, CONFIG = "checkpoints", "metrics.jsonl", "config.yaml"
 # What a training run writes into its directory: all that ``overwrite`` deletes. Anything else there (the user's
 # notes, ``atrous eval`` output) is not the run's to delete.
 RUN_FILES = (CHECKPOINTS, METRICS, CONFIG, "tensorboard", "report.html", "report_assets", "curves.png",
              "per_class_iou.png", "confusion_matrix.png")  # fmt: skip
 _SNAPSHOT = re.compile(r"iter_(\d+)\.pt")
-_HELD: dict[Path, RunDirLock] = {}  # resolved run directory -> this process's lock on it
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunDirLock:
-    """The held lock of a run directory; ``release`` (or the end of the process) frees it."""
-
-    run_dir: Path
-    handle: IO[str] | None
-
-    def release(self) -> None:
-        if self.handle is not None:
-            _HELD.pop(self.run_dir.resolve(), None)
-            self.handle.close()  # closing the file drops this process's record lock on it
-            self.handle = None
-
-
-def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overwrite: bool = False) -> RunDirLock:
+def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overwrite: bool = False) -> FolderLock:
     """Lock ``run_dir`` for this process's training run and make it ready to start.
 
     resume: True (continue the run in ``run_dir``) or a checkpoint path: the run's files stay, to be continued.
@@ -69,7 +42,7 @@ def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overw
     if resume and overwrite:
         raise ConfigError(f"{run_dir}: resume and overwrite were both asked for: --resume continues the run there, "
                           "--overwrite deletes it; give one")  # fmt: skip
-    lock = _lock(run_dir)
+    lock = lock_folder(run_dir, purpose="training run", hint="choose another name (name=...)")
     try:
         held = describe_run(run_dir)
         if resume is True and not (run_dir / CHECKPOINTS / "last.pt").is_file():
@@ -87,45 +60,6 @@ def claim(run_dir: str | Path, *, resume: str | Path | bool | None = None, overw
         lock.release()
         raise
     return lock
-
-
-def _lock(run_dir: Path) -> RunDirLock:
-    """Take the directory's lock without waiting and write who holds it into the lock file."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    held = _HELD.get(run_dir.resolve())
-    if held is not None:  # checked before opening: closing any descriptor of the file would drop our lock
-        held.handle.seek(0)
-        raise ConfigError(f"{run_dir} is in use by another training run ({_describe_holder(held.handle.read())}, "
-                          "this process): wait for it to end, or choose another name (name=...)")  # fmt: skip
-    # "a": opening must not truncate the holder's details before the lock is ours.
-    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for as long as the lock)
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        handle.seek(0)
-        holder = handle.read()
-        handle.close()
-        if error.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
-        raise ConfigError(f"{run_dir} is in use by another training run ({_describe_holder(holder)}): wait for it to "
-                          "end or stop it, or choose another name (name=...)") from None  # fmt: skip
-    except BaseException:
-        handle.close()
-        raise
-    handle.truncate(0)
-    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n")
-    handle.flush()
-    lock = _HELD[run_dir.resolve()] = RunDirLock(run_dir, handle)
-    return lock
-
-
-def _describe_holder(text: str) -> str:
-    try:
-        holder = json.loads(text)
-        return f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
-    except (ValueError, TypeError, KeyError):  # the holder is between taking the lock and writing its details
-        return "a process that has not written its details yet"
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# Overlays tint each region with its class colour at this opacity, so the photo stays readable, and draw the region's
-# edge in the class colour itself (``edge_width``): at the edges the colour is exactly the legend's swatch, which a
-# tint (a mix with whatever the photo holds) never is.
+# Overlays tint each region with its class colour at this opacity over the photo's brightness (its grey levels), so the
+# photo stays readable and every tinted pixel has its class's hue whatever the object's own colour (a tint over the
+# colour photo mixes the two: an orange object of a navy class reads purple); each region's edge is drawn in the class
+# colour itself (``edge_width``), exactly the legend's swatch.
 OVERLAY_ALPHA = 0.6
+# ITU-R BT.601 luma weights, PIL's own for RGB -> L.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # A legend lists this many classes a column (ADE20K's 150 classes: 5 columns).
 LEGEND_ROWS = 32
 
@@ -43,11 +46,13 @@ def region_edges(labels: np.ndarray, width: int = 1) -> np.ndarray:
 def overlay(
     image: np.ndarray, labels: np.ndarray, palette: np.ndarray, *, alpha: float = OVERLAY_ALPHA, edge: int = 1
 ) -> np.ndarray:
-    """Class colours over an (H, W, 3) uint8 image: regions tinted at ``alpha``, their edges (``edge`` pixels each
-    side, 0 for none) in the exact palette colour; ignored pixels (255) keep the image. (H, W, 3) uint8."""
+    """Class colours over an (H, W, 3) uint8 image: regions tinted at ``alpha`` over the image's grey levels (so a
+    pixel's hue is its class's), their edges (``edge`` pixels each side, 0 for none) in the exact palette colour;
+    ignored pixels (255) keep the image in colour. (H, W, 3) uint8."""
     labels = np.asarray(labels)
     colours = colorize(labels, palette)
-    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).round().astype(np.uint8)
+    grey = (image.astype(np.float32) @ _LUMA)[..., None]
+    blended = (grey * (1 - alpha) + colours.astype(np.float32) * alpha).round().clip(0, 255).astype(np.uint8)
     if edge > 0:
         solid = region_edges(labels, edge)
         blended[solid] = colours[solid]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
 from ..progress import progress_bar
 from .cityscapes import LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX, cityscapes_dataset
-from .io import read_mask
+from .io import read_mask, save_image
 
 
 def write_cityscapes_train_ids(root: str | Path, split: str, *, progress: bool = True) -> int:
@@ -22,6 +20,8 @@ def write_cityscapes_train_ids(root: str | Path, split: str, *, progress: bool =
         if not mask_path.name.endswith(LABEL_IDS_SUFFIX):
             continue  # this split already uses trainIds
         train_ids = dataset.map_labels(read_mask(mask_path), mask_path)
-        Image.fromarray(train_ids).save(mask_path.with_name(mask_path.name.replace(LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX)))
+        # Written whole: the loader switches to trainIds once every sample has one, so a half-written file from an
+        # interrupted conversion would be read as labels.
+        save_image(mask_path.with_name(mask_path.name.replace(LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX)), train_ids)
         written += 1
     return written

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..atomic import written_whole
 from ..errors import DataError
 
 # Pillow's decompression-bomb limit stays at its default on purpose: never set Image.MAX_IMAGE_PIXELS = None.
@@ -147,12 +148,27 @@ def require_complete_png(path: str | Path, *, what: str) -> None:
                         "zeros)")  # fmt: skip
 
 
+def save_image(path: str | Path, image: np.ndarray | Image.Image, **options) -> Path:
+    """Write ``image`` ((H, W[, 3]) uint8 or a PIL image) whole: under a temporary name renamed over ``path``, so an
+    interrupted writer leaves the previous file or none, never a truncated one. The format follows the suffix;
+    ``options`` go to PIL (``quality=92`` for a JPEG)."""
+    path = Path(path)
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{path}: no image format has the suffix {path.suffix!r} (.png, .jpg, ...)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with written_whole(path) as temporary:
+        image.save(temporary, format=image_format, **options)
+    return path
+
+
 def save_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray) -> None:
-    """Write (H, W) uint8 class indices as a palette PNG (VOC style) with ``palette`` (256, 3)."""
+    """Write (H, W) uint8 class indices as a palette PNG (VOC style) with ``palette`` (256, 3), whole."""
     image = Image.fromarray(mask.astype(np.uint8))  # mode "L"; putpalette turns it into "P"
     image.putpalette(palette.astype(np.uint8).flatten().tolist())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    save_image(path, image)
 
 
 def read_sbd_mat(path: str | Path) -> np.ndarray:

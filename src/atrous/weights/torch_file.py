@@ -12,6 +12,13 @@ that holds placeholders where its weights should be, is refused with ``refusal``
 asked to call and never suggests ``weights_only=False``. ``objects="refuse"`` (atrous's own checkpoints, which never
 hold any) refuses a file with placeholders outright.
 
+Sizes are bounded before anything is built (``_refuse_inflation``): the pickle (``data.pkl``) of a weights file is a
+few hundred kB, its tensors are stored uncompressed, so a file whose pickle declares more than ``MAX_PICKLE_BYTES``,
+or whose members inflate past the file's own size, is refused unread (a 70 MB file can declare a 4 GiB pickle).
+What the pickle built outside the tensors is then walked once (``_refuse_object_bombs``): more than ``MAX_OBJECTS``
+containers and values, counted every time they are reached (a few hundred bytes of pickle can make a list reach
+itself 2**40 times), or nesting deeper than ``MAX_NESTING``, is refused before any code looks at it.
+
 ``weights_checksum`` / ``verify_checksum``: a file changed or damaged after atrous wrote it is refused, not loaded.
 """
 
@@ -21,6 +28,7 @@ import hashlib
 import pickle
 import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +36,17 @@ from typing import Any, Literal
 import torch
 
 from ..errors import MissingFileError, WeightsError
+
+# The largest pickle a weights file may carry: a ResNet-101's is about 60 kB, an mmseg checkpoint with its optimizer
+# state and training log a few hundred kB.
+MAX_PICKLE_BYTES = 16 * 2**20
+# The most objects (containers, strings, numbers: everything but tensors) reached walking what a file holds; an
+# optimizer's state for a thousand tensors is a few thousand.
+MAX_OBJECTS = 1_000_000
+MAX_NESTING = 100
+# Files torch.save wrote before the zip format are pickles in a row: magic number, protocol, system info, the object
+# (then the storage keys and the raw storages).
+_LEGACY_HEADER_PICKLES = 4
 
 
 class Inert:
@@ -87,6 +106,7 @@ def read_torch_file(
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} not found: {path}")
+    _refuse_inflation(path, what)
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except (ValueError, RuntimeError, OSError):  # the pre-1.6 format, or a damaged (truncated) zip: torch.load decides,
@@ -106,7 +126,7 @@ def read_torch_file(
         raise WeightsError(f"{path}: {refusal(inert)}")
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True), inert
+            contents = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's own text suggests weights_only=False, which would run the file's code: never passed on.
         asked = _refused_globals(error) or inert or (_globals_named_in(path) if not names else [])
@@ -114,8 +134,86 @@ def read_torch_file(
             raise WeightsError(f"{path}: {refusal(asked)}") from None
         detail = str(error.__context__ or "") if "weights_only" in str(error) else str(error)
         raise WeightsError(f"{path}: cannot read {_kind(what)} (truncated or damaged file?): {detail}") from error
+    except MemoryError as error:
+        raise WeightsError(
+            f"{path}: reading the {_kind(what)} ran out of memory: it holds more than this machine can "
+            "hold (its tensors' sizes: free memory, or read it on a larger machine)"
+        ) from error
     except Exception as error:  # torch/zipfile raise their own types for damaged files
+        if "DefaultCPUAllocator" in str(error) or "out of memory" in str(error):  # torch's MemoryError, spelled out
+            raise WeightsError(f"{path}: reading the {_kind(what)} ran out of memory: {str(error).splitlines()[0]} "
+                               "(free memory, or read it on a larger machine)") from error  # fmt: skip
         raise WeightsError(f"{path}: cannot read {_kind(what)} (truncated or damaged file?): {error}") from error
+    _refuse_object_bombs(contents, path, what)
+    return contents, inert
+
+
+def _refuse_inflation(path: Path, what: str) -> None:
+    """``WeightsError`` for a file whose pickle is larger than ``MAX_PICKLE_BYTES`` or whose zip members declare
+    more bytes than the file holds (beyond that pickle allowance): checked on the headers, before any is read. A
+    member that declares less than it holds fails its own read (zip and miniz stop at the declared size)."""
+    size, problem = path.stat().st_size, None
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return  # torch.load says what is wrong with it
+        pickles = [m for m in members if m.filename.endswith("data.pkl") and m.file_size > MAX_PICKLE_BYTES]
+        inflated = sum(member.file_size for member in members)
+        if pickles:
+            problem = f"its pickle {pickles[0].filename} declares {_mib(pickles[0].file_size)}"
+        elif inflated > size + MAX_PICKLE_BYTES:
+            problem = f"its members inflate to {_mib(inflated)} from a file of {_mib(size)}"
+    elif _legacy_pickles_end(path) > MAX_PICKLE_BYTES:
+        problem = f"its pickles run past {_mib(MAX_PICKLE_BYTES)}"
+    if problem is not None:
+        raise WeightsError(f"{path}: refused: {problem} (a {what}'s pickle is at most "
+                           f"{_mib(MAX_PICKLE_BYTES)}, its tensors stored uncompressed); this file is damaged or "
+                           "crafted to exhaust memory, and nothing of it was read")  # fmt: skip
+
+
+def _legacy_pickles_end(path: Path) -> int:
+    """Where the leading pickles of a pre-zip torch file end (read as opcodes, nothing built), or where reading
+    stopped past ``MAX_PICKLE_BYTES``; 0 when the file is not such pickles (torch.load then says what it is)."""
+    try:
+        with open(path, "rb") as handle:
+            for _ in range(_LEGACY_HEADER_PICKLES):
+                for _ in pickletools.genops(handle):
+                    if handle.tell() > MAX_PICKLE_BYTES:
+                        return handle.tell()
+            return handle.tell()
+    except (OSError, ValueError, EOFError):
+        return 0
+
+
+def _refuse_object_bombs(contents: Any, path: Path, what: str) -> None:
+    """``WeightsError`` when what a file holds reaches more than ``MAX_OBJECTS`` objects outside its tensors, each
+    counted every time it is reached, or nests deeper than ``MAX_NESTING``: walked with a stack of its own, so no
+    depth overflows Python's, and stopped at the bound, so no sharing multiplies the work."""
+    stack, reached = [(contents, 0)], 1
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = value
+        elif isinstance(value, Inert):
+            children = [*value.args, value.state]
+        else:
+            continue
+        reached += len(children)  # counted before they are stacked: the stack stays within the bound too
+        if reached > MAX_OBJECTS or depth >= MAX_NESTING:
+            problem = (f"what it holds nests deeper than {MAX_NESTING} levels" if depth >= MAX_NESTING else
+                       f"what it holds reaches more than {MAX_OBJECTS:,} objects outside its tensors (a pickle can "
+                       "make a few bytes reach one list billions of times)")  # fmt: skip
+            raise WeightsError(f"{path}: refused: {problem}; a {what} holds tensors and a little metadata, so "
+                               "this one is damaged or crafted to exhaust memory or time")  # fmt: skip
+        stack.extend((child, depth + 1) for child in children if not isinstance(child, torch.Tensor))
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
 
 
 def _kind(what: str) -> str:
