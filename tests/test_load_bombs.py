@@ -141,3 +141,31 @@ def test_a_legitimate_nesting_and_size_pass(tmp_path):
     state = {"nested": nested, "optimizer": {i: {"step": i, "momentum": [0.9, 0.99]} for i in range(20_000)}}
     torch.save(state, path)
     assert read_torch_file(path)[0]["optimizer"][19_999]["step"] == 19_999
+
+
+_CHILD_LOAD = textwrap.dedent("""
+    import resource, sys
+    import atrous
+    from atrous.errors import AtrousError
+
+    def vm(key):
+        line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+
+    resource.setrlimit(resource.RLIMIT_AS, (vm("VmSize") + int(sys.argv[2]), resource.RLIM_INFINITY))
+    try:
+        atrous.weights.torch_file.read_torch_file(sys.argv[1])
+        print("loaded")
+    except AtrousError as error:
+        print(error)
+""")
+
+
+def test_running_out_of_memory_while_reading_is_called_that_not_a_damaged_file(tmp_path):
+    path = tmp_path / "large.pt"
+    torch.save({"weight": torch.zeros(64 * 2**20 // 4)}, path)  # 64 MiB of tensors
+    done = subprocess.run([sys.executable, "-c", _CHILD_LOAD, str(path), str(16 * 2**20)], capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    said = done.stdout.strip().splitlines()[-1]
+    assert said.startswith(f"{path}: reading the weights ran out of memory"), (said, done.stderr[-2000:])
+    assert "damaged" not in said

@@ -30,10 +30,11 @@ from .data import SegmentationDataset, build_dataset, family_options, train_tran
 from .data.checks import read_class_weights, refuse_binary_masks_read_as_ignore
 from .data.sampling import SeededDataset, TrainSampler
 from .distributed import DistInfo
-from .errors import AtrousError, ConfigError, TrainingError
+from .errors import AtrousError, ConfigError, OutOfMemoryError, TrainingError
 from .evaluation import Evaluation, evaluate, write_run_report
 from .folder_lock import FolderLock
 from .losses import SegmentationLoss
+from .memory import is_out_of_memory, memory_asked
 from .models.layers import ImagePooling
 from .models.segmenter import Segmenter
 from .progress import progress_bar
@@ -320,6 +321,37 @@ def _claim_run_dir(run_dir: Path, info: DistInfo, *, resume, overwrite: bool) ->
     return lock
 
 
+@contextlib.contextmanager
+def _said_out_of_memory(run: TrainingRun, doing: str) -> Iterator[None]:
+    """An allocator's out-of-memory failure as ``OutOfMemoryError``: what was running, the batch and crop, the memory
+    asked for, and the settings that need less (those not already set). The allocator's traceback says none of it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        d, t = run.config.data, run.config.train
+        asked = f" asked for {memory_asked(error)} more" if memory_asked(error) else ""
+        if doing == "validating":
+            raise OutOfMemoryError(
+                f"out of memory on {run.device} at iteration {run.iteration}, validating whole images "
+                f"({d.val_batch_size} a batch){asked}; set data.val_batch_size=1, or validate with less memory "
+                "taken by training (lower --batch-size)"
+            ) from None
+        crop = "x".join(str(side) for side in ([d.crop_size] * 2 if isinstance(d.crop_size, int) else d.crop_size))
+        knobs = [f"--batch-size (now {d.batch_size})", f"--crop-size (now {crop})"]
+        if not t.activation_checkpointing:
+            knobs.append("train.activation_checkpointing=true (recomputes activations rather than keeping them)")
+        if t.amp == "none":
+            knobs.append("train.amp=bf16 (half the activation memory)" if run.device.type == "cpu" else
+                         "train.amp=fp16 or bf16 (half the activation memory)")  # fmt: skip
+        images = _micro_batch(run.config, run.dist.world_size)
+        raise OutOfMemoryError(
+            f"out of memory on {run.device} at iteration {run.iteration + 1}, training on {images} crop(s) of {crop} "
+            f"pixels per process{asked}; lower {', '.join(knobs[:-1])} or {knobs[-1]}"
+        ) from None
+
+
 def _validation_due(run: TrainingRun, iteration: int) -> bool:
     return iteration % run.config.train.val_every == 0 or iteration == run.iterations
 
@@ -403,7 +435,8 @@ def _train(config: Config, *, resume: str | Path | bool | None, stop_at: int | N
     window_loss, window_steps = torch.zeros((), device=run.device), 0  # mean loss since the last log line
     while run.iteration < end:
         lr = run.optimizer.param_groups[0]["lr"]
-        window_loss += train_step(run)
+        with _said_out_of_memory(run, "training"):
+            window_loss += train_step(run)
         window_steps, done = window_steps + 1, run.iteration
         progress.update()
         if done % t.log_every == 0 or done == end:
@@ -420,7 +453,8 @@ def _train(config: Config, *, resume: str | Path | bool | None, stop_at: int | N
         if done % t.save_every == 0 or done == end or validating:
             _save(run, is_best=False)  # before validating: a crash in validation loses no training
         if validating:
-            evaluation = _validate_and_keep_best(run, run_log, progress)
+            with _said_out_of_memory(run, "validating"):
+                evaluation = _validate_and_keep_best(run, run_log, progress)
     progress.close()
     in_sync = distributed.parameters_in_sync(run.model)
     if info.distributed and info.is_main:

@@ -40,6 +40,11 @@ class StorageError(AtrousError, OSError):
     """A file could not be written for want of space: the message says how much was needed, how much is free, where."""
 
 
+class OutOfMemoryError(AtrousError, MemoryError):
+    """The work asked for more memory than the device has: the message says what failed, how much was asked, and
+    the settings that need less."""
+
+
 class DistributedTimeoutError(AtrousError, TimeoutError):
     """The other processes of a distributed run did not answer within the collective timeout (one stalled or died)."""
 

@@ -200,11 +200,22 @@ def _implied(
                            f"training from it, model.pretrained_backbone={name} (in Python build_model(..., "
                            "pretrained_backbone=path))")  # fmt: skip
     try:
-        return fmt.describe(state, contents, name)
+        try:
+            implied, assumed = fmt.describe(state, contents, name)
+            check_spec(implied)
+        except ConfigError as error:  # a description that is no model atrous builds: damaged, crafted or foreign
+            problem = str(error) if len(str(error)) <= 200 else f"{str(error)[:200]} ..."
+            raise Undescribed(
+                f"{name}: the model description stored in it is not valid ({problem}): "
+                "the file was damaged or written by another tool; pass --preset NAME, or --model, --backbone and "
+                "--num-classes to say which architecture the weights are for (spec= or name=, backbone=, "
+                "num_classes= in Python)"
+            ) from None
     except WeightsError as error:
         if spec_given or (isinstance(error, Undescribed) and model_name is not None):
             return None, []
         raise
+    return implied, assumed
 
 
 def from_pretrained(

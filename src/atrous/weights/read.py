@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import MissingFileError, WeightsError
-from .torch_file import module_state_dict, placeholders_in, read_torch_file, refusal
+from ..errors import WeightsError
+from .torch_file import module_state_dict, placeholders_in, read_torch_file, refusal, refuse_what_is_not_a_file
 
 _FIRST_KEYS_SHOWN = 5
 
@@ -52,8 +52,7 @@ def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
     path = Path(path)
     if path.suffix != ".safetensors":
         return read_torch_file(path)
-    if not path.is_file():
-        raise MissingFileError(f"weights file not found: {path}")
+    refuse_what_is_not_a_file(path, "weights file")
     try:
         return load_file(str(path)), []
     except Exception as error:  # safetensors raises its own types for damaged files

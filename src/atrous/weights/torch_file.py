@@ -25,6 +25,7 @@ itself 2**40 times), or nesting deeper than ``MAX_NESTING``, is refused before a
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import pickletools
 import re
@@ -36,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import MissingFileError, WeightsError
+from ..file_kind import content_kind, missing_kind, special_kind
 
 # The largest pickle a weights file may carry: a ResNet-101's is about 60 kB, an mmseg checkpoint with its optimizer
 # state and training log a few hundred kB.
@@ -103,9 +105,8 @@ def read_torch_file(
     what: the file's kind, for the messages ("weights file", "checkpoint"). objects: "inert" reads the classes and
     functions a file names as placeholders (other projects' training runs keep scores and configs as objects);
     "refuse" raises ``WeightsError`` for any (atrous's checkpoints hold none, so one that does was changed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{what} not found: {path}")
+    path = refuse_what_is_not_a_file(path, what)
+    _refuse_foreign(path, what)
     _refuse_inflation(path, what)
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -148,6 +149,34 @@ def read_torch_file(
     return contents, inert
 
 
+def refuse_what_is_not_a_file(path: str | Path, what: str) -> Path:
+    """``path`` as a ``Path`` once it is a regular file; ``MissingFileError`` when it does not exist (or is a link to
+    nothing), ``WeightsError`` saying what it is otherwise (a FIFO, a device, a folder): never opened."""
+    path = Path(path)
+    kind = special_kind(path)
+    if kind is not None:
+        link = f" (a link to {os.readlink(path)})" if path.is_symlink() else ""
+        raise WeightsError(f"{path} is {kind}{link}, not a {what}: pass the {what} itself (.pt, .pth or "
+                           ".safetensors)")  # fmt: skip
+    if not path.is_file():
+        missing = missing_kind(path)
+        raise MissingFileError(f"{what} {missing}: {path}" if missing == "not found" else f"{path} is {missing}")
+    return path
+
+
+def _refuse_foreign(path: Path, what: str) -> None:
+    """``WeightsError`` for a file that is neither a zip archive nor a pickle (every torch file is one or the other)
+    and says what it is instead: empty, an image, a compressed archive, a Git LFS pointer, text."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip (torch.save) or a pickle of protocol 2 or later
+        return
+    kind = content_kind(path)
+    if kind is not None:
+        raise WeightsError(f"{path} is {kind}, not a {what} (a .pt or .pth file is a zip archive or a pickle written "
+                           "by torch.save)")  # fmt: skip
+
+
 def _refuse_inflation(path: Path, what: str) -> None:
     """``WeightsError`` for a file whose pickle is larger than ``MAX_PICKLE_BYTES`` or whose zip members declare
     more bytes than the file holds (beyond that pickle allowance): checked on the headers, before any is read. A
@@ -159,6 +188,10 @@ def _refuse_inflation(path: Path, what: str) -> None:
                 members = archive.infolist()
         except (zipfile.BadZipFile, OSError, ValueError):
             return  # torch.load says what is wrong with it
+        if not any(member.filename.endswith("data.pkl") for member in members):
+            names = ", ".join(member.filename for member in members[:3]) or "nothing"
+            raise WeightsError(f"{path} is a zip archive without a data.pkl (it holds {names}): not a {what} written "
+                               "by torch.save; unpack it if the weights file is inside")  # fmt: skip
         pickles = [m for m in members if m.filename.endswith("data.pkl") and m.file_size > MAX_PICKLE_BYTES]
         inflated = sum(member.file_size for member in members)
         if pickles:
