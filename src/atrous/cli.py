@@ -366,7 +366,8 @@ def _predict(args: argparse.Namespace) -> int:
     written = predict_files(inference, paths, args.out, palette=model.palette, class_names=model.class_names,
                             options=_inference_options(args), batch_size=args.batch_size, device=device,
                             protected={args.weights: "the --weights file"})  # fmt: skip
-    print(f"{len(written)} label PNGs and overlays, and the legend of their colours, written to {args.out}")
+    pairs = "a label PNG and an overlay" if len(written) == 1 else f"{len(written)} label PNGs and overlays"
+    print(f"{pairs}, and the legend of their colours, written to {args.out}")
     return 0
 
 

@@ -8,7 +8,6 @@ calibration images (``atrous.runtime.cached_int8_onnx``).
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,8 +18,6 @@ import torch.nn.functional as F
 
 from .data.io import read_image
 from .errors import ConfigError, MissingDependencyError
-
-log = logging.getLogger(__name__)
 
 # Images the activation ranges are measured on, and the side they are brought to (one batch shape). ONNX Runtime's
 # min-max calibrator reduces every activation to its min and max inside the graph, so memory stays that of one
@@ -123,5 +120,4 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             extra_options={"CalibTensorRangeSymmetric": False},
         )  # fmt: skip
-    log.info("quantised %s to int8 (%d calibration images) at %s", fp32_path, len(calibration), out_path)
     return out_path

@@ -196,6 +196,7 @@ def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str
         return path
     with written_whole(path, suffix=".partial") as partial:  # a killed quantisation leaves a .partial the cache deletes
         quantize.quantize_onnx(fp32, partial, calibration)  # looked up per call: tests replace it
+    log.info("quantised %s to int8 (%d calibration images): %s", fp32, len(calibration), path)  # the final name
     _evict(path.parent, keep=_cache_entries(), current=path)
     return path
 

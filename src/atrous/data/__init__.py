@@ -79,7 +79,8 @@ def build_dataset(
         raise ConfigError(f"unknown dataset {name!r}; choose from {list_datasets()}")
     root = Path(root)
     if not root.exists():
-        raise MissingFileError(f"dataset root {root} does not exist (dataset {name!r})")
+        raise MissingFileError(f"dataset root {root} does not exist (dataset {name!r}): point data.root=PATH (atrous "
+                               "train --data-root, atrous data --root) at the folder that holds it")  # fmt: skip
     return DATASETS[name](root, split, transforms=transforms, on_error=on_error, **options)
 
 

@@ -35,6 +35,7 @@ class SegmentationDataset(Dataset):
     valid_raw: (256,) bool, which raw values may appear; any other raises ``DataError`` naming file and values.
     transforms: called as ``transforms(image, mask)`` on (H, W, 3) uint8 RGB and (H, W) uint8 labels.
     on_error: "raise" (default) or "skip": a bad sample is logged, counted and replaced by the next good one.
+    invalid_label_hint: what fixes invalid label values, for a family whose classes are the user's to set.
 
     ``dataset[i]`` returns ``transforms(image, mask)``, or the two arrays when there are no transforms.
     """
@@ -50,6 +51,7 @@ class SegmentationDataset(Dataset):
         transforms: Callable | None = None,
         on_error: str = "raise",
         name: str = "dataset",
+        invalid_label_hint: str = "",
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ConfigError(f"unknown on_error {on_error!r}; choose from {list(ON_ERROR_CHOICES)}")
@@ -63,6 +65,7 @@ class SegmentationDataset(Dataset):
         self.transforms = transforms
         self.on_error = on_error
         self.name = name
+        self.invalid_label_hint = invalid_label_hint
         self.ignore_index = IGNORE_INDEX
         self.skipped = 0
         # Tables that keep every valid value (VOC-style data) need no lookup once values are checked.
@@ -96,7 +99,7 @@ class SegmentationDataset(Dataset):
             invalid = np.flatnonzero((np.bincount(raw.ravel(), minlength=256) > 0) & ~self.valid_raw)
             raise DataError(
                 f"{mask_path}: label values {invalid.tolist()} are not valid for {self.name} "
-                f"({self.num_classes} classes: expected {self._valid_description()})"
+                f"({self.num_classes} classes: expected {self._valid_description()}){self.invalid_label_hint}"
             )
         return raw if self._identity else np.take(self.label_table, raw)
 

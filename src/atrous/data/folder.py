@@ -78,5 +78,8 @@ def folder_dataset(
         label_table=table,
         valid_raw=valid,
         name=f"folder {base}",
+        invalid_label_hint=("; if the masks hold more classes, say how many: --num-classes N (data.num_classes); "
+                            "if their values are not class indices, map them: --label-map RAW:CLASS,... "
+                            "(data.label_mapping)"),
         **options,
     )

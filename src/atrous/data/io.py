@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import zlib
 from pathlib import Path
@@ -12,18 +13,24 @@ from PIL import Image, ImageOps
 from ..atomic import written_whole
 from ..errors import DataError
 
+log = logging.getLogger(__name__)
+
 # Pillow's decompression-bomb limit stays at its default on purpose: never set Image.MAX_IMAGE_PIXELS = None.
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB (a read-only array), EXIF orientation applied.
 
-    Grayscale, RGBA (alpha dropped), palette, CMYK and 16-bit images are converted; a file that fails to
-    decode, or a PNG whose data ends before its last row, raises ``DataError`` naming it.
+    Grayscale, RGBA (alpha dropped), palette, CMYK and 16-bit images are converted; of an animated or multi-page
+    file the first frame is read (with a warning); a file that fails to decode, or a PNG whose data ends before its
+    last row, raises ``DataError`` naming it.
     """
     require_complete_png(path, what="image")
     try:
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:  # an animated GIF or WebP, a multi-page TIFF: one image is predicted, and the user told
+                log.warning("%s: %s of %d frames: the first is used", path, image.format, frames)
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to rotate
             return _to_rgb_uint8(image)

@@ -300,10 +300,12 @@ def _from_file(
     report = load_weights(model, state, name=name, inert=inert, new_classifier_ok=new_classifier_ok,
                           format_name=fmt.name)  # fmt: skip
     report.messages.append(f"architecture from {described}: {model.spec}")
-    if spec is None:
-        report.messages += [f"assumed {text}; pass {field}=... ({FLAGS.get(field, field)} ...) if it was trained "
-                            "otherwise" for field, text in assumed if overrides.get(field) is None]  # fmt: skip
     log.info("%s", report)
+    # A warning, not INFO: Python shows warnings without any logging set up, and an assumption can be wrong.
+    for field, text in assumed if spec is None else ():
+        if overrides.get(field) is None:
+            log.warning("%s: assumed %s; pass %s=... (%s ...) if it was trained otherwise", name, text, field,
+                        FLAGS.get(field, field))  # fmt: skip
     names, palette = _checked_labels(*_labels_in(contents, fmt), source=name)
     if names is not None and len(names) != model.num_classes:
         names = None  # the classifier was replaced: the file's names describe other classes

@@ -160,7 +160,12 @@ def refuse_what_is_not_a_file(path: str | Path, what: str) -> Path:
                            ".safetensors)")  # fmt: skip
     if not path.is_file():
         missing = missing_kind(path)
-        raise MissingFileError(f"{what} {missing}: {path}" if missing == "not found" else f"{path} is {missing}")
+        if missing != "not found":
+            raise MissingFileError(f"{path} is {missing}")
+        # A run stopped before its first validation has no best.pt: the files beside it say which to take instead.
+        beside = sorted(p.name for p in path.parent.glob(f"*{path.suffix}")) if path.parent.is_dir() else []
+        shown = f" ({path.parent} holds {', '.join(beside[:3])}{' ...' if len(beside) > 3 else ''})" if beside else ""
+        raise MissingFileError(f"{what} not found: {path}{shown}")
     return path
 
 
