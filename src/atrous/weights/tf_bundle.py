@@ -1,0 +1,280 @@
+"""TensorFlow's checkpoint format, the tensor bundle (``PREFIX.index`` beside ``PREFIX.data-NNNNN-of-NNNNN``), read
+with NumPy and the standard library: no TensorFlow, no protobuf schema.
+
+The ``.index`` file is a LevelDB table (TensorFlow's ``lib/io/table``): data blocks of prefix-compressed
+(key, value) entries, an index block pointing at them, and a 48-byte footer ending in the table's magic number;
+each block is followed by its compression type and the masked CRC-32C of both. Its first key, the empty one,
+holds a ``BundleHeaderProto`` (number of shards, endianness); every other key is a variable's name and holds a
+``BundleEntryProto``: dtype, shape, shard, offset and size in that shard's data file, and the masked CRC-32C of
+the tensor's bytes. The data files are the tensors' raw little-endian bytes, one after another.
+
+Every block and every tensor is checked against its CRC-32C before it is used: a flipped byte is refused naming
+the variable and the file. Names are returned as stored: TF1 variable names (``xception_65/entry_flow/...``) and
+TF2 object-graph names (``.../.ATTRIBUTES/VARIABLE_VALUE``) alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import torch
+
+from ..errors import MissingFileError, WeightsError
+
+_TABLE_MAGIC = 0xDB4775248B80FB57
+_FOOTER_BYTES = 48
+_BLOCK_TRAILER_BYTES = 5  # compression type, masked CRC-32C
+_CRC_MASK_DELTA = 0xA282EAD8
+# An index of a few thousand variables is tens of kB; one far larger is not a checkpoint's.
+MAX_INDEX_BYTES = 64 * 2**20
+
+# TensorFlow's DataType enum -> the NumPy type of its bytes (bfloat16 is read as its 16 bits, then viewed by torch).
+_DTYPES: dict[int, tuple[str, np.dtype]] = {
+    1: ("float32", np.dtype("<f4")), 2: ("float64", np.dtype("<f8")), 3: ("int32", np.dtype("<i4")),
+    4: ("uint8", np.dtype("u1")), 5: ("int16", np.dtype("<i2")), 6: ("int8", np.dtype("i1")),
+    9: ("int64", np.dtype("<i8")), 10: ("bool", np.dtype("?")), 14: ("bfloat16", np.dtype("<u2")),
+    17: ("uint16", np.dtype("<u2")), 19: ("float16", np.dtype("<f2")), 22: ("uint32", np.dtype("<u4")),
+    23: ("uint64", np.dtype("<u8")),
+}  # fmt: skip
+_STRING = 7
+_DATA_FILE = re.compile(r"\.data-\d{5}-of-\d{5}$")
+
+
+def bundle_prefix(path: str | Path) -> Path:
+    """The checkpoint prefix (``.../model.ckpt``) from the prefix itself, its ``.index`` file or one of its data
+    files."""
+    path = Path(path)
+    if path.name.endswith(".index"):
+        return path.with_name(path.name[: -len(".index")])
+    match = _DATA_FILE.search(path.name)
+    return path.with_name(path.name[: match.start()]) if match else path
+
+
+def is_tf_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` names a tensor bundle (its ``.index`` file exists)."""
+    prefix = bundle_prefix(path)
+    return prefix.with_name(prefix.name + ".index").is_file()
+
+
+def read_tf_checkpoint(path: str | Path) -> dict[str, torch.Tensor | list[bytes]]:
+    """Every variable of the checkpoint at ``path`` (prefix, ``.index`` or data file): name -> tensor (string
+    variables, such as TF2's object graph, as lists of bytes), each checked against its stored CRC-32C.
+
+    Raises ``MissingFileError`` for a missing index or shard, ``WeightsError`` naming the file and what is wrong for
+    anything else (a damaged or truncated file, a compressed index block, a dtype or layout not read here)."""
+    prefix = bundle_prefix(path)
+    index = prefix.with_name(prefix.name + ".index")
+    if not index.is_file():
+        raise MissingFileError(f"TensorFlow checkpoint index not found: {index} (a checkpoint is PREFIX.index "
+                               "beside PREFIX.data-00000-of-0000N)")  # fmt: skip
+    if index.stat().st_size > MAX_INDEX_BYTES:
+        raise WeightsError(f"{index}: {index.stat().st_size:,} bytes, more than a checkpoint index holds "
+                           f"({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
+    entries = dict(_table_entries(index.read_bytes(), index))
+    if b"" not in entries:
+        raise WeightsError(f"{index}: no bundle header (the empty key): not a TensorFlow checkpoint index")
+    header = _fields(entries.pop(b""), index)
+    shards = _first(header, 1, 1)
+    if _first(header, 2, 0) != 0:
+        raise WeightsError(f"{index}: a big-endian checkpoint; only little-endian ones (every x86 and ARM machine "
+                           "writes those) are read")  # fmt: skip
+    data_files = [prefix.with_name(f"{prefix.name}.data-{shard:05d}-of-{shards:05d}") for shard in range(shards)]
+    for data_file in data_files:
+        if not data_file.is_file():
+            raise MissingFileError(f"TensorFlow checkpoint shard not found: {data_file} ({index} names {shards} "
+                                   "data file(s))")  # fmt: skip
+    variables: dict[str, torch.Tensor | list[bytes]] = {}
+    handles = {}
+    try:
+        for key, value in entries.items():
+            name = key.decode("utf-8", errors="replace")
+            variables[name] = _read_variable(name, _fields(value, index), data_files, handles, index)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return variables
+
+
+def _read_variable(name: str, entry: dict, data_files: list[Path], handles: dict, index: Path):
+    dtype_code, shard = _first(entry, 1, 0), _first(entry, 3, 0)
+    offset, size, stored_crc = _first(entry, 4, 0), _first(entry, 5, 0), _first(entry, 6, None)
+    if entry.get(7):
+        raise WeightsError(f"{index}: {name} is saved in slices (a partitioned variable), which is not read here")
+    if not 0 <= shard < len(data_files):
+        raise WeightsError(f"{index}: {name} is in shard {shard}, but the checkpoint has {len(data_files)}")
+    shape = _shape(entry, name, index)
+    data_file = data_files[shard]
+    if dtype_code != _STRING:
+        if dtype_code not in _DTYPES:
+            raise WeightsError(f"{index}: {name} has TensorFlow dtype {dtype_code}, which is not read here (float, "
+                               "int, uint, bool, bfloat16, half and string are)")  # fmt: skip
+        expected = math.prod(shape) * _DTYPES[dtype_code][1].itemsize
+        if size != expected:
+            raise WeightsError(f"{index}: {name} declares {size:,} bytes for shape {list(shape)} of "
+                               f"{_DTYPES[dtype_code][0]} ({expected:,} bytes): a damaged index")  # fmt: skip
+    if offset < 0 or offset + size > data_file.stat().st_size:
+        raise WeightsError(f"{data_file}: {name} runs to byte {offset + size:,} of a {data_file.stat().st_size:,}-"
+                           "byte file: a truncated data file (download it again)")  # fmt: skip
+    handle = handles.get(shard) or handles.setdefault(shard, open(data_file, "rb"))  # noqa: SIM115 (closed by the caller)
+    handle.seek(offset)
+    raw = handle.read(size)
+    if stored_crc is not None and _crc(raw, dtype_code, math.prod(shape), data_file) != _unmask(stored_crc):
+        raise WeightsError(f"{data_file}: the bytes of {name} do not match their checksum: the file is damaged "
+                           "(download it again); nothing was loaded")  # fmt: skip
+    if dtype_code == _STRING:
+        return _strings(raw, math.prod(shape), name, data_file)
+    kind, numpy_type = _DTYPES[dtype_code]
+    array = np.frombuffer(raw, dtype=numpy_type).reshape(shape)
+    tensor = torch.from_numpy(array.copy())  # a copy: frombuffer's array is read-only
+    return tensor.view(torch.bfloat16) if kind == "bfloat16" else tensor
+
+
+def _shape(entry: dict, name: str, index: Path) -> tuple[int, ...]:
+    shape = _fields(entry[2][0], index) if entry.get(2) else {}
+    if _first(shape, 3, 0):
+        raise WeightsError(f"{index}: {name} has an unknown rank, which no saved variable has: a damaged index")
+    sizes = tuple(_first(_fields(dim, index), 1, 0) for dim in shape.get(2, []))
+    if any(size < 0 for size in sizes):
+        raise WeightsError(f"{index}: {name} has shape {list(sizes)} with an unknown dimension: a damaged index")
+    return sizes
+
+
+def _crc(raw: bytes, dtype_code: int, count: int, data_file: Path) -> int:
+    """The CRC-32C TensorFlow stores for a tensor: of its bytes; for strings, of each length as the 4 (or, past
+    4 GiB, 8) little-endian bytes of an integer, not as the varint written, then the rest as written."""
+    if dtype_code != _STRING:
+        return google_crc32c.value(raw)
+    position, lengths = 0, bytearray()
+    for _ in range(count):
+        length, position = _varint(raw, position, data_file)
+        lengths += length.to_bytes(4 if length <= 0xFFFFFFFF else 8, "little")
+    return google_crc32c.extend(google_crc32c.value(bytes(lengths)), raw[position:])
+
+
+def _strings(raw: bytes, count: int, name: str, data_file: Path) -> list[bytes]:
+    """A string tensor's bytes: ``count`` varint64 lengths, a 4-byte checksum of them, then the strings."""
+    position, lengths = 0, []
+    for _ in range(count):
+        length, position = _varint(raw, position, data_file)
+        lengths.append(length)
+    position += 4
+    if position + sum(lengths) > len(raw):
+        raise WeightsError(f"{data_file}: the strings of {name} run past their {len(raw)} bytes: a damaged file")
+    strings = []
+    for length in lengths:
+        strings.append(raw[position : position + length])
+        position += length
+    return strings
+
+
+# ------------------------------------------------------------------------------------------------- the table
+
+
+def _table_entries(data: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
+    if len(data) < _FOOTER_BYTES or int.from_bytes(data[-8:], "little") != _TABLE_MAGIC:
+        raise WeightsError(f"{path}: not a TensorFlow checkpoint index (no table footer): a damaged or truncated "
+                           "file, or another kind of file")  # fmt: skip
+    footer = data[-_FOOTER_BYTES:]
+    _, position = _block_handle(footer, 0, path)  # the metaindex: empty in a bundle
+    index_handle, _ = _block_handle(footer, position, path)
+    for _, handle in _block_entries(_block(data, index_handle, path), path):
+        yield from _block_entries(_block(data, _block_handle(handle, 0, path)[0], path), path)
+
+
+def _block_handle(data: bytes, position: int, path: Path) -> tuple[tuple[int, int], int]:
+    offset, position = _varint(data, position, path)
+    size, position = _varint(data, position, path)
+    return (offset, size), position
+
+
+def _block(data: bytes, handle: tuple[int, int], path: Path) -> bytes:
+    offset, size = handle
+    end = offset + size
+    if end + _BLOCK_TRAILER_BYTES > len(data) - _FOOTER_BYTES:
+        raise WeightsError(f"{path}: a block runs past the end of the index: a truncated or damaged file")
+    compression, stored = data[end], int.from_bytes(data[end + 1 : end + 5], "little")
+    if google_crc32c.value(data[offset : end + 1]) != _unmask(stored):
+        raise WeightsError(f"{path}: a block of the index does not match its checksum: the file is damaged")
+    if compression != 0:
+        raise WeightsError(f"{path}: an index block is compressed (type {compression}, 1 = Snappy); TensorFlow "
+                           "writes checkpoint indexes uncompressed, and compressed ones are not read here")  # fmt: skip
+    return data[offset:end]
+
+
+def _block_entries(block: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) entries of a block; each key stores the bytes it shares with the previous one as a count."""
+    if len(block) < 4:
+        raise WeightsError(f"{path}: an index block of {len(block)} bytes: a damaged file")
+    restarts = int.from_bytes(block[-4:], "little")
+    end = len(block) - 4 - 4 * restarts
+    if end < 0:
+        raise WeightsError(f"{path}: an index block declares {restarts} restart points it cannot hold: a damaged file")
+    position, key = 0, b""
+    while position < end:
+        shared, position = _varint(block, position, path)
+        unshared, position = _varint(block, position, path)
+        length, position = _varint(block, position, path)
+        if shared > len(key) or position + unshared + length > end:
+            raise WeightsError(f"{path}: an index entry runs past its block: a damaged file")
+        key = key[:shared] + block[position : position + unshared]
+        position += unshared
+        yield key, block[position : position + length]
+        position += length
+
+
+# ------------------------------------------------------------------------------------------------- protobuf wire
+
+
+def _varint(data: bytes, position: int, path: Path) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise WeightsError(f"{path}: a number runs past the end of its field: a damaged file")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+
+
+def _fields(message: bytes, path: Path) -> dict[int, list]:
+    """A protobuf message's fields by number: varints as ints (int64 -1 comes back as -1), fixed32/64 as ints,
+    length-delimited ones as bytes (strings and nested messages)."""
+    fields: dict[int, list] = {}
+    position = 0
+    while position < len(message):
+        tag, position = _varint(message, position, path)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, position = _varint(message, position, path)
+            value = value - (1 << 64) if value >= 1 << 63 else value
+        elif wire_type == 1:
+            value, position = int.from_bytes(message[position : position + 8], "little"), position + 8
+        elif wire_type == 2:
+            length, position = _varint(message, position, path)
+            value, position = message[position : position + length], position + length
+        elif wire_type == 5:
+            value, position = int.from_bytes(message[position : position + 4], "little"), position + 4
+        else:
+            raise WeightsError(f"{path}: an entry of wire type {wire_type} in a checkpoint index: a damaged file")
+        if position > len(message):
+            raise WeightsError(f"{path}: an entry runs past its message: a damaged file")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _first(fields: dict[int, list], number: int, default):
+    values = fields.get(number)
+    return values[-1] if values else default  # protobuf: the last value of a non-repeated field wins
+
+
+def _unmask(masked: int) -> int:
+    """LevelDB and TensorFlow store a CRC rotated and offset ("masked") so that a CRC of data holding CRCs differs."""
+    rotated = (masked - _CRC_MASK_DELTA) & 0xFFFFFFFF
+    return ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF
