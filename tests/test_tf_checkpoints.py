@@ -5,6 +5,7 @@ returns for them; damaged copies are refused naming the file and what is wrong."
 from __future__ import annotations
 
 import shutil
+import tarfile
 from pathlib import Path
 
 import google_crc32c
@@ -151,3 +152,33 @@ def test_a_compressed_index_block_is_named_not_misread(copy):
     index.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match=r"an index block is compressed \(type 1, 1 = Snappy\)"):
         read_tf_checkpoint(copy)
+
+
+def _tarball(tmp_path, *folders: str, name: str = "deeplabv3_pascal_train_aug_2018_01_04.tar.gz") -> Path:
+    """A tarball laid out as Google's zoo ones are: a folder holding model.ckpt.index and its data files."""
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as archive:
+        for folder in folders:
+            for file in sorted((FIXTURES / folder).glob("model.ckpt.*")):
+                if not file.name.endswith(".npz"):
+                    archive.add(file, arcname=f"{folder}/{file.name}")
+    return path
+
+
+def test_a_tarball_is_read_where_it_lies_without_extracting(tmp_path):
+    path = _tarball(tmp_path, "tf1_sharded")
+    ours = read_tf_checkpoint(path)
+    expected = _expected(FIXTURES / "tf1_sharded" / "model.ckpt")
+    assert sorted(ours) == sorted(expected)
+    assert all(np.array_equal(_as_numpy(ours[name]), value) for name, value in expected.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # nothing extracted beside it
+
+
+def test_a_damaged_or_ambiguous_tarball_is_one_line_naming_it(tmp_path):
+    path = _tarball(tmp_path, "tf1_dtypes")
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(WeightsError, match=rf"{path}: cannot read the tarball \(truncated or damaged download\?\)"):
+        read_tf_checkpoint(path)
+    both = _tarball(tmp_path, "tf1_dtypes", "tf1_sharded", name="both.tar.gz")
+    with pytest.raises(WeightsError, match=r"holds one \.index file; this one holds 2 \(tf1_dtypes/model\.ckpt\.index"):
+        read_tf_checkpoint(both)

@@ -10,13 +10,17 @@ the tensor's bytes. The data files are the tensors' raw little-endian bytes, one
 
 Every block and every tensor is checked against its CRC-32C before it is used: a flipped byte is refused naming
 the variable and the file. Names are returned as stored: TF1 variable names (``xception_65/entry_flow/...``) and
-TF2 object-graph names (``.../.ATTRIBUTES/VARIABLE_VALUE``) alike.
+TF2 object-graph names (``.../.ATTRIBUTES/VARIABLE_VALUE``) alike. Google's zoo tarballs are read where they lie,
+in one pass, nothing extracted.
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import re
+import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,12 +66,51 @@ def is_tf_checkpoint(path: str | Path) -> bool:
 
 
 def read_tf_checkpoint(path: str | Path) -> dict[str, torch.Tensor | list[bytes]]:
-    """Every variable of the checkpoint at ``path`` (prefix, ``.index`` or data file): name -> tensor (string
-    variables, such as TF2's object graph, as lists of bytes), each checked against its stored CRC-32C.
+    """Every variable of the checkpoint at ``path``: name -> tensor (string variables, such as TF2's object graph, as
+    lists of bytes), each checked against its stored CRC-32C. ``path``: the prefix, its ``.index`` or a data file,
+    or a tarball (``.tar.gz``, ``.tar``) holding one checkpoint, read where it lies (nothing is extracted).
 
     Raises ``MissingFileError`` for a missing index or shard, ``WeightsError`` naming the file and what is wrong for
     anything else (a damaged or truncated file, a compressed index block, a dtype or layout not read here)."""
-    prefix = bundle_prefix(path)
+    path = Path(path)
+    if path.is_file() and not path.name.endswith(".index") and not _DATA_FILE.search(path.name) and \
+            tarfile.is_tarfile(path):  # fmt: skip
+        index_name, index_bytes, shards = _from_tarball(path)
+    else:
+        index_name, index_bytes, shards = _from_files(bundle_prefix(path))
+    try:
+        return _read_bundle(index_name, index_bytes, shards)
+    finally:
+        for shard in shards.values():
+            shard.close()
+
+
+class _Shard:
+    """One data file: ``read(offset, size)``, its ``size`` and its ``name`` for messages; on disk (read as needed)
+    or in memory (a tarball's member)."""
+
+    def __init__(self, name: str, *, path: Path | None = None, data: bytes | None = None) -> None:
+        self.name, self.path, self.data, self.handle = name, path, data, None
+        self.size = path.stat().st_size if path is not None else len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + size]
+        if self.handle is None:
+            self.handle = open(self.path, "rb")  # noqa: SIM115 (closed by close(), once every variable is read)
+        self.handle.seek(offset)
+        return self.handle.read(size)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _data_name(prefix: str, shard: int, shards: int) -> str:
+    return f"{prefix}.data-{shard:05d}-of-{shards:05d}"
+
+
+def _from_files(prefix: Path) -> tuple[str, bytes, dict[str, _Shard]]:
     index = prefix.with_name(prefix.name + ".index")
     if not index.is_file():
         raise MissingFileError(f"TensorFlow checkpoint index not found: {index} (a checkpoint is PREFIX.index "
@@ -75,40 +118,72 @@ def read_tf_checkpoint(path: str | Path) -> dict[str, torch.Tensor | list[bytes]
     if index.stat().st_size > MAX_INDEX_BYTES:
         raise WeightsError(f"{index}: {index.stat().st_size:,} bytes, more than a checkpoint index holds "
                            f"({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
-    entries = dict(_table_entries(index.read_bytes(), index))
+    data_files = {p.name: p for p in prefix.parent.glob(f"{glob.escape(prefix.name)}.data-*")}
+    shards = {name: _Shard(str(path), path=path) for name, path in data_files.items()}
+    return str(index), index.read_bytes(), {str(prefix.with_name(name)): shard for name, shard in shards.items()}
+
+
+def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
+    """The index and data files of the one checkpoint a tarball holds, read in one pass over it (a gzip stream is
+    read front to back: asking for members one by one would decompress it again for each)."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = [m for m in archive.getmembers() if m.isfile()]
+            indexes = [m for m in members if m.name.endswith(".index")]
+            if len(indexes) != 1:
+                found = ", ".join(m.name for m in indexes[:5]) or "none"
+                raise WeightsError(f"{path}: a tarball of one TensorFlow checkpoint holds one .index file; this one "
+                                   f"holds {len(indexes)} ({found})")  # fmt: skip
+            prefix = indexes[0].name[: -len(".index")]
+            wanted = [m for m in members if m is indexes[0] or m.name.startswith(f"{prefix}.data-")]
+            if indexes[0].size > MAX_INDEX_BYTES:
+                raise WeightsError(f"{path}: its {indexes[0].name} declares {indexes[0].size:,} bytes, more than a "
+                                   f"checkpoint index holds ({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
+            contents = {}
+            for member in wanted:
+                handle = archive.extractfile(member)
+                contents[member.name] = handle.read(member.size) if handle is not None else b""
+                if len(contents[member.name]) != member.size:
+                    raise WeightsError(f"{path}: {member.name} ends after {len(contents[member.name]):,} of its "
+                                       f"{member.size:,} bytes: a truncated download")  # fmt: skip
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise WeightsError(f"{path}: cannot read the tarball (truncated or damaged download?): {error}") from error
+    index_bytes = contents.pop(indexes[0].name)
+    shards = {f"{path}:{name}": _Shard(f"{path}:{name}", data=data) for name, data in contents.items()}
+    return f"{path}:{indexes[0].name}", index_bytes, shards
+
+
+def _read_bundle(index: str, data: bytes, shard_files: dict[str, _Shard]) -> dict[str, torch.Tensor | list[bytes]]:
+    entries = dict(_table_entries(data, index))
     if b"" not in entries:
         raise WeightsError(f"{index}: no bundle header (the empty key): not a TensorFlow checkpoint index")
     header = _fields(entries.pop(b""), index)
-    shards = _first(header, 1, 1)
+    count = _first(header, 1, 1)
     if _first(header, 2, 0) != 0:
         raise WeightsError(f"{index}: a big-endian checkpoint; only little-endian ones (every x86 and ARM machine "
                            "writes those) are read")  # fmt: skip
-    data_files = [prefix.with_name(f"{prefix.name}.data-{shard:05d}-of-{shards:05d}") for shard in range(shards)]
-    for data_file in data_files:
-        if not data_file.is_file():
-            raise MissingFileError(f"TensorFlow checkpoint shard not found: {data_file} ({index} names {shards} "
-                                   "data file(s))")  # fmt: skip
-    variables: dict[str, torch.Tensor | list[bytes]] = {}
-    handles = {}
-    try:
-        for key, value in entries.items():
-            name = key.decode("utf-8", errors="replace")
-            variables[name] = _read_variable(name, _fields(value, index), data_files, handles, index)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    return variables
+    prefix = index[: -len(".index")]
+    shards = []
+    for shard in range(count):
+        name = _data_name(prefix, shard, count)
+        if name not in shard_files:
+            raise MissingFileError(f"TensorFlow checkpoint shard not found: {name} ({index} names {count} data "
+                                   "file(s))")  # fmt: skip
+        shards.append(shard_files[name])
+    return {key.decode("utf-8", errors="replace"): _read_variable(key.decode("utf-8", errors="replace"),
+                                                                  _fields(value, index), shards, index)
+            for key, value in entries.items()}  # fmt: skip
 
 
-def _read_variable(name: str, entry: dict, data_files: list[Path], handles: dict, index: Path):
+def _read_variable(name: str, entry: dict, shards: list[_Shard], index: str):
     dtype_code, shard = _first(entry, 1, 0), _first(entry, 3, 0)
     offset, size, stored_crc = _first(entry, 4, 0), _first(entry, 5, 0), _first(entry, 6, None)
     if entry.get(7):
         raise WeightsError(f"{index}: {name} is saved in slices (a partitioned variable), which is not read here")
-    if not 0 <= shard < len(data_files):
-        raise WeightsError(f"{index}: {name} is in shard {shard}, but the checkpoint has {len(data_files)}")
+    if not 0 <= shard < len(shards):
+        raise WeightsError(f"{index}: {name} is in shard {shard}, but the checkpoint has {len(shards)}")
     shape = _shape(entry, name, index)
-    data_file = data_files[shard]
+    data_file = shards[shard]
     if dtype_code != _STRING:
         if dtype_code not in _DTYPES:
             raise WeightsError(f"{index}: {name} has TensorFlow dtype {dtype_code}, which is not read here (float, "
@@ -117,24 +192,22 @@ def _read_variable(name: str, entry: dict, data_files: list[Path], handles: dict
         if size != expected:
             raise WeightsError(f"{index}: {name} declares {size:,} bytes for shape {list(shape)} of "
                                f"{_DTYPES[dtype_code][0]} ({expected:,} bytes): a damaged index")  # fmt: skip
-    if offset < 0 or offset + size > data_file.stat().st_size:
-        raise WeightsError(f"{data_file}: {name} runs to byte {offset + size:,} of a {data_file.stat().st_size:,}-"
-                           "byte file: a truncated data file (download it again)")  # fmt: skip
-    handle = handles.get(shard) or handles.setdefault(shard, open(data_file, "rb"))  # noqa: SIM115 (closed by the caller)
-    handle.seek(offset)
-    raw = handle.read(size)
-    if stored_crc is not None and _crc(raw, dtype_code, math.prod(shape), data_file) != _unmask(stored_crc):
-        raise WeightsError(f"{data_file}: the bytes of {name} do not match their checksum: the file is damaged "
+    if offset < 0 or offset + size > data_file.size:
+        raise WeightsError(f"{data_file.name}: {name} runs to byte {offset + size:,} of a {data_file.size:,}-byte "
+                           "file: a truncated data file (download it again)")  # fmt: skip
+    raw = data_file.read(offset, size)
+    if stored_crc is not None and _crc(raw, dtype_code, math.prod(shape), data_file.name) != _unmask(stored_crc):
+        raise WeightsError(f"{data_file.name}: the bytes of {name} do not match their checksum: the file is damaged "
                            "(download it again); nothing was loaded")  # fmt: skip
     if dtype_code == _STRING:
-        return _strings(raw, math.prod(shape), name, data_file)
+        return _strings(raw, math.prod(shape), name, data_file.name)
     kind, numpy_type = _DTYPES[dtype_code]
     array = np.frombuffer(raw, dtype=numpy_type).reshape(shape)
     tensor = torch.from_numpy(array.copy())  # a copy: frombuffer's array is read-only
     return tensor.view(torch.bfloat16) if kind == "bfloat16" else tensor
 
 
-def _shape(entry: dict, name: str, index: Path) -> tuple[int, ...]:
+def _shape(entry: dict, name: str, index: str | Path) -> tuple[int, ...]:
     shape = _fields(entry[2][0], index) if entry.get(2) else {}
     if _first(shape, 3, 0):
         raise WeightsError(f"{index}: {name} has an unknown rank, which no saved variable has: a damaged index")
@@ -144,7 +217,7 @@ def _shape(entry: dict, name: str, index: Path) -> tuple[int, ...]:
     return sizes
 
 
-def _crc(raw: bytes, dtype_code: int, count: int, data_file: Path) -> int:
+def _crc(raw: bytes, dtype_code: int, count: int, data_file: str | Path) -> int:
     """The CRC-32C TensorFlow stores for a tensor: of its bytes; for strings, of each length as the 4 (or, past
     4 GiB, 8) little-endian bytes of an integer, not as the varint written, then the rest as written."""
     if dtype_code != _STRING:
@@ -156,7 +229,7 @@ def _crc(raw: bytes, dtype_code: int, count: int, data_file: Path) -> int:
     return google_crc32c.extend(google_crc32c.value(bytes(lengths)), raw[position:])
 
 
-def _strings(raw: bytes, count: int, name: str, data_file: Path) -> list[bytes]:
+def _strings(raw: bytes, count: int, name: str, data_file: str | Path) -> list[bytes]:
     """A string tensor's bytes: ``count`` varint64 lengths, a 4-byte checksum of them, then the strings."""
     position, lengths = 0, []
     for _ in range(count):
@@ -175,7 +248,7 @@ def _strings(raw: bytes, count: int, name: str, data_file: Path) -> list[bytes]:
 # ------------------------------------------------------------------------------------------------- the table
 
 
-def _table_entries(data: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
+def _table_entries(data: bytes, path: str | Path) -> Iterator[tuple[bytes, bytes]]:
     if len(data) < _FOOTER_BYTES or int.from_bytes(data[-8:], "little") != _TABLE_MAGIC:
         raise WeightsError(f"{path}: not a TensorFlow checkpoint index (no table footer): a damaged or truncated "
                            "file, or another kind of file")  # fmt: skip
@@ -186,13 +259,13 @@ def _table_entries(data: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
         yield from _block_entries(_block(data, _block_handle(handle, 0, path)[0], path), path)
 
 
-def _block_handle(data: bytes, position: int, path: Path) -> tuple[tuple[int, int], int]:
+def _block_handle(data: bytes, position: int, path: str | Path) -> tuple[tuple[int, int], int]:
     offset, position = _varint(data, position, path)
     size, position = _varint(data, position, path)
     return (offset, size), position
 
 
-def _block(data: bytes, handle: tuple[int, int], path: Path) -> bytes:
+def _block(data: bytes, handle: tuple[int, int], path: str | Path) -> bytes:
     offset, size = handle
     end = offset + size
     if end + _BLOCK_TRAILER_BYTES > len(data) - _FOOTER_BYTES:
@@ -206,7 +279,7 @@ def _block(data: bytes, handle: tuple[int, int], path: Path) -> bytes:
     return data[offset:end]
 
 
-def _block_entries(block: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
+def _block_entries(block: bytes, path: str | Path) -> Iterator[tuple[bytes, bytes]]:
     """The (key, value) entries of a block; each key stores the bytes it shares with the previous one as a count."""
     if len(block) < 4:
         raise WeightsError(f"{path}: an index block of {len(block)} bytes: a damaged file")
@@ -230,7 +303,7 @@ def _block_entries(block: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
 # ------------------------------------------------------------------------------------------------- protobuf wire
 
 
-def _varint(data: bytes, position: int, path: Path) -> tuple[int, int]:
+def _varint(data: bytes, position: int, path: str | Path) -> tuple[int, int]:
     result = shift = 0
     while True:
         if position >= len(data) or shift > 63:
@@ -243,7 +316,7 @@ def _varint(data: bytes, position: int, path: Path) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(message: bytes, path: Path) -> dict[int, list]:
+def _fields(message: bytes, path: str | Path) -> dict[int, list]:
     """A protobuf message's fields by number: varints as ints (int64 -1 comes back as -1), fixed32/64 as ints,
     length-delimited ones as bytes (strings and nested messages)."""
     fields: dict[int, list] = {}
