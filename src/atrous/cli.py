@@ -668,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atrous {args.command}: {how}: {_what_was_kept(args)}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:  # None: a handler set outside Python, which Python cannot put back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 __all__ = ["MODELS", "build_parser", "list_backbones", "list_models", "main"]
