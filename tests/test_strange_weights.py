@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,12 @@ def test_a_stored_description_that_is_no_model_names_the_file_and_the_flags_that
     out = photos.parent / "fixed"
     assert main(["predict", "--weights", str(path), *flags, str(photos), "--out", str(out), "--runtime", "eager"]) == 0
     assert (out / "a.png").is_file()
+
+
+def test_a_tensorflow_checkpoint_is_named_as_one(tmp_path, photos, capsys):
+    fixture = Path(__file__).parent / "fixtures" / "tf" / "tf1_dtypes"
+    for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        said = _said(capsys, fixture / name, photos)
+        assert said == (f"{fixture / name} is part of the TensorFlow checkpoint {fixture / 'model.ckpt'}, not a "
+                        "PyTorch weights file: atrous reads its tensors (atrous.weights.tf_bundle.read_tf_checkpoint) "
+                        "but builds no model of Google's DeepLab from them yet")  # fmt: skip

@@ -38,6 +38,7 @@ import torch
 
 from ..errors import MissingFileError, WeightsError
 from ..file_kind import content_kind, missing_kind, special_kind
+from .tf_bundle import bundle_prefix, is_tf_checkpoint
 
 # The largest pickle a weights file may carry: a ResNet-101's is about 60 kB, an mmseg checkpoint with its optimizer
 # state and training log a few hundred kB.
@@ -171,7 +172,12 @@ def refuse_what_is_not_a_file(path: str | Path, what: str) -> Path:
 
 def _refuse_foreign(path: Path, what: str) -> None:
     """``WeightsError`` for a file that is neither a zip archive nor a pickle (every torch file is one or the other)
-    and says what it is instead: empty, an image, a compressed archive, a Git LFS pointer, text."""
+    and says what it is instead: part of a TensorFlow checkpoint, empty, an image, a compressed archive, a Git LFS
+    pointer, text."""
+    if is_tf_checkpoint(path):
+        raise WeightsError(f"{path} is part of the TensorFlow checkpoint {bundle_prefix(path)}, not a PyTorch {what}: "
+                           "atrous reads its tensors (atrous.weights.tf_bundle.read_tf_checkpoint) but builds no "
+                           "model of Google's DeepLab from them yet")  # fmt: skip
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip (torch.save) or a pickle of protocol 2 or later
