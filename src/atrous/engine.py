@@ -330,8 +330,8 @@ def _said_out_of_memory(run: TrainingRun, doing: str) -> Iterator[None]:
     except (MemoryError, RuntimeError) as error:
         if not is_out_of_memory(error):
             raise
-        d, t = run.config.data, run.config.train
-        asked = f" asked for {memory_asked(error)} more" if memory_asked(error) else ""
+        d, t, size = run.config.data, run.config.train, memory_asked(error)
+        asked = f" asked for {size} more" if size else ""
         if doing == "validating":
             raise OutOfMemoryError(
                 f"out of memory on {run.device} at iteration {run.iteration}, validating whole images "

@@ -173,52 +173,47 @@ def run_evaluation(
     ``predictions`` folder (on every rank, which all save theirs) are created and proven writable, else
     ``ConfigError`` naming the folder and the system's reason (under torchrun the failing rank ends the job).
     A second evaluation writing into ``out_dir`` meanwhile is refused (``folder_lock.output_folder``), and every
-    file is written whole. ``on_scores(result)`` is called on rank 0 as soon as the scores exist, before any report file is written: the
-    command line prints them there. A write that fails after that (a full disk) raises ``ConfigError`` naming the
-    file and the mIoU.
+    file is written whole. ``on_scores(result)`` is called on rank 0 as soon as the scores exist, before any report
+    file is written: the command line prints them there. A write that fails after that (a full disk) raises
+    ``ConfigError`` naming the file and the mIoU.
     """
     out_dir = Path(out_dir)
     # Rank 0 holds the folder (the other ranks only add their saved predictions): a second evaluation into it is
     # refused rather than mixing its metrics with this one's report.
     with output_folder(out_dir, "evaluation") if rank == 0 else contextlib.nullcontext():
-        return _evaluate_into(model, dataset, out_dir=out_dir, device=device, options=options,
-                              save_predictions=save_predictions, rank=rank, world_size=world_size, progress=progress,
-                              report=report, training_log=training_log, on_scores=on_scores)  # fmt: skip
+        predictions = out_dir / "predictions"
+        if save_predictions:
+            check_writable_dir(predictions, "folder for the saved predictions")
 
+        def save(index: int, labels: np.ndarray) -> None:
+            stem = Path(dataset.samples[index][0]).stem
+            save_image(predictions / f"{stem}.png", colorize(labels, dataset.palette))
 
-def _evaluate_into(model, dataset, *, out_dir: Path, device, options, save_predictions, rank, world_size, progress,
-                   report, training_log, on_scores) -> Evaluation:  # fmt: skip
-    predictions = out_dir / "predictions"
-    if save_predictions:
-        check_writable_dir(predictions, "folder for the saved predictions")
-
-    def save(index: int, labels: np.ndarray) -> None:
-        stem = Path(dataset.samples[index][0]).stem
-        save_image(predictions / f"{stem}.png", colorize(labels, dataset.palette))
-
-    result = evaluate(
-        model, dataset, device=device, options=options, rank=rank, world_size=world_size, progress=progress,
-        on_prediction=save if save_predictions else None,
-    )  # fmt: skip
-    if rank != 0:
-        return result
-    if on_scores is not None:
-        on_scores(result)
-    scores = result.scores
-    metrics = {**scores, "class_names": dataset.class_names, "confusion_matrix": result.matrix.matrix.cpu().tolist()}
-    # The report says what ran the model and how, also for callers that do not say (the demo, Python scripts).
-    details = {"runtime": getattr(model, "runtime", "eager"),
-               "inference": dataclasses.asdict(options or InferenceOptions()), **(report or {})}  # fmt: skip
-    try:
-        write_text_whole(out_dir / "metrics.json", json.dumps(metrics, indent=2))  # first: the one file scripts read
-        write_run_report(
-            out_dir, title=f"atrous evaluation: {dataset.name}", class_names=dataset.class_names,
-            palette=dataset.palette, evaluation=result, training_log=training_log, details=details,
+        result = evaluate(
+            model, dataset, device=device, options=options, rank=rank, world_size=world_size, progress=progress,
+            on_prediction=save if save_predictions else None,
         )  # fmt: skip
-    except OSError as error:
-        raise ConfigError(f"the evaluation finished (mIoU {scores['mIoU']:.4f}) but writing its results failed: "
-                          f"{error.filename or out_dir}: {error.strerror or error}") from error  # fmt: skip
-    return result
+        if rank != 0:
+            return result
+        if on_scores is not None:
+            on_scores(result)
+        scores = result.scores
+        metrics = {**scores, "class_names": dataset.class_names,
+                   "confusion_matrix": result.matrix.matrix.cpu().tolist()}  # fmt: skip
+        # The report says what ran the model and how, also for callers that do not say (the demo, Python scripts).
+        details = {"runtime": getattr(model, "runtime", "eager"),
+                   "inference": dataclasses.asdict(options or InferenceOptions()), **(report or {})}  # fmt: skip
+        try:
+            # metrics.json first: the one file scripts read
+            write_text_whole(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+            write_run_report(
+                out_dir, title=f"atrous evaluation: {dataset.name}", class_names=dataset.class_names,
+                palette=dataset.palette, evaluation=result, training_log=training_log, details=details,
+            )  # fmt: skip
+        except OSError as error:
+            raise ConfigError(f"the evaluation finished (mIoU {scores['mIoU']:.4f}) but writing its results failed: "
+                              f"{error.filename or out_dir}: {error.strerror or error}") from error  # fmt: skip
+        return result
 
 
 def write_run_report(

@@ -96,8 +96,8 @@ def _describe_holder(text: str, *, this_process: bool = False) -> str:
 @contextmanager
 def output_folder(folder: str | Path, purpose: str, *, hint: str = "choose another --out folder") -> Iterator[Path]:
     """Hold ``folder`` for writing the outputs of one ``purpose`` ("prediction", "evaluation") for the block: it is
-    created and proven writable (else ``ConfigError`` naming it), a second writer is refused naming this one, and the temporaries of writers killed there before are deleted first
-    (nothing else can be writing them while the lock is held).
+    created and proven writable (else ``ConfigError`` naming it), a second writer is refused naming this one, and
+    the temporaries of writers killed there before are deleted first.
 
     Re-entrant for one purpose within this process (``atrous eval`` claims its folder before exporting, then the
     evaluation claims it again); any other claim of a held folder is refused."""

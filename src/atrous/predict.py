@@ -26,7 +26,7 @@ from .data.labels import full_palette
 from .errors import ConfigError, DataError, MissingFileError
 from .folder_lock import output_folder
 from .inference import InferenceOptions, model_input, predict, slide_labels
-from .paths import check_writable_dir, refuse_overwrite
+from .paths import refuse_overwrite
 from .progress import progress_bar
 from .visualize import edge_width, legend, overlay
 
@@ -159,20 +159,6 @@ def image_size(path: Path) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)  # the transposing orientations
 
 
-def planned_outputs(
-    paths: Sequence[Path], out_dir: Path, *, protected: Mapping[str | Path, str] | None = None
-) -> tuple[dict[Path, tuple[Path, Path]], Path]:
-    """(input -> (label PNG, overlay), the legend) that ``predict_files`` will write, once none of them would replace
-    an input or a ``protected`` file (else ``ConfigError``): checked before anything is written, the output folder's
-    lock file included."""
-    outputs = output_paths(output_names(paths), out_dir)
-    legend_file = legend_path(outputs, out_dir)
-    never_write = {path: "the input image" for path in paths} | dict(protected or {})
-    refuse_overwrite([*(file for pair in outputs.values() for file in pair), legend_file], never_write,
-                     hint="choose another --out folder")  # fmt: skip
-    return outputs, legend_file
-
-
 def predict_files(
     model,
     paths: list[Path],
@@ -213,8 +199,11 @@ def predict_files(
     """
     paths = list(dict.fromkeys(Path(path) for path in paths))  # a file named twice is predicted once
     out_dir = Path(out_dir)
-    outputs, legend_file = planned_outputs(paths, out_dir, protected=protected)
-    check_writable_dir(out_dir, "prediction output folder")
+    outputs = output_paths(output_names(paths), out_dir)
+    legend_file = legend_path(outputs, out_dir)
+    never_write = {path: "the input image" for path in paths} | dict(protected or {})
+    refuse_overwrite([*(file for pair in outputs.values() for file in pair), legend_file], never_write,
+                     hint="choose another --out folder")  # fmt: skip
     palette, class_names = _labels_of(model, palette, class_names)
     options = options or InferenceOptions()
     device = device or torch.device("cpu")
@@ -264,7 +253,6 @@ def _predict_batch(model, batch, outputs, palette, options, device, max_pixels) 
         labels = _labels(model, raw, _options_for_size(options, shape[:2], max_pixels, group[0][0]), device)
         for (path, image), label in zip(group, labels.numpy()):
             mask_path, overlay_path = outputs[path]
-            mask_path.parent.mkdir(parents=True, exist_ok=True)
             save_mask(mask_path, label, palette)
             _save_overlay(overlay_path, image, label, palette)
             written.append(mask_path)

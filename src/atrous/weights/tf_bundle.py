@@ -118,9 +118,8 @@ def _from_files(prefix: Path) -> tuple[str, bytes, dict[str, _Shard]]:
     if index.stat().st_size > MAX_INDEX_BYTES:
         raise WeightsError(f"{index}: {index.stat().st_size:,} bytes, more than a checkpoint index holds "
                            f"({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
-    data_files = {p.name: p for p in prefix.parent.glob(f"{glob.escape(prefix.name)}.data-*")}
-    shards = {name: _Shard(str(path), path=path) for name, path in data_files.items()}
-    return str(index), index.read_bytes(), {str(prefix.with_name(name)): shard for name, shard in shards.items()}
+    data_files = prefix.parent.glob(f"{glob.escape(prefix.name)}.data-*")
+    return str(index), index.read_bytes(), {str(path): _Shard(str(path), path=path) for path in data_files}
 
 
 def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
@@ -170,9 +169,11 @@ def _read_bundle(index: str, data: bytes, shard_files: dict[str, _Shard]) -> dic
             raise MissingFileError(f"TensorFlow checkpoint shard not found: {name} ({index} names {count} data "
                                    "file(s))")  # fmt: skip
         shards.append(shard_files[name])
-    return {key.decode("utf-8", errors="replace"): _read_variable(key.decode("utf-8", errors="replace"),
-                                                                  _fields(value, index), shards, index)
-            for key, value in entries.items()}  # fmt: skip
+    variables = {}
+    for key, value in entries.items():
+        name = key.decode("utf-8", errors="replace")
+        variables[name] = _read_variable(name, _fields(value, index), shards, index)
+    return variables
 
 
 def _read_variable(name: str, entry: dict, shards: list[_Shard], index: str):
@@ -196,11 +197,12 @@ def _read_variable(name: str, entry: dict, shards: list[_Shard], index: str):
         raise WeightsError(f"{data_file.name}: {name} runs to byte {offset + size:,} of a {data_file.size:,}-byte "
                            "file: a truncated data file (download it again)")  # fmt: skip
     raw = data_file.read(offset, size)
-    if stored_crc is not None and _crc(raw, dtype_code, math.prod(shape), data_file.name) != _unmask(stored_crc):
+    lengths = _string_lengths(raw, math.prod(shape), data_file.name) if dtype_code == _STRING else None
+    if stored_crc is not None and _crc(raw, lengths) != _unmask(stored_crc):
         raise WeightsError(f"{data_file.name}: the bytes of {name} do not match their checksum: the file is damaged "
                            "(download it again); nothing was loaded")  # fmt: skip
-    if dtype_code == _STRING:
-        return _strings(raw, math.prod(shape), name, data_file.name)
+    if lengths is not None:
+        return _strings(raw, lengths, name, data_file.name)
     kind, numpy_type = _DTYPES[dtype_code]
     array = np.frombuffer(raw, dtype=numpy_type).reshape(shape)
     tensor = torch.from_numpy(array.copy())  # a copy: frombuffer's array is read-only
@@ -217,31 +219,37 @@ def _shape(entry: dict, name: str, index: str | Path) -> tuple[int, ...]:
     return sizes
 
 
-def _crc(raw: bytes, dtype_code: int, count: int, data_file: str | Path) -> int:
-    """The CRC-32C TensorFlow stores for a tensor: of its bytes; for strings, of each length as the 4 (or, past
-    4 GiB, 8) little-endian bytes of an integer, not as the varint written, then the rest as written."""
-    if dtype_code != _STRING:
-        return google_crc32c.value(raw)
-    position, lengths = 0, bytearray()
-    for _ in range(count):
-        length, position = _varint(raw, position, data_file)
-        lengths += length.to_bytes(4 if length <= 0xFFFFFFFF else 8, "little")
-    return google_crc32c.extend(google_crc32c.value(bytes(lengths)), raw[position:])
-
-
-def _strings(raw: bytes, count: int, name: str, data_file: str | Path) -> list[bytes]:
-    """A string tensor's bytes: ``count`` varint64 lengths, a 4-byte checksum of them, then the strings."""
+def _string_lengths(raw: bytes, count: int, data_file: str | Path) -> tuple[list[int], int]:
+    """A string tensor's ``count`` varint64 lengths, and where they end (a 4-byte checksum of them follows, then the
+    strings)."""
     position, lengths = 0, []
     for _ in range(count):
         length, position = _varint(raw, position, data_file)
         lengths.append(length)
+    return lengths, position
+
+
+def _crc(raw: bytes, lengths: tuple[list[int], int] | None) -> int:
+    """The CRC-32C TensorFlow stores for a tensor: of its bytes; for strings (``lengths``: ``_string_lengths``), of
+    each length as the 4 (or, past 4 GiB, 8) little-endian bytes of an integer, not as the varint written, then the
+    rest as written."""
+    if lengths is None:
+        return google_crc32c.value(raw)
+    sizes, end = lengths
+    encoded = b"".join(size.to_bytes(4 if size <= 0xFFFFFFFF else 8, "little") for size in sizes)
+    return google_crc32c.extend(google_crc32c.value(encoded), raw[end:])
+
+
+def _strings(raw: bytes, lengths: tuple[list[int], int], name: str, data_file: str | Path) -> list[bytes]:
+    """The strings after their lengths and the 4-byte checksum of them."""
+    sizes, position = lengths
     position += 4
-    if position + sum(lengths) > len(raw):
+    if position + sum(sizes) > len(raw):
         raise WeightsError(f"{data_file}: the strings of {name} run past their {len(raw)} bytes: a damaged file")
     strings = []
-    for length in lengths:
-        strings.append(raw[position : position + length])
-        position += length
+    for size in sizes:
+        strings.append(raw[position : position + size])
+        position += size
     return strings
 
 
