@@ -130,7 +130,7 @@ def test_accepted_extreme_values_train_or_fail_with_a_message(override, tiny_dat
         ("data.crop_size=0", r"data.crop_size=0: must be a size in \[1, 16384\] or \[height, width\]"),
         ("data.crop_size=-64", r"data.crop_size=-64: must be a size in \[1, 16384\]"),
         ("data.crop_size=[64, 64, 64]", r"data.crop_size=\[64, 64, 64\]: must be a size in \[1, 16384\] or \[height, width\]"),
-        ("model.atrous_rates=[0, -1, 2]", r"atrous_rates must be a non-empty list of integers >= 1, got \[0, -1, 2\]"),
+        ("model.atrous_rates=[0, -1, 2]", r"atrous_rates must be a list of integers >= 1 \(empty: no atrous branches\), got \[0, -1, 2\]"),
         ("model.num_classes=1000000", r"num_classes must be an integer in \[1, 65535\]"),
         ("model.head_lr_mult=.nan", r"model.head_lr_mult: expected a finite number"),
         ("data.label_mapping={0: 0, 255: 1}", r"data.label_mapping is for folder datasets"),

@@ -105,10 +105,10 @@ def test_a_stored_description_that_is_no_model_names_the_file_and_the_flags_that
     assert (out / "a.png").is_file()
 
 
-def test_a_tensorflow_checkpoint_is_named_as_one(tmp_path, photos, capsys):
-    fixture = Path(__file__).parent / "fixtures" / "tf" / "tf1_dtypes"
+def test_a_tensorflow_checkpoint_of_a_backbone_only_is_named_as_one(tmp_path, photos, capsys):
+    fixture = Path(__file__).parent / "fixtures" / "tf" / "tf1_dtypes"  # an xception_65 stem among other variables
     for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001"):
         said = _said(capsys, fixture / name, photos)
-        assert said == (f"{fixture / name} is part of the TensorFlow checkpoint {fixture / 'model.ckpt'}, not a "
-                        "PyTorch weights file: atrous reads its tensors (atrous.weights.tf_bundle.read_tf_checkpoint) "
-                        "but builds no model of Google's DeepLab from them yet")  # fmt: skip
+        assert said == (f"{fixture / name}: Google's xception_65 checkpoint holds a backbone only (no logits/semantic), "
+                        "not a segmentation model: start a training from it, model.pretrained_backbone="
+                        f"{fixture / name} (in Python build_model(..., pretrained_backbone=path))")  # fmt: skip

@@ -288,7 +288,7 @@ def _inference_options(args: argparse.Namespace):
 
 # The ModelSpec fields the inference commands can set (flag -> field); unset flags change nothing.
 SPEC_FLAGS = {"model": "name", "backbone": "backbone", "num_classes": "num_classes", "output_stride": "output_stride",
-              "atrous_rates": "atrous_rates", "aux": "aux"}  # fmt: skip
+              "atrous_rates": "atrous_rates", "pad_to": "pad_to", "aux": "aux"}  # fmt: skip
 
 
 def _load_model(args: argparse.Namespace):
@@ -442,6 +442,13 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 12,24,36, got {text!r}") from error
 
 
+def _int_pair(text: str) -> tuple[int, int]:
+    values = _int_list(text)
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a height and a width like 513,513, got {text!r}")
+    return values
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> None:
     """The one set of model arguments of eval, predict and export."""
     parser.add_argument("--weights", required=True, help="a zoo name (atrous models --pretrained), an atrous checkpoint, "
@@ -455,6 +462,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
     _add_flag(parser, "output-stride", type=int, choices=[4, 8, 16, 32],
               help="the file's unless given; 4: the HRNets' (fixed) stride")  # fmt: skip
     _add_flag(parser, "atrous-rates", type=_int_list, help="e.g. 12,24,36")
+    _add_flag(parser, "pad-to", type=_int_pair, metavar="H,W",
+              help="pad inputs to HxW and cut the logits back, as Google's TensorFlow DeepLab evaluates at its "
+                   "crop_size (e.g. 513,513); the zoo's Google entries carry their own")  # fmt: skip
     parser.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None, help="build the aux head")
     if runtime:  # export always traces on the CPU
         parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

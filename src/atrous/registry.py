@@ -29,7 +29,7 @@ from .models.layers import adopt_dilated_convs
 from .models.segmenter import Segmenter
 from .models.spec import ModelSpec
 from .paths import hub_checkpoints
-from .publishers import Publisher, deeplabv2, jfzhang95, kazuto, mmseg, smp, torchvision, vainf
+from .publishers import Publisher, deeplabv2, google, jfzhang95, kazuto, mmseg, smp, torchvision, vainf
 from .weights import atrous_format, imagenet_format
 from .weights import zoo as zoo_files
 from .weights.format import Format
@@ -83,6 +83,7 @@ for _publisher in (
     vainf.PUBLISHER,
     smp.PUBLISHER,
     jfzhang95.PUBLISHER,
+    google.PUBLISHER,
 ):
     register(_publisher)
 TORCHVISION_DEEPLABV3: dict[str, ModelSpec] = dict(torchvision.PUBLISHER.presets)
@@ -222,6 +223,8 @@ def check_spec(spec: ModelSpec) -> ModelSpec:
     if spec.output_stride is not None and spec.output_stride not in strides:
         raise ConfigError(f"unsupported output_stride {spec.output_stride!r}; choose from {list(strides)} on "
                           f"{backbone}")  # fmt: skip
+    if spec.atrous_rates == () and MODELS[spec.name].needs_rates:
+        raise ConfigError(f"{spec.name} needs one atrous rate at least (its classifier is one conv per rate)")
     if spec.separable and not MODELS[spec.name].separable:
         raise ConfigError(f"separable convs are not an option of {spec.name}'s head (DeepLabV3/V3+ have it)")
     return spec
@@ -279,6 +282,7 @@ def build_network(spec: ModelSpec) -> Segmenter:
     common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}
     options = {"separable": spec.separable} if arch.separable else {}
     options |= {"align_corners": spec.align_corners} if arch.align_corners else {}
+    options |= {"output_stride": spec.output_stride} if arch.takes_output_stride else {}
     model = Segmenter(
         backbone=body,
         head=arch.head(**common, **options),
@@ -287,6 +291,7 @@ def build_network(spec: ModelSpec) -> Segmenter:
         head_lr_mult=spec.head_lr_mult,
         spec=spec.architecture(),
         align_corners=spec.align_corners,
+        pad_to=spec.pad_to,
     )
     if spec.frozen_bn != "none":
         model.freeze_batchnorm(stats=spec.frozen_bn == "all")

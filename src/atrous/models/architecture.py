@@ -47,4 +47,6 @@ class Architecture:
     head_lr_mult: float = 1.0
     separable: bool = True  # whether the head has the atrous-separable option
     align_corners: bool = False  # whether the head upsamples inside, as ``spec.align_corners`` says
+    takes_output_stride: bool = False  # whether the head is built for the backbone's output stride (its own dilations)
+    needs_rates: bool = False  # whether the head needs one rate at least (an empty list: no ASPP atrous branches)
 

@@ -174,11 +174,14 @@ def _reduced_precision(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+Dilation = int | tuple[int, int]  # one for both axes, or (height, width)
+
+
 class AtrousConv2d(nn.Conv2d):
     """``nn.Conv2d(in, out, 3, padding=dilation, dilation=dilation)`` that skips taps lying wholly in the padding."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, dilation: int, groups: int = 1, bias: bool = False,
+        self, in_channels: int, out_channels: int, *, dilation: Dilation, groups: int = 1, bias: bool = False,
         always_by_taps: bool = True,
     ):  # fmt: skip
         super().__init__(
@@ -265,12 +268,12 @@ def adopt_dilated_convs(module: nn.Module) -> nn.Module:
 class ConvBNReLU(nn.Module):
     """Conv (no bias) -> BatchNorm -> ReLU, with 'same' padding for any dilation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1, groups: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: Dilation = 1, groups: int = 1):
         super().__init__()
-        if dilation > 1 and kernel_size == 3:
+        if dilation not in (1, (1, 1)) and kernel_size == 3:
             self.conv = AtrousConv2d(in_channels, out_channels, dilation=dilation, groups=groups)
         else:
-            padding = (kernel_size - 1) // 2 * dilation
+            padding = (kernel_size - 1) // 2 * max(nn.modules.utils._pair(dilation))
             self.conv = nn.Conv2d(
                 in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False
             )
@@ -282,9 +285,10 @@ class ConvBNReLU(nn.Module):
 
 
 class SeparableConvBNReLU(nn.Module):
-    """Atrous-separable conv of DeepLabV3+: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU."""
+    """Atrous-separable conv of DeepLabV3+: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU. ``dilation``
+    may differ by axis, (height, width), as in Google's dense prediction cell."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, dilation: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, *, dilation: Dilation = 1):
         super().__init__()
         self.depthwise = ConvBNReLU(in_channels, in_channels, 3, dilation=dilation, groups=in_channels)
         self.pointwise = ConvBNReLU(in_channels, out_channels, 1)

@@ -33,6 +33,9 @@ class Segmenter(nn.Module):
     ``spec``: the ``ModelSpec`` that builds this architecture, so checkpoints can rebuild the model.
     ``class_names`` and ``palette`` ((K, 3) uint8 RGB, K >= num_classes, usually 256): the labels of the data it was trained on, or
     None; checkpoints keep them, and predictions are named and coloured with them.
+    ``pad_to`` ((height, width) or None): inputs are padded at the bottom and right to at least this canvas with
+    zeros (the mean pixel, once normalised), the logits upsampled to the canvas and cut back to the input: how
+    Google's TensorFlow DeepLab evaluates at its ``crop_size`` (``ModelSpec.pad_to``).
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class Segmenter(nn.Module):
         class_names: Sequence[str] | None = None,
         palette: np.ndarray | None = None,
         align_corners: bool = False,
+        pad_to: tuple[int, int] | None = None,
     ):
         super().__init__()
+        self.pad_to = pad_to
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -103,18 +108,29 @@ class Segmenter(nn.Module):
 
     def head_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The main head's logits at its own resolution (stride 4 to 16), before the upsampling of ``forward``."""
+        if self.pad_to is not None:
+            # Its head resolution covers the padded canvas, not the input: no stride-exact way back.
+            raise ValueError(f"a model that pads its input to {tuple(self.pad_to)} has no head logits of the input "
+                             "alone; use forward (or mean fusion of scales)")  # fmt: skip
         return self.head(self.backbone(images))
 
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         """images: (N, 3, H, W) float32, normalised with ``self.normalization`` -> ``SegmentationOutput``."""
-        size = images.shape[-2:]
+        height, width = images.shape[-2:]
+        if self.pad_to is not None:
+            # Bottom/right, as Google pads its crop: the padded rows and columns never shift the image's pixels.
+            images = F.pad(images, (0, max(0, self.pad_to[1] - width), 0, max(0, self.pad_to[0] - height)))
         features = self.backbone(images)
-        upsample = {"size": size, "mode": "bilinear", "align_corners": self.align_corners}
-        logits = F.interpolate(self.head(features), **upsample)
+        upsample = {"size": images.shape[-2:], "mode": "bilinear", "align_corners": self.align_corners}
+        logits = self._without_padding(F.interpolate(self.head(features), **upsample), height, width)
         aux_logits = None
         if self.aux_head is not None:
-            aux_logits = F.interpolate(self.aux_head(features), **upsample)
+            aux_logits = self._without_padding(F.interpolate(self.aux_head(features), **upsample), height, width)
         return SegmentationOutput(logits, aux_logits)
+
+    def _without_padding(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The logits of the input's own pixels, the padding to ``pad_to`` cut away."""
+        return logits if self.pad_to is None else logits[..., :height, :width]
 
     def parameter_groups(
         self, *, lr: float, weight_decay: float | None = None, decay_norm_and_bias: bool = True

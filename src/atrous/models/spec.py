@@ -26,6 +26,10 @@ MAX_CLASSES = 65535  # masks hold class indices in at most 16 bits (255 stays th
 INIT_FIELDS = ("pretrained_backbone", "weights")
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A DeepLab model. ``None`` fields take the architecture's default (see ``atrous.models.MODELS``).
@@ -34,6 +38,7 @@ class ModelSpec:
     backbone: a name from ``atrous.list_backbones()``; default ``resnet101_caffe`` for deeplabv2, else ``resnet50``.
     output_stride: 8, 16 or 32 (the HRNets: 4 only); default 8 for deeplabv2, 16 otherwise, the HRNets' 4.
     atrous_rates: default (6, 12, 18, 24) for deeplabv2; (6, 12, 18) at OS16 for V3/V3+, scaled with the stride.
+        An empty list: an ASPP of its 1x1 and image-pooling branches only (Google's MobileNetV2 models).
     multi_grid: per-block dilation multipliers of the backbone's last stage, e.g. (1, 2, 4).
     multi_grid_absolute: ``multi_grid`` gives the last stage's dilations themselves, not multipliers of its own
         (mmsegmentation's ``d16-mg124``: layer4 dilations 1, 2, 4 at output stride 16).
@@ -47,6 +52,10 @@ class ModelSpec:
         (True in segmentation_models_pytorch and jfzhang95).
     pretrained_backbone: None, "imagenet" (the backbone's published ImageNet weights) or a weights file.
     weights: a weights file of any format ``load_weights`` reads, loaded into the whole model after building.
+    pad_to: (height, width): inputs are padded at the bottom and right to at least this size with the value their
+        normalisation maps the mean pixel to (0), run through the network, and the logits cut back to the input's
+        size: how Google's TensorFlow DeepLab evaluates (its ``crop_size``, e.g. 513x513 for VOC). The image
+        pooling then averages over the padded canvas, as Google's does. None: no padding.
     """
 
     name: str = "deeplabv3"
@@ -64,11 +73,14 @@ class ModelSpec:
     align_corners: bool = False
     pretrained_backbone: str | None = None
     weights: str | None = None
+    pad_to: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("atrous_rates", "multi_grid"):  # lists from YAML or JSON; frozen: set through object
+        for name in ("atrous_rates", "multi_grid", "pad_to"):  # lists from YAML or JSON; frozen: set through object
             value = getattr(self, name)
             if value is not None:
+                if not isinstance(value, (list, tuple)):
+                    raise ConfigError(f"{name} must be a list of integers, got {value!r}")
                 object.__setattr__(self, name, tuple(value))
         for name in INIT_FIELDS:
             if isinstance(getattr(self, name), Path):
@@ -81,10 +93,13 @@ class ModelSpec:
             raise ConfigError(f"num_classes must be an integer in [1, {MAX_CLASSES}], got {self.num_classes!r}")
         if self.frozen_bn is not None and self.frozen_bn not in FROZEN_BN_CHOICES:
             raise ConfigError(f"unknown frozen_bn {self.frozen_bn!r}; choose from {list(FROZEN_BN_CHOICES)}")
-        for name in ("atrous_rates", "multi_grid"):
-            values = getattr(self, name)
-            if values is not None and (not values or not all(isinstance(v, int) and v >= 1 for v in values)):
-                raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {list(values)}")
+        if self.atrous_rates is not None and not all(_is_count(v) for v in self.atrous_rates):
+            raise ConfigError(f"atrous_rates must be a list of integers >= 1 (empty: no atrous branches), got "
+                              f"{list(self.atrous_rates)}")  # fmt: skip
+        if self.multi_grid is not None and (not self.multi_grid or not all(_is_count(v) for v in self.multi_grid)):
+            raise ConfigError(f"multi_grid must be a non-empty list of integers >= 1, got {list(self.multi_grid)}")
+        if self.pad_to is not None and (len(self.pad_to) != 2 or not all(_is_count(v) for v in self.pad_to)):
+            raise ConfigError(f"pad_to must be [height, width], two integers >= 1, got {list(self.pad_to)}")
         if self.multi_grid_absolute and self.multi_grid is None:
             raise ConfigError("multi_grid_absolute needs multi_grid (the last stage's dilations)")
         if self.first_block_dilation not in (None, "previous", "stage"):

@@ -35,6 +35,9 @@ class Format:
     # Spec fields a user may set otherwise than the file says without changing what its weights mean; any other field
     # asked otherwise than the file implies builds a model that computes something else (``from_pretrained`` says so).
     free_fields: tuple[str, ...] = ()
+    # (state) -> (the network's tensors, lines for the report): what a file holds besides the network (a training
+    # run's optimizer slots and step counter), set aside before translation and named.
+    aside: Callable[..., tuple[dict[str, torch.Tensor], list[str]]] | None = None
 
 
 class Undescribed(WeightsError):

@@ -241,6 +241,10 @@ def load_weights(
             raise WeightsError(f"{name}: wrong architecture: {problem} (strict=False loads it anyway)")
         report.messages.append(f"warning: {problem}")
 
+    aside = find_format(fmt).aside
+    if aside is not None:
+        state, notes = aside(state)
+        report.messages += notes
     translated, scope = translate(state, fmt, model)
     model_state = model.state_dict()
     to_load: dict[str, torch.Tensor] = {}

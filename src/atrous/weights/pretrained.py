@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 COMPUTING_FIELDS = ("name", "backbone", "output_stride", "atrous_rates", "multi_grid", "multi_grid_absolute",
                     "separable", "first_block_dilation", "align_corners")  # fmt: skip
 # The command line's flag for the computing fields it sets one by one (--preset sets them all).
-FLAGS = {"name": "--model", "backbone": "--backbone", "output_stride": "--output-stride", "atrous_rates": "--atrous-rates"}
+FLAGS = {"name": "--model", "backbone": "--backbone", "output_stride": "--output-stride", "atrous_rates": "--atrous-rates",
+         "pad_to": "--pad-to"}  # fmt: skip
 OTHER_ARCHITECTURE = ("warn", "refuse")
 
 

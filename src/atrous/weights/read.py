@@ -1,6 +1,7 @@
 """Reading what holds weights, once: a torch file (``atrous.weights.torch_file``: no code from it runs), a
-``.safetensors`` file, a ``save_pretrained`` folder (weights beside ``config.json``) or a mapping already in memory;
-then the tensors unwrapped from whatever container a training run kept them in (``unwrap_state_dict``)."""
+``.safetensors`` file, a TensorFlow checkpoint (``atrous.weights.tf_bundle``: its prefix, ``.index`` or data file, or
+the tarball holding it), a ``save_pretrained`` folder (weights beside ``config.json``) or a mapping already in
+memory; then the tensors unwrapped from whatever container a training run kept them in (``unwrap_state_dict``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import WeightsError
+from .tf_bundle import is_tf_checkpoint, is_tf_tarball, read_tf_checkpoint
 from .torch_file import module_state_dict, placeholders_in, read_torch_file, refusal, refuse_what_is_not_a_file
 
 _FIRST_KEYS_SHOWN = 5
@@ -47,9 +49,11 @@ def read_source(source: str | Path | Mapping) -> Source:
 
 
 def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
-    """(what a ``.pt``/``.pth``/``.pth.tar``/``.bin`` or ``.safetensors`` file holds, the names in it that were read as
-    inert placeholders). Never runs code from the file (see ``atrous.weights.torch_file``)."""
+    """(what a ``.pt``/``.pth``/``.pth.tar``/``.bin``, ``.safetensors`` file or TensorFlow checkpoint holds, the names in
+    it that were read as inert placeholders). Never runs code from the file (see ``atrous.weights.torch_file``)."""
     path = Path(path)
+    if is_tf_checkpoint(path) or is_tf_tarball(path):
+        return read_tf_checkpoint(path), []
     if path.suffix != ".safetensors":
         return read_torch_file(path)
     refuse_what_is_not_a_file(path, "weights file")

@@ -123,23 +123,18 @@ def _from_files(prefix: Path) -> tuple[str, bytes, dict[str, _Shard]]:
 
 
 def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
-    """The index and data files of the one checkpoint a tarball holds, read in one pass over it (a gzip stream is
-    read front to back: asking for members one by one would decompress it again for each)."""
+    """The index and data files of the one checkpoint a tarball holds, read in one pass over it, as a stream (a
+    gzip stream is read front to back: going back for a member would decompress it again up to there). Other
+    members (Google's frozen graph) are skipped unread."""
+    contents: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:*") as archive:
-            members = [m for m in archive.getmembers() if m.isfile()]
-            indexes = [m for m in members if m.name.endswith(".index")]
-            if len(indexes) != 1:
-                found = ", ".join(m.name for m in indexes[:5]) or "none"
-                raise WeightsError(f"{path}: a tarball of one TensorFlow checkpoint holds one .index file; this one "
-                                   f"holds {len(indexes)} ({found})")  # fmt: skip
-            prefix = indexes[0].name[: -len(".index")]
-            wanted = [m for m in members if m is indexes[0] or m.name.startswith(f"{prefix}.data-")]
-            if indexes[0].size > MAX_INDEX_BYTES:
-                raise WeightsError(f"{path}: its {indexes[0].name} declares {indexes[0].size:,} bytes, more than a "
-                                   f"checkpoint index holds ({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
-            contents = {}
-            for member in wanted:
+        with tarfile.open(path, "r|*") as archive:
+            for member in archive:
+                if not member.isfile() or not (member.name.endswith(".index") or _DATA_FILE.search(member.name)):
+                    continue
+                if member.name.endswith(".index") and member.size > MAX_INDEX_BYTES:
+                    raise WeightsError(f"{path}: its {member.name} declares {member.size:,} bytes, more than a "
+                                       f"checkpoint index holds ({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
                 handle = archive.extractfile(member)
                 contents[member.name] = handle.read(member.size) if handle is not None else b""
                 if len(contents[member.name]) != member.size:
@@ -147,9 +142,24 @@ def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
                                        f"{member.size:,} bytes: a truncated download")  # fmt: skip
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise WeightsError(f"{path}: cannot read the tarball (truncated or damaged download?): {error}") from error
-    index_bytes = contents.pop(indexes[0].name)
-    shards = {f"{path}:{name}": _Shard(f"{path}:{name}", data=data) for name, data in contents.items()}
-    return f"{path}:{indexes[0].name}", index_bytes, shards
+    indexes = [name for name in contents if name.endswith(".index")]
+    if len(indexes) != 1:
+        found = ", ".join(indexes[:5]) or "none"
+        raise WeightsError(f"{path}: a tarball of one TensorFlow checkpoint holds one .index file; this one holds "
+                           f"{len(indexes)} ({found})")  # fmt: skip
+    index_name = indexes[0]
+    prefix = index_name[: -len(".index")]
+    index_bytes = contents.pop(index_name)
+    shards = {f"{path}:{name}": _Shard(f"{path}:{name}", data=data) for name, data in contents.items()
+              if name.startswith(f"{prefix}.data-")}  # fmt: skip
+    return f"{path}:{index_name}", index_bytes, shards
+
+
+def is_tf_tarball(path: str | Path) -> bool:
+    """Whether ``path`` is a tar archive (gzip'd or not) by its name and first bytes: Google's zoo ships its
+    checkpoints as ``.tar.gz`` files."""
+    path = Path(path)
+    return path.name.endswith((".tar.gz", ".tgz", ".tar")) and path.is_file() and tarfile.is_tarfile(path)
 
 
 def _read_bundle(index: str, data: bytes, shard_files: dict[str, _Shard]) -> dict[str, torch.Tensor | list[bytes]]:

@@ -31,6 +31,9 @@ def _labels(name: str) -> tuple[list[str], np.ndarray]:
         "voc": (list(VOC_CLASSES), voc_palette()),
         "cityscapes": (list(CITYSCAPES_CLASSES), CITYSCAPES_PALETTE),
         "ade20k": (list(ADE20K_CLASSES), voc_palette()),
+        # Google's ADE20K models keep the dataset's label 0 ("other", its ignore label: never a training target)
+        # as channel 0; channel k is class k - 1 of the 150.
+        "ade20k_151": (["other", *ADE20K_CLASSES], voc_palette()),
         "coco_stuff_171": (list(COCO_STUFF_CLASSES), voc_palette()),  # the used classes, in id order
         "coco_stuff_182": (list(COCO_STUFF_IDS), voc_palette()),  # every label id 0-181 (kazuto1011's outputs)
     }

@@ -137,6 +137,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deeplabv2": Architecture(
         DeepLabV2Head, _deeplabv2_aux, backbone="resnet101_caffe", output_stride=8,
         default_rates=lambda output_stride: (6, 12, 18, 24), frozen_bn="all", head_lr_mult=10.0, separable=False,
+        needs_rates=True,
     ),
     "deeplabv3": Architecture(DeepLabV3Head, FCNHead, backbone="resnet50", output_stride=16),
     "deeplabv3plus": Architecture(DeepLabV3PlusHead, FCNHead, backbone="resnet50", output_stride=16, align_corners=True),
