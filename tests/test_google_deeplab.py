@@ -221,8 +221,8 @@ def test_a_zoo_name_reads_the_tarball_from_the_cache_with_its_labels_and_crop(tm
     model = atrous.from_pretrained("mobilenetv2_dm05_coco_voc_trainaug")
     assert model.spec.pad_to == (513, 513) and model.class_names[15] == "person"
     out = tmp_path / "pred"
-    assert main(["predict", "--weights", "mobilenetv2_dm05_coco_voc_trainaug", str(photos), "--out", str(out),
-                 "--runtime", "eager"]) == 0  # fmt: skip
+    # The default runtime: ONNX Runtime on the CPU, exported from the model (its padding computed per input).
+    assert main(["predict", "--weights", "mobilenetv2_dm05_coco_voc_trainaug", str(photos), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("*.png"))
 
 
@@ -257,3 +257,19 @@ def test_spec_values_for_google_models_are_checked():
     assert model.spec.atrous_rates == () and len(model.head.aspp.atrous_branches) == 0
     with pytest.raises(ValueError, match="a model that pads its input to"):
         model.head_logits(torch.zeros(1, 3, 33, 33))
+
+
+def test_the_onnx_export_keeps_tensorflows_padding_at_every_size(tmp_path):
+    """'SAME' padding of the strided layers and the padding to pad_to depend on the input's size: the exported graph
+    computes them per input (odd, even, larger than pad_to), not as traced at the example size."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from atrous.export import export_model
+
+    variables, _, _, overrides = _reference("mobilenetv2_os16_even")
+    model = atrous.from_pretrained(variables.values, **{**overrides, "pad_to": (97, 97)})
+    session = onnxruntime.InferenceSession(str(export_model(model, tmp_path / "google.onnx", format="onnx")))
+    for size in [(65, 81), (66, 80), (100, 120)]:
+        images = _images(size).round()[:1]
+        expected = _ours(model, images).permute(0, 3, 1, 2).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: images.permute(0, 3, 1, 2).to(torch.uint8).numpy()})[0]
+        assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max(), size

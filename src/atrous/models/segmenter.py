@@ -26,6 +26,12 @@ class SegmentationOutput(NamedTuple):
     aux_logits: torch.Tensor | None
 
 
+def _at_least_zero(value: int) -> int:
+    """max(0, value) in arithmetic: an exported graph computes it from each input's size (``max`` would freeze the
+    example's)."""
+    return (value + abs(value)) // 2
+
+
 class Segmenter(nn.Module):
     """A DeepLab model: ``backbone`` features -> ``head`` (+ ``aux_head``) -> logits upsampled to the input size.
 
@@ -119,7 +125,7 @@ class Segmenter(nn.Module):
         height, width = images.shape[-2:]
         if self.pad_to is not None:
             # Bottom/right, as Google pads its crop: the padded rows and columns never shift the image's pixels.
-            images = F.pad(images, (0, max(0, self.pad_to[1] - width), 0, max(0, self.pad_to[0] - height)))
+            images = F.pad(images, (0, _at_least_zero(self.pad_to[1] - width), 0, _at_least_zero(self.pad_to[0] - height)))
         features = self.backbone(images)
         upsample = {"size": images.shape[-2:], "mode": "bilinear", "align_corners": self.align_corners}
         logits = self._without_padding(F.interpolate(self.head(features), **upsample), height, width)

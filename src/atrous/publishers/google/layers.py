@@ -19,16 +19,18 @@ GOOGLE_RGB = InputNormalization(name="google_rgb", mean=(127.5,) * 3, std=(127.5
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow's 'SAME' padding along one axis: (before, after). The output has ceil(size / stride) positions; an
-    odd total puts the extra pixel after (an even input at stride 2 and kernel 3: 0 before, 1 after)."""
+    """TensorFlow's 'SAME' padding along one axis: (before, after), for a kernel that reaches at least its stride
+    (every strided layer here). The output has ceil(size / stride) positions; an odd total puts the extra pixel
+    after (an even input at stride 2 and kernel 3: 0 before, 1 after). Integer arithmetic only, no ``max`` or
+    ``math.ceil``: an exported graph computes it from each input's size instead of freezing the example's."""
     reach = (kernel - 1) * dilation + 1
-    total = max((math.ceil(size / stride) - 1) * stride + reach - size, 0)
+    total = ((size + stride - 1) // stride - 1) * stride + reach - size  # >= reach - stride >= 0
     return total // 2, total - total // 2
 
 
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` padded as TensorFlow's ``padding='SAME'``: at stride 1 a fixed symmetric padding (the kernel's
-    reach is odd), at stride 2 computed from each input's size."""
+    reach is odd), at stride 2 computed from each input's size (none for a 1x1 kernel, which needs none)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
                  groups: int = 1, bias: bool = False):  # fmt: skip
@@ -36,16 +38,11 @@ class SameConv2d(nn.Conv2d):
                          bias=bias, padding=(kernel_size - 1) // 2 * dilation if stride == 1 else 0)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride[0] == 1:
+        if self.stride[0] == 1 or self.kernel_size[0] == 1:
             return super().forward(x)
         top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         return super().forward(F.pad(x, (left, right, top, bottom)))
-
-    def set_stride_and_dilation(self, stride: int, dilation: int) -> None:
-        """What an output stride makes of this layer (its stride traded for dilation), padding kept 'SAME'."""
-        self.stride, self.dilation = (stride, stride), (dilation, dilation)
-        self.padding = ((self.kernel_size[0] - 1) // 2 * dilation,) * 2 if stride == 1 else (0, 0)
 
 
 def same_max_pool(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
