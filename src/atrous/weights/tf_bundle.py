@@ -89,17 +89,20 @@ class _Shard:
     """One data file: ``read(offset, size)``, its ``size`` and its ``name`` for messages; on disk (read as needed)
     or in memory (a tarball's member)."""
 
-    def __init__(self, name: str, *, path: Path | None = None, data: bytes | None = None) -> None:
+    def __init__(self, name: str, *, path: Path | None = None, data: bytearray | None = None) -> None:
         self.name, self.path, self.data, self.handle = name, path, data, None
         self.size = path.stat().st_size if path is not None else len(data)
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> memoryview:
+        """The bytes, writable: the tensors are made on them without a copy (a tarball's member is in memory
+        already; each variable of a file is read once), so reading peaks near the checkpoint's size, not twice it."""
         if self.data is not None:
-            return self.data[offset : offset + size]
+            return memoryview(self.data)[offset : offset + size]
         if self.handle is None:
             self.handle = open(self.path, "rb")  # noqa: SIM115 (closed by close(), once every variable is read)
         self.handle.seek(offset)
-        return self.handle.read(size)
+        raw = bytearray(size)
+        return memoryview(raw)[: self.handle.readinto(raw)]
 
     def close(self) -> None:
         if self.handle is not None:
@@ -122,11 +125,14 @@ def _from_files(prefix: Path) -> tuple[str, bytes, dict[str, _Shard]]:
     return str(index), index.read_bytes(), {str(path): _Shard(str(path), path=path) for path in data_files}
 
 
+_READ_CHUNK = 1 << 22
+
+
 def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
     """The index and data files of the one checkpoint a tarball holds, read in one pass over it, as a stream (a
     gzip stream is read front to back: going back for a member would decompress it again up to there). Other
     members (Google's frozen graph) are skipped unread."""
-    contents: dict[str, bytes] = {}
+    contents: dict[str, bytearray] = {}
     try:
         with tarfile.open(path, "r|*") as archive:
             for member in archive:
@@ -136,10 +142,17 @@ def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
                     raise WeightsError(f"{path}: its {member.name} declares {member.size:,} bytes, more than a "
                                        f"checkpoint index holds ({MAX_INDEX_BYTES:,} at most)")  # fmt: skip
                 handle = archive.extractfile(member)
-                contents[member.name] = handle.read(member.size) if handle is not None else b""
-                if len(contents[member.name]) != member.size:
-                    raise WeightsError(f"{path}: {member.name} ends after {len(contents[member.name]):,} of its "
-                                       f"{member.size:,} bytes: a truncated download")  # fmt: skip
+                data, got = bytearray(member.size), 0  # filled a chunk at a time: one copy of the member in memory
+                while handle is not None and got < member.size:
+                    chunk = handle.read(min(_READ_CHUNK, member.size - got))
+                    if not chunk:
+                        break
+                    data[got : got + len(chunk)] = chunk
+                    got += len(chunk)
+                if got != member.size:
+                    raise WeightsError(f"{path}: {member.name} ends after {got:,} of its {member.size:,} bytes: a "
+                                       "truncated download")  # fmt: skip
+                contents[member.name] = data
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise WeightsError(f"{path}: cannot read the tarball (truncated or damaged download?): {error}") from error
     indexes = [name for name in contents if name.endswith(".index")]
@@ -149,7 +162,7 @@ def _from_tarball(path: str | Path) -> tuple[str, bytes, dict[str, _Shard]]:
                            f"{len(indexes)} ({found})")  # fmt: skip
     index_name = indexes[0]
     prefix = index_name[: -len(".index")]
-    index_bytes = contents.pop(index_name)
+    index_bytes = bytes(contents.pop(index_name))  # small; the table reader checks its blocks as bytes
     shards = {f"{path}:{name}": _Shard(f"{path}:{name}", data=data) for name, data in contents.items()
               if name.startswith(f"{prefix}.data-")}  # fmt: skip
     return f"{path}:{index_name}", index_bytes, shards
@@ -207,6 +220,8 @@ def _read_variable(name: str, entry: dict, shards: list[_Shard], index: str):
         raise WeightsError(f"{data_file.name}: {name} runs to byte {offset + size:,} of a {data_file.size:,}-byte "
                            "file: a truncated data file (download it again)")  # fmt: skip
     raw = data_file.read(offset, size)
+    if dtype_code == _STRING:
+        raw = bytes(raw)  # strings are returned as bytes (an object graph, a few kB)
     lengths = _string_lengths(raw, math.prod(shape), data_file.name) if dtype_code == _STRING else None
     if stored_crc is not None and _crc(raw, lengths) != _unmask(stored_crc):
         raise WeightsError(f"{data_file.name}: the bytes of {name} do not match their checksum: the file is damaged "
@@ -214,8 +229,7 @@ def _read_variable(name: str, entry: dict, shards: list[_Shard], index: str):
     if lengths is not None:
         return _strings(raw, lengths, name, data_file.name)
     kind, numpy_type = _DTYPES[dtype_code]
-    array = np.frombuffer(raw, dtype=numpy_type).reshape(shape)
-    tensor = torch.from_numpy(array.copy())  # a copy: frombuffer's array is read-only
+    tensor = torch.from_numpy(np.frombuffer(raw, dtype=numpy_type).reshape(shape))  # on the read bytes, no copy
     return tensor.view(torch.bfloat16) if kind == "bfloat16" else tensor
 
 
@@ -244,10 +258,21 @@ def _crc(raw: bytes, lengths: tuple[list[int], int] | None) -> int:
     each length as the 4 (or, past 4 GiB, 8) little-endian bytes of an integer, not as the varint written, then the
     rest as written."""
     if lengths is None:
-        return google_crc32c.value(raw)
+        return _crc_of(raw)
     sizes, end = lengths
     encoded = b"".join(size.to_bytes(4 if size <= 0xFFFFFFFF else 8, "little") for size in sizes)
-    return google_crc32c.extend(google_crc32c.value(encoded), raw[end:])
+    return _crc_of(raw[end:], google_crc32c.value(encoded))
+
+
+_CRC_CHUNK = 1 << 22
+
+
+def _crc_of(raw, crc: int = 0) -> int:
+    """CRC-32C of ``raw`` (bytes or a memoryview) continued from ``crc``. google_crc32c takes only ``bytes``: the
+    tensors' memory is checked a 4 MiB copy at a time, never copied whole."""
+    for start in range(0, len(raw), _CRC_CHUNK):
+        crc = google_crc32c.extend(crc, bytes(raw[start : start + _CRC_CHUNK]))
+    return crc
 
 
 def _strings(raw: bytes, lengths: tuple[list[int], int], name: str, data_file: str | Path) -> list[bytes]:
