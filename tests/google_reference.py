@@ -289,3 +289,111 @@ def forward(v: Variables, images, *, backbone: str, head: str, output_stride: in
         features = decoder(v, features, low)
     logits = conv(v, features, "logits/semantic", classes, bias=True)
     return resize(logits, canvas)[:, :height, :width]
+
+
+# ------------------------------------------------------------------------------- MobileNetV3 and EdgeTPU (slim)
+
+
+def hard_swish(x):
+    return x * relu6(x + 3) * (1.0 / 6.0)
+
+
+def _hard_sigmoid(x):
+    return relu6(x + 3) * 0.16667  # slim's and DeepLab's constant
+
+
+RELU, HSWISH = F.relu, hard_swish
+# (kind, expansion factor, out, kernel, stride, activation, squeeze-excite, residual); ("conv", out, kernel, stride, act)
+MOBILENET_V3 = {
+    "large": [("conv", 16, 3, 2, HSWISH), ("ir", 1, 16, 3, 1, RELU, False, True), ("ir", 4, 24, 3, 2, RELU, False, True),
+              ("ir", 3, 24, 3, 1, RELU, False, True), ("ir", 3, 40, 5, 2, RELU, True, True),
+              ("ir", 3, 40, 5, 1, RELU, True, True), ("ir", 3, 40, 5, 1, RELU, True, True),
+              ("ir", 6, 80, 3, 2, HSWISH, False, True), ("ir", 2.5, 80, 3, 1, HSWISH, False, True),
+              ("ir", 184 / 80, 80, 3, 1, HSWISH, False, True), ("ir", 184 / 80, 80, 3, 1, HSWISH, False, True),
+              ("ir", 6, 112, 3, 1, HSWISH, True, True), ("ir", 6, 112, 3, 1, HSWISH, True, True),
+              # the "seg" variant: the last block halved (160 -> 80), expansions 336, 480, 480; the 1x1 conv 480
+              ("ir", 3, 80, 5, 2, HSWISH, True, True), ("ir", 6, 80, 5, 1, HSWISH, True, True),
+              ("ir", 6, 80, 5, 1, HSWISH, True, True), ("conv", 480, 1, 1, HSWISH)],
+    "small": [("conv", 16, 3, 2, HSWISH), ("ir", 1, 16, 3, 2, RELU, True, True), ("ir", 72 / 16, 24, 3, 2, RELU, False, True),
+              ("ir", 88 / 24, 24, 3, 1, RELU, False, True), ("ir", 4, 40, 5, 2, HSWISH, True, True),
+              ("ir", 6, 40, 5, 1, HSWISH, True, True), ("ir", 6, 40, 5, 1, HSWISH, True, True),
+              ("ir", 3, 48, 5, 1, HSWISH, True, True), ("ir", 3, 48, 5, 1, HSWISH, True, True),
+              ("ir", 3, 48, 5, 2, HSWISH, True, True), ("ir", 6, 48, 5, 1, HSWISH, True, True),
+              ("ir", 6, 48, 5, 1, HSWISH, True, True), ("conv", 288, 1, 1, HSWISH)],
+    "edgetpu": [("conv", 32, 3, 2, RELU), ("fused", 1, 16, 3, 1, RELU, False, True), ("fused", 8, 32, 3, 2, RELU, False, True),
+                *[("fused", 4, 32, 3, 1, RELU, False, True)] * 3, ("fused", 8, 48, 3, 2, RELU, False, True),
+                *[("fused", 4, 48, 3, 1, RELU, False, True)] * 3, ("ir", 8, 96, 3, 2, RELU, False, True),
+                *[("ir", 4, 96, 3, 1, RELU, False, True)] * 3, ("ir", 8, 96, 3, 1, RELU, False, False),
+                *[("ir", 4, 96, 3, 1, RELU, False, True)] * 3, ("ir", 8, 160, 5, 2, RELU, False, True),
+                *[("ir", 4, 160, 5, 1, RELU, False, True)] * 3, ("ir", 8, 192, 3, 1, RELU, False, True),
+                ("conv", 1280, 1, 1, RELU)],
+}  # fmt: skip
+MOBILENET_V3_DECODER_TAP = {"large": 6, "small": 3}  # layer_7 / layer_4: their depthwise output
+
+
+def mobilenet_v3(v: Variables, x, variant: str, output_stride: int, depth_multiplier: float = 1.0):
+    """-> (features, the stride-8 depthwise output Google's decoder reads, or None)."""
+    scope, eps = ("MobilenetEdgeTPU" if variant == "edgetpu" else "MobilenetV3"), 1e-3
+    layers = MOBILENET_V3[variant]
+    plan = stack_plan([layer[3] if layer[0] == "conv" else layer[4] for layer in layers], output_stride)
+    tap, convs, units = None, 0, 0
+    for index, (layer, (stride, rate)) in enumerate(zip(layers, plan)):
+        if layer[0] == "conv":
+            _, out, kernel, _, act = layer
+            name = "Conv" if convs == 0 else f"Conv_{convs}"
+            convs += 1
+            x = conv(v, x, f"{scope}/{name}", _divisible(out * depth_multiplier, 8), kernel, stride=stride, eps=eps, act=act)
+            continue
+        kind, factor, out, kernel, nominal, act, se, residual = layer
+        name = f"{scope}/expanded_conv" + (f"_{units}" if units else "")
+        units += 1
+        inner = _divisible(x.shape[-1] * factor, 8)
+        h = x
+        if inner > x.shape[-1]:
+            h = conv(v, h, f"{name}/expand", inner, kernel if kind == "fused" else 1,
+                     stride=nominal if kind == "fused" else 1, eps=eps, act=act)  # fmt: skip
+        if kind == "ir":
+            h = depthwise(v, h, f"{name}/depthwise", kernel, stride=stride, rate=rate, eps=eps, act=act)
+        if index == MOBILENET_V3_DECODER_TAP.get(variant):
+            tap = h
+        if se:
+            squeezed = _divisible(h.shape[-1] / 4, 8)
+            gate = conv(v, h.mean(dim=(1, 2), keepdim=True), f"{name}/squeeze_excite/Conv", squeezed, bias=True, act=F.relu)
+            gate = conv(v, gate, f"{name}/squeeze_excite/Conv_1", h.shape[-1], bias=True, act=_hard_sigmoid)
+            h = h * gate
+        h = conv(v, h, f"{name}/project", _divisible(out * depth_multiplier, 8), eps=eps)
+        step = nominal if kind == "fused" else stride
+        x = h + x if residual and step == 1 and h.shape[-1] == x.shape[-1] else h
+    return x, tap
+
+
+def mobilenet_v3_head(v: Variables, x, low, classes: int, output_stride: int):
+    """model_zoo.md's MobileNetV3 flags: image pooling crop 769 at stride (4, 5) as an SE gate (q-sigmoid, no BN),
+    aspp0 of 128 without projection, a sum-merge decoder at stride 8 whose output is the logits."""
+    window = scale_dimension(769, 1.0 / output_stride)
+    pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), window, (4, 5)).permute(0, 2, 3, 1)
+    gate = conv(v, pooled, "image_pooling", 128, bias=True, act=_hard_sigmoid)
+    features = conv(v, x, "aspp0", 128, eps=1e-5, act=F.relu) * resize(gate, x.shape[1:3])
+    projected = conv(v, low, "decoder/feature_projection0", classes, bias=True)
+    return conv(v, resize(features, low.shape[1:3]), "decoder/decoder_conv0", classes, bias=True) + projected
+
+
+def forward_mobilenet_v3(v: Variables, images, *, variant: str, output_stride: int, classes: int, crop=None,
+                         depth_multiplier: float = 1.0, aspp_width: int = 256):  # fmt: skip
+    """Google's MobileNetV3 (variant "large"/"small": its own head) and EdgeTPU ("edgetpu": the MobileNetV2-style
+    ASPP of ``aspp_width`` without rates) models; images NHWC 0..255 -> logits NHWC."""
+    height, width = images.shape[1:3]
+    x = images / 127.5 - 1.0
+    if crop is not None:
+        x = F.pad(x, (0, 0, 0, max(0, crop[1] - width), 0, max(0, crop[0] - height)))
+    canvas = x.shape[1:3]
+    features, low = mobilenet_v3(v, x, variant, output_stride, depth_multiplier)
+    if variant == "edgetpu":
+        pooled = conv(v, features.mean(dim=(1, 2), keepdim=True), "image_pooling", aspp_width, eps=1e-5, act=F.relu)
+        branches = [pooled.expand(-1, features.shape[1], features.shape[2], -1),
+                    conv(v, features, "aspp0", aspp_width, eps=1e-5, act=F.relu)]  # fmt: skip
+        features = conv(v, torch.cat(branches, dim=-1), "concat_projection", aspp_width, eps=1e-5, act=F.relu)
+        logits = conv(v, features, "logits/semantic", classes, bias=True)
+    else:
+        logits = mobilenet_v3_head(v, features, low, classes, output_stride)
+    return resize(logits, canvas)[:, :height, :width]

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from google_reference import Variables, forward
+from google_reference import Variables, forward, forward_mobilenet_v3
 from PIL import Image
 from tf_writer import write_checkpoint, write_tarball
 
@@ -38,7 +38,24 @@ CASES = {
     "resnet50_beta_os16_even": ("resnet_v1_50", "aspp+decoder", 16, (66, 80), None, 21, (6, 12, 18), {}),
     "resnet101_beta_os8_multigrid": ("resnet_v1_101", "aspp+decoder", 8, (65, 81), None, 21, (12, 24, 36),
                                      {"multi_grid": (1, 2, 4)}),
+    # MobileNetV3's head pools a 769x769 crop's window: images of that size at least, as Google's graph needs.
+    "mobilenetv3_large_os32": ("mobilenet_v3_large", "mnv3", 32, (769, 1025), None, 19, (), {}),
+    "mobilenetv3_small_os32_padded": ("mobilenet_v3_small", "mnv3", 32, (700, 1000), (769, 1025), 19, (), {}),
+    "edgetpu_os32_even": ("edgetpu", "aspp", 32, (66, 80), None, 19, (), {}),
+    "edgetpu_slim_os16_padded": ("edgetpu_slim", "aspp", 16, (65, 81), (97, 97), 19, (), {}),
 }  # fmt: skip
+
+
+def _google_forward(variables, images, *, backbone, head, output_stride, classes, rates=(), crop=None,
+                    multi_grid=(1, 1, 1)):  # fmt: skip
+    """The reference's forward of a case's network."""
+    if backbone.startswith(("mobilenet_v3", "edgetpu")):
+        variant = backbone.removeprefix("mobilenet_v3_").removesuffix("_slim")
+        slim = backbone.endswith("_slim")
+        return forward_mobilenet_v3(variables, images, variant=variant, output_stride=output_stride, classes=classes,
+                                    crop=crop, depth_multiplier=0.75 if slim else 1.0, aspp_width=128 if slim else 256)
+    return forward(variables, images, backbone=backbone, head=head, output_stride=output_stride, classes=classes,
+                   rates=rates, crop=crop, multi_grid=multi_grid)  # fmt: skip
 
 
 def _images(size, seed=0):
@@ -50,8 +67,8 @@ def _reference(case: str, seed: int = 0):
     backbone, head, stride, size, crop, classes, rates, extra = CASES[case]
     variables = Variables(seed)
     images = _images(size, seed)
-    expected = forward(variables, images, backbone=backbone, head=head, output_stride=stride, classes=classes,
-                       rates=rates, crop=crop, multi_grid=extra.get("multi_grid", (1, 1, 1)))  # fmt: skip
+    expected = _google_forward(variables, images, backbone=backbone, head=head, output_stride=stride, classes=classes,
+                               rates=rates, crop=crop, multi_grid=extra.get("multi_grid", (1, 1, 1)))  # fmt: skip
     overrides = {"output_stride": stride, "pad_to": crop, **extra}
     if rates:
         overrides["atrous_rates"] = rates
@@ -64,9 +81,15 @@ def _ours(model, images):
 
 
 def _assert_close(ours, expected):
-    difference = float((ours - expected).abs().max() / expected.abs().max())
+    scale = expected.abs().max()
+    difference = float((ours - expected).abs().max() / scale)
     assert difference <= TOLERANCE, difference
-    assert torch.equal(ours.argmax(-1), expected.argmax(-1))
+    # The same class wherever the reference's best two differ by more than the tolerance (between near-ties, float
+    # rounding may pick either; on the million pixels of a 769x1025 image some are that close).
+    top2 = expected.topk(2, dim=-1).values
+    decided = (top2[..., 0] - top2[..., 1]) > 2 * TOLERANCE * scale
+    assert decided.float().mean() > 0.99
+    assert torch.equal(ours.argmax(-1)[decided], expected.argmax(-1)[decided])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -160,11 +183,15 @@ def published_variables(spec) -> dict[str, torch.Tensor]:
     """TF-named random tensors in the layout a published file of ``spec`` holds (the reference's variables)."""
     backbone = {"xception41_google": "xception_41", "xception65_google": "xception_65", "xception71_google": "xception_71",
                 "mobilenet_v2_google": "mobilenet_v2", "mobilenet_v2_dm05_google": "mobilenet_v2_dm05",
-                "resnet50_beta_google": "resnet_v1_50", "resnet101_beta_google": "resnet_v1_101"}[spec.backbone]  # fmt: skip
-    head = {"deeplabv3_google": "aspp", "deeplabv3plus": "aspp+decoder", "deeplabv3plus_dpc_google": "dpc+decoder"}[spec.name]
+                "resnet50_beta_google": "resnet_v1_50", "resnet101_beta_google": "resnet_v1_101",
+                "mobilenet_v3_large_seg_google": "mobilenet_v3_large", "mobilenet_v3_small_seg_google": "mobilenet_v3_small",
+                "mobilenet_edgetpu_google": "edgetpu", "mobilenet_edgetpu_dm075_google": "edgetpu_slim"}[spec.backbone]  # fmt: skip
+    head = {"deeplabv3_google": "aspp", "deeplabv3_google_slim": "aspp", "deeplabv3plus": "aspp+decoder",
+            "deeplabv3plus_dpc_google": "dpc+decoder", "deeplabv3plus_mnv3_google": "mnv3"}[spec.name]  # fmt: skip
     variables = Variables(1)
-    forward(variables, _images((33, 33)), backbone=backbone, head=head, output_stride=16, classes=spec.num_classes,
-            rates=spec.atrous_rates or ())  # fmt: skip
+    size = (769, 769) if head == "mnv3" else (33, 33)  # MobileNetV3's head pools a 769x769 crop's window
+    _google_forward(variables, _images(size)[:1], backbone=backbone, head=head, output_stride=spec.output_stride or 16,
+                    classes=spec.num_classes, rates=spec.atrous_rates or ())  # fmt: skip
     return variables.values
 
 
@@ -179,6 +206,8 @@ def test_the_zoo_lists_every_published_segmentation_checkpoint_of_googles_table(
         "mobilenetv2_coco_voc_trainval", "xception65_coco_voc_trainaug", "xception65_coco_voc_trainval",
         "mobilenetv2_coco_cityscapes_trainfine", "xception65_cityscapes_trainfine", "xception71_dpc_cityscapes_trainfine",
         "xception71_dpc_cityscapes_trainval", "mobilenetv2_ade20k_train", "xception65_ade20k_train",
+        "mobilenetv3_large_cityscapes_trainfine", "mobilenetv3_small_cityscapes_trainfine", "edgetpu_deeplab",
+        "edgetpu_deeplab_slim",
     }  # fmt: skip
     for name in models:
         entry = zoo()[name]
@@ -240,10 +269,14 @@ def test_the_command_line_takes_the_index_or_prefix_and_pad_to(tmp_path, photos,
 
 
 def test_a_checkpoint_of_a_network_atrous_does_not_build_is_named():
-    with pytest.raises(WeightsError, match=re.escape("a Google DeepLab checkpoint on MobileNetV3 (MobilenetV3/...): atrous "
-                                                     "does not build that network yet")):  # fmt: skip
-        atrous.from_pretrained({"MobilenetV3/Conv/weights": torch.zeros(3, 3, 3, 16),
+    with pytest.raises(WeightsError, match=re.escape("a Google DeepLab checkpoint on Auto-DeepLab's HNASNet "
+                                                     "(hnasnet/...): atrous does not build that network yet")):  # fmt: skip
+        atrous.from_pretrained({"hnasnet/stem/weights": torch.zeros(3, 3, 3, 16),
                                 "logits/semantic/weights": torch.zeros(1, 1, 19, 19)})  # fmt: skip
+    with pytest.raises(WeightsError, match=re.escape("Google's plain resnet_v1_50 (a 7x7 stem, ImageNet-mean input): "
+                                                     "atrous builds the beta variant")):  # fmt: skip
+        atrous.from_pretrained({"resnet_v1_50/conv1/weights": torch.zeros(7, 7, 3, 64),
+                                "logits/semantic/weights": torch.zeros(1, 1, 256, 21)})  # fmt: skip
 
 
 def test_spec_values_for_google_models_are_checked():
@@ -273,3 +306,21 @@ def test_the_onnx_export_keeps_tensorflows_padding_at_every_size(tmp_path):
         expected = _ours(model, images).permute(0, 3, 1, 2).numpy()
         got = session.run(None, {session.get_inputs()[0].name: images.permute(0, 3, 1, 2).to(torch.uint8).numpy()})[0]
         assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max(), size
+
+
+def test_mobilenetv3_exports_at_its_published_canvas_and_refuses_a_smaller_one(tmp_path):
+    """Its image pooling's window is fixed in a graph: right only where every input's features cover it, as on the
+    zoo's 1025x2049 canvas; without pad_to the export would freeze the example's window, so it is refused."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from atrous.export import export_model
+
+    variables, _, _, overrides = _reference("mobilenetv3_small_os32_padded")
+    model = atrous.from_pretrained(variables.values, **{**overrides, "pad_to": None})
+    with pytest.raises(ValueError, match="export this model with pad_to of 769x769 at least"):
+        export_model(model, tmp_path / "small.onnx", format="onnx")
+    model = atrous.from_pretrained(variables.values, **overrides)
+    session = onnxruntime.InferenceSession(str(export_model(model, tmp_path / "mnv3.onnx", format="onnx")))
+    images = _images((700, 1000)).round()[:1]
+    expected = _ours(model, images).permute(0, 3, 1, 2).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: images.permute(0, 3, 1, 2).to(torch.uint8).numpy()})[0]
+    assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()

@@ -12,15 +12,17 @@ ALL_BACKBONES = atrous.list_backbones()
 
 
 def test_registries_list_the_documented_names():
-    assert atrous.list_models() == ["deeplabv1_kazuto", "deeplabv2", "deeplabv3", "deeplabv3_google", "deeplabv3_kazuto",
-                                    "deeplabv3_mmseg", "deeplabv3plus", "deeplabv3plus_dpc_google", "deeplabv3plus_mmseg",
+    assert atrous.list_models() == ["deeplabv1_kazuto", "deeplabv2", "deeplabv3", "deeplabv3_google",
+                                    "deeplabv3_google_slim", "deeplabv3_kazuto", "deeplabv3_mmseg", "deeplabv3plus",
+                                    "deeplabv3plus_dpc_google", "deeplabv3plus_mmseg", "deeplabv3plus_mnv3_google",
                                     "deeplabv3plus_smp", "deeplabv3plus_vainf"]  # fmt: skip
     assert ALL_BACKBONES == sorted(
         ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet101_caffe", "mobilenet_v3_large",
          "resnet18_v1c", "resnet34_v1c", "resnet50_v1c", "resnet101_v1c", "mobilenet_v2_vainf", "mobilenet_v2_jfzhang95",
          "xception65_jfzhang95", "drn_d_54", "hrnetv2_w32", "hrnetv2_w48", "xception_vainf", "xception41_google",
          "xception65_google", "xception71_google", "mobilenet_v2_google", "mobilenet_v2_dm05_google",
-         "resnet50_beta_google", "resnet101_beta_google"]
+         "resnet50_beta_google", "resnet101_beta_google", "mobilenet_v3_large_seg_google",
+         "mobilenet_v3_small_seg_google", "mobilenet_edgetpu_google", "mobilenet_edgetpu_dm075_google"]
     )  # fmt: skip
 
 
@@ -35,7 +37,8 @@ def _strides(backbone: str) -> list[int]:
 # the contracts at their strides, under the V3+ head only (they are large: Xception-65 alone has 55M parameters).
 PEER_BACKBONES = {"xception65_jfzhang95", "drn_d_54", "hrnetv2_w32", "hrnetv2_w48", "xception_vainf", "xception41_google",
                   "xception65_google", "xception71_google", "mobilenet_v2_google", "mobilenet_v2_dm05_google",
-                  "resnet50_beta_google", "resnet101_beta_google"}  # fmt: skip
+                  "resnet50_beta_google", "resnet101_beta_google", "mobilenet_v3_large_seg_google",
+                  "mobilenet_v3_small_seg_google", "mobilenet_edgetpu_google", "mobilenet_edgetpu_dm075_google"}  # fmt: skip
 
 
 def _minimum_side(backbone: nn.Module) -> int:

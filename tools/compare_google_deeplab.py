@@ -23,7 +23,8 @@ import atrous
 
 # Reference variant -> what atrous cannot read from a checkpoint (the rest it reads from the keys and shapes).
 OVERRIDES = {"resnet_v1_101_beta": {"multi_grid": (1, 2, 4)}}
-NO_RATES = ("mobilenet_v2", "mobilenet_v2_dm05", "mobilenet_v2_decoder", "xception_71_dpc")
+NO_RATES = ("mobilenet_v2", "mobilenet_v2_dm05", "mobilenet_v2_decoder", "xception_71_dpc", "mobilenet_v3_large_seg",
+            "mobilenet_v3_small_seg", "mobilenet_edgetpu", "mobilenet_edgetpu_slim")
 TOLERANCE = 1e-4  # of the largest logit
 
 

@@ -115,8 +115,18 @@ VARIANTS = {
     "resnet_v1_50_beta": ["--model_variant=resnet_v1_50_beta", "--decoder_output_stride=4"],
     "resnet_v1_101_beta": ["--model_variant=resnet_v1_101_beta", "--decoder_output_stride=4", "--multi_grid=1",
                            "--multi_grid=2", "--multi_grid=4"],
+    **{f"mobilenet_v3_{size}_seg": [  # model_zoo.md's flags of its MobileNetV3 Cityscapes models
+        f"--model_variant=mobilenet_v3_{size}_seg", "--image_pooling_crop_size=769,769",
+        "--image_pooling_stride=4,5", "--add_image_level_feature=1",
+        "--aspp_convs_filters=128", "--aspp_with_concat_projection=0", "--aspp_with_squeeze_and_excitation=1",
+        "--decoder_use_sum_merge=1", "--decoder_filters=19", "--decoder_output_is_logits=1",
+        "--image_se_uses_qsigmoid=1", "--decoder_output_stride=8"] for size in ("large", "small")},
+    "mobilenet_edgetpu": ["--model_variant=mobilenet_edgetpu", "--aspp_convs_filters=256"],
+    "mobilenet_edgetpu_slim": ["--model_variant=mobilenet_edgetpu", "--depth_multiplier=0.75",
+                               "--aspp_convs_filters=128"],
 }  # fmt: skip
-NO_ASPP_RATES = ("mobilenet_v2", "mobilenet_v2_dm05", "mobilenet_v2_decoder", "xception_71_dpc")
+NO_ASPP_RATES = ("mobilenet_v2", "mobilenet_v2_dm05", "mobilenet_v2_decoder", "xception_71_dpc",
+                 "mobilenet_v3_large_seg", "mobilenet_v3_small_seg", "mobilenet_edgetpu", "mobilenet_edgetpu_slim")
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ from .. import cpu
 _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _building_a_graph() -> bool:
+def building_a_graph() -> bool:
     return (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
@@ -194,7 +194,7 @@ class AtrousConv2d(nn.Conv2d):
         self.always_by_taps = always_by_taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _building_a_graph() or x.device.type == "meta":  # meta: FLOP counts quote the nominal convolution
+        if building_a_graph() or x.device.type == "meta":  # meta: FLOP counts quote the nominal convolution
             return super().forward(x)
         (dilation_h, dilation_w), (height, width) = self.dilation, x.shape[-2:]
         rows, cols = _live_taps(dilation_h, height), _live_taps(dilation_w, width)

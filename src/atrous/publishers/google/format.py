@@ -27,8 +27,9 @@ _TRAINING_STATE = re.compile(r"(^global_step$|/Momentum(_\d+)?$|/ExponentialMovi
 _IMAGENET_CLASSIFIER = re.compile(r"^(xception_\d+/logits/|resnet_v1_\d+/logits/|MobilenetV2/(Logits|Conv_1)/)")
 _BACKBONE_SCOPES = {"xception_41": "xception41_google", "xception_65": "xception65_google",
                     "xception_71": "xception71_google", "resnet_v1_50": "resnet50_beta_google",
-                    "resnet_v1_101": "resnet101_beta_google", "MobilenetV2": "mobilenet_v2"}  # fmt: skip
-_NOT_BUILT = {"MobilenetV3": "MobileNetV3", "MobilenetEdgeTPU": "EdgeTPU-DeepLab", "mnas": "MnasNet"}
+                    "resnet_v1_101": "resnet101_beta_google", "MobilenetV2": "mobilenet_v2",
+                    "MobilenetV3": "mobilenet_v3", "MobilenetEdgeTPU": "mobilenet_edgetpu"}  # fmt: skip
+_NOT_BUILT = {"resnet_v1_18": "ResNet-v1-18", "pnasnet": "PNASNet", "hnasnet": "Auto-DeepLab's HNASNet"}
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
@@ -53,10 +54,10 @@ def _scope(state: Mapping[str, torch.Tensor]) -> str | None:
     """The backbone's root scope: ``xception_65``, ``MobilenetV2``, ``resnet_v1_101``..."""
     roots = {key.split("/", 1)[0] for key in state}
     for root in roots:
-        if root in _NOT_BUILT or root.startswith("mnas"):
+        if root in _NOT_BUILT:
             raise WeightsError(f"a Google DeepLab checkpoint on {_NOT_BUILT.get(root, root)} ({root}/...): atrous "
-                               "does not build that network yet (it builds Xception-41/65/71, MobileNetV2 and "
-                               "ResNet-v1-50/101-beta)")  # fmt: skip
+                               "does not build that network yet (it builds Xception-41/65/71, MobileNetV2/V3, "
+                               "EdgeTPU-MobileNet and ResNet-v1-50/101-beta)")  # fmt: skip
     found = [root for root in roots if root in _BACKBONE_SCOPES]
     return found[0] if len(found) == 1 else None
 
@@ -66,6 +67,18 @@ def _recognise(state, source) -> bool:
 
 
 def _backbone(state, scope: str) -> str:
+    if scope == "MobilenetV3":  # the large one has 15 expanded convs, the small 11
+        return "mobilenet_v3_large_seg_google" if "MobilenetV3/expanded_conv_14/project/weights" in state else \
+            "mobilenet_v3_small_seg_google"  # fmt: skip
+    if scope == "MobilenetEdgeTPU":
+        width = state["MobilenetEdgeTPU/Conv/weights"].shape[-1]
+        if width not in (32, 24):
+            raise WeightsError(f"Google's EdgeTPU-MobileNet with a {width}-channel first conv: atrous builds depth "
+                               "multiplier 1.0 (32) and 0.75 (24)")  # fmt: skip
+        return "mobilenet_edgetpu_google" if width == 32 else "mobilenet_edgetpu_dm075_google"
+    if scope.startswith("resnet") and f"{scope}/conv1/weights" in state:
+        raise WeightsError(f"Google's plain {scope} (a 7x7 stem, ImageNet-mean input): atrous builds the beta variant "
+                           "(three 3x3 stem convs, conv1_1..conv1_3) that its DeepLab zoo publishes")  # fmt: skip
     if scope != "MobilenetV2":
         return _BACKBONE_SCOPES[scope]
     width = state["MobilenetV2/Conv/weights"].shape[-1]
@@ -79,13 +92,17 @@ def _describe(state, contents, source):
     state, _ = set_aside(state)
     scope = _scope(state)
     backbone = _backbone(state, scope)
+    padding = ("pad_to", ("no padding: the image is its own crop (a checkpoint does not record Google's crop_size; "
+                          "the zoo entries carry the published one)"))  # fmt: skip
+    if "decoder/decoder_conv0/biases" in state:  # a decoder whose output is the logits: MobileNetV3's head
+        assumed = [("output_stride", "output stride 32, Google's MobileNetV3 flags (not in a checkpoint)"), padding]
+        return ModelSpec(name="deeplabv3plus_mnv3_google", backbone=backbone, output_stride=32, align_corners=True,
+                         num_classes=classes(state, "decoder/decoder_conv0/biases")), assumed  # fmt: skip
     if "logits/semantic/weights" not in state:
         raise WeightsError(f"{source}: Google's {scope} checkpoint holds a backbone only (no logits/semantic), not a "
                            f"segmentation model: start a training from it, model.pretrained_backbone={source} (in "
                            "Python build_model(..., pretrained_backbone=path))")  # fmt: skip
-    assumed = [("output_stride", "output stride 16, Google's eval.py default (a checkpoint does not record it)"),
-               ("pad_to", ("no padding: the image is its own crop (a checkpoint does not record Google's crop_size; "
-                           "the zoo entries carry the published one)"))]  # fmt: skip
+    assumed = [("output_stride", "output stride 16, Google's eval.py default (a checkpoint does not record it)"), padding]
     fields = {"backbone": backbone, "num_classes": classes(state, "logits/semantic/biases"), "output_stride": 16,
               "align_corners": True}  # fmt: skip
     if "meta_architecture/branch0_depthwise/depthwise_weights" in state:
@@ -98,8 +115,12 @@ def _describe(state, contents, source):
         assumed.append(("atrous_rates", "rates (6, 12, 18) at output stride 16, Google's zoo's (not in a checkpoint)"))
     fields["atrous_rates"] = (6, 12, 18)[:branches]  # none: Google's MobileNetV2 models (1x1 and image pooling)
     name = "deeplabv3plus" if "decoder/feature_projection0/weights" in state else "deeplabv3_google"
+    if name == "deeplabv3_google" and state["aspp0/weights"].shape[-1] == 128:
+        name = "deeplabv3_google_slim"  # EdgeTPU-DeepLab-slim's 128-channel ASPP
     # Google's ASPP and decoder convs are separable unless its flags said otherwise (then a plain 3x3 "aspp1").
-    return ModelSpec(name=name, separable="aspp1/weights" not in state, **fields), assumed
+    # (an ASPP without rates and no decoder has no separable conv: False, as the zoo's specs say)
+    separable = "aspp1/weights" not in state and (branches > 0 or name == "deeplabv3plus")
+    return ModelSpec(name=name, separable=separable, **fields), assumed
 
 
 # ------------------------------------------------------------------------------------------------ translation
@@ -137,14 +158,37 @@ def _resnet_scopes(depth: int) -> dict[str, tuple[str, str]]:
     return scopes
 
 
-def _backbone_scopes(scope: str) -> dict[str, tuple[str, str]]:
+def _mobilenet_v3_scopes(state, scope: str) -> dict[str, tuple[str, str | None]]:
+    """Google's names of the ``GoogleMobileNetV3`` units in order: Conv, expanded_conv, expanded_conv_1 ..., Conv_1."""
+    count = sum(1 for key in state if re.fullmatch(rf"{scope}/expanded_conv(_\d+)?/project/weights", key))
+    scopes = {"Conv": ("units.0.0", "units.0.1"), "Conv_1": (f"units.{count + 1}.0", f"units.{count + 1}.1")}
+    for index in range(count):
+        unit, ours = "expanded_conv" + (f"_{index}" if index else ""), f"units.{index + 1}"
+        for part in ("expand", "depthwise", "project"):
+            scopes[f"{unit}/{part}"] = (f"{ours}.{part}.0", f"{ours}.{part}.1")
+        scopes[f"{unit}/squeeze_excite/Conv"] = (f"{ours}.squeeze_excite.squeeze", None)
+        scopes[f"{unit}/squeeze_excite/Conv_1"] = (f"{ours}.squeeze_excite.excite", None)
+    return scopes
+
+
+def _backbone_scopes(state, scope: str) -> dict[str, tuple[str, str | None]]:
+    if scope in ("MobilenetV3", "MobilenetEdgeTPU"):
+        return _mobilenet_v3_scopes(state, scope)
     if scope == "MobilenetV2":
         return _mobilenet_scopes()
     depth = int(scope.rsplit("_", 1)[1])
     return _xception_scopes(depth) if scope.startswith("xception") else _resnet_scopes(depth)
 
 
+# MobileNetV3's head (``MobileNetV3SegHead``): image pooling with a bias and no BN, a decoder of 1x1 convs with bias.
+_MOBILENET_V3_HEAD = {"image_pooling": ("image_pooling", None), "aspp0": ("aspp0.conv", "aspp0.bn"),
+                      "decoder/decoder_conv0": ("classifiers.0", None),
+                      "decoder/feature_projection0": ("classifiers.1", None)}  # fmt: skip
+
+
 def _head_scopes(state) -> dict[str, tuple[str, str | None]]:
+    if "decoder/decoder_conv0/biases" in state:
+        return _MOBILENET_V3_HEAD
     scopes = {"image_pooling": ("aspp.pooling.conv", "aspp.pooling.bn"), "aspp0": ("aspp.branch1x1.conv", "aspp.branch1x1.bn"),
               "concat_projection": ("aspp.project.conv", "aspp.project.bn"), "logits/semantic": ("classifier", None),
               "decoder/feature_projection0": ("low_project.conv", "low_project.bn"),
@@ -187,7 +231,8 @@ def _aspp_order(projection: torch.Tensor, branches: int) -> torch.Tensor:
 def _translate(state, model):
     state, _ = set_aside(state)
     scope = _scope(state)
-    places = {f"{scope}/{tf}": tuple(f"backbone.{part}" for part in ours) for tf, ours in _backbone_scopes(scope).items()}
+    places = {f"{scope}/{tf}": tuple(f"backbone.{part}" if part else None for part in ours)
+              for tf, ours in _backbone_scopes(state, scope).items()}  # fmt: skip
     places |= {tf: tuple(f"head.{part}" if part else None for part in ours) for tf, ours in _head_scopes(state).items()}
     translated = {}
     for key, value in state.items():

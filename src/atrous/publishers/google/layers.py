@@ -1,6 +1,6 @@
-"""The two TensorFlow conventions Google's networks compute with that PyTorch's layers do not: 'SAME' padding of a
-strided layer (split bottom/right-heavy, and depending on the input's size) and a BatchNorm epsilon of 1e-3 in the
-backbones (TensorFlow-slim's default)."""
+"""The TensorFlow conventions Google's networks compute with that PyTorch's layers do not: 'SAME' padding of a
+strided layer (split bottom/right-heavy, and depending on the input's size), a BatchNorm epsilon of 1e-3 in the
+backbones (TensorFlow-slim's default), slim's hard sigmoid constant, and the [-1, 1] input of Google's models."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from ...models.normalization import InputNormalization
 
+SE_GATE = 0.16667  # slim's and DeepLab's hard sigmoid: relu6(x + 3) * 0.16667 (not 1/6)
 BACKBONE_BN_EPS = 1e-3  # slim's batch_norm default, which Google's Xception and MobileNets keep
 # Google's Xception, MobileNet and ResNet-beta models take RGB scaled to [-1, 1] (``x / 127.5 - 1``): its mean pixel,
 # what it pads crops with, becomes exactly 0.
