@@ -60,7 +60,7 @@ def _write_published(name: str, path, tensors=None) -> None:
         return
     values = tensors if tensors is not None else published_variables(zoo()[name].spec)
     prefix = write_checkpoint(path.parent / "train" / "model.ckpt", {k: v.numpy() for k, v in values.items()})
-    write_tarball(path, prefix)
+    write_tarball(path, prefix, gzip=False)  # a tarball as Google's; gzip'd ones: tests/test_google_deeplab.py
 
 
 MODELS = sorted(name for name, entry in zoo().items() if entry.kind == "model")

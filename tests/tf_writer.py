@@ -82,10 +82,13 @@ def write_checkpoint(prefix: str | Path, tensors: dict[str, np.ndarray]) -> Path
     return prefix
 
 
-def write_tarball(path: str | Path, prefix: Path, *, inner: str = "deeplab_model") -> Path:
-    """A zoo-style tarball: ``inner/model.ckpt.{index,data-...}`` beside a stand-in ``frozen_inference_graph.pb``."""
+def write_tarball(path: str | Path, prefix: Path, *, inner: str = "deeplab_model", gzip: bool = True) -> Path:
+    """A zoo-style tarball: ``inner/model.ckpt.{index,data-...}`` beside a stand-in ``frozen_inference_graph.pb``;
+    ``gzip=False`` leaves it uncompressed (the reader tells by the bytes, not the name): gzip takes seconds for a
+    checkpoint of Xception's size, and the gzip'd path is tested on small ones."""
     path = Path(path)
-    with tarfile.open(path, "w:gz") as archive:
+    mode, options = ("w:gz", {"compresslevel": 1}) if gzip else ("w", {})
+    with tarfile.open(path, mode, **options) as archive:
         graph = prefix.parent / "frozen_inference_graph.pb"
         graph.write_bytes(b"\x0a\x00" * 64)  # not read: only the checkpoint is
         archive.add(graph, f"{inner}/frozen_inference_graph.pb")

@@ -55,7 +55,7 @@ def _scope(state: Mapping[str, torch.Tensor]) -> str | None:
     roots = {key.split("/", 1)[0] for key in state}
     for root in roots:
         if root in _NOT_BUILT:
-            raise WeightsError(f"a Google DeepLab checkpoint on {_NOT_BUILT.get(root, root)} ({root}/...): atrous "
+            raise WeightsError(f"a Google DeepLab checkpoint on {_NOT_BUILT[root]} ({root}/...): atrous "
                                "does not build that network yet (it builds Xception-41/65/71, MobileNetV2/V3, "
                                "EdgeTPU-MobileNet and ResNet-v1-50/101-beta)")  # fmt: skip
     found = [root for root in roots if root in _BACKBONE_SCOPES]
@@ -108,12 +108,13 @@ def _describe(state, contents, source):
     if "meta_architecture/branch0_depthwise/depthwise_weights" in state:
         return ModelSpec(name="deeplabv3plus_dpc_google", **fields), assumed
     branches = sum(1 for key in state if re.fullmatch(r"aspp[1-9]\d*(_depthwise/depthwise_weights|/weights)", key))
-    if branches > 3:
-        raise WeightsError(f"{source}: an ASPP of {branches} atrous branches; Google's rates for it are not known to "
-                           "atrous: pass atrous_rates (one per branch)")  # fmt: skip
+    # None: Google's MobileNetV2 models (1x1 and image pooling only). Three: its zoo's 6, 12, 18 at stride 16; other
+    # counts come from other flags, whose rates a checkpoint does not record either: 6 apart is only a guess.
+    fields["atrous_rates"] = tuple(6 * (i + 1) for i in range(branches))
     if branches:
-        assumed.append(("atrous_rates", "rates (6, 12, 18) at output stride 16, Google's zoo's (not in a checkpoint)"))
-    fields["atrous_rates"] = (6, 12, 18)[:branches]  # none: Google's MobileNetV2 models (1x1 and image pooling)
+        known = "Google's zoo's" if branches == 3 else "a guess: Google's zoo has 3 rates or none"
+        assumed.append(("atrous_rates", f"rates {fields['atrous_rates']} at output stride 16, {known} (not in a "
+                                        "checkpoint)"))  # fmt: skip
     name = "deeplabv3plus" if "decoder/feature_projection0/weights" in state else "deeplabv3_google"
     if name == "deeplabv3_google" and state["aspp0/weights"].shape[-1] == 128:
         name = "deeplabv3_google_slim"  # EdgeTPU-DeepLab-slim's 128-channel ASPP
