@@ -113,8 +113,8 @@ def _describe(state, contents, source):
     fields["atrous_rates"] = tuple(6 * (i + 1) for i in range(branches))
     if branches:
         known = "Google's zoo's" if branches == 3 else "a guess: Google's zoo has 3 rates or none"
-        assumed.append(("atrous_rates", f"rates {fields['atrous_rates']} at output stride 16, {known} (not in a "
-                                        "checkpoint)"))  # fmt: skip
+        rates = f"rates {fields['atrous_rates']} at output stride 16, {known} (not in a checkpoint)"
+        assumed.append(("atrous_rates", rates))
     name = "deeplabv3plus" if "decoder/feature_projection0/weights" in state else "deeplabv3_google"
     if name == "deeplabv3_google" and state["aspp0/weights"].shape[-1] == 128:
         name = "deeplabv3_google_slim"  # EdgeTPU-DeepLab-slim's 128-channel ASPP

@@ -19,6 +19,7 @@ from .layers import SE_GATE, SameConv2d, bn
 from .mobilenet_v2 import make_divisible
 from .strides import stride_plan
 
+
 def hard_swish(x: torch.Tensor) -> torch.Tensor:
     return x * F.relu6(x + 3.0) * (1.0 / 6.0)
 
