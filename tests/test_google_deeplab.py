@@ -305,3 +305,14 @@ def test_mobilenetv3_exports_at_its_published_canvas_and_refuses_a_smaller_one(t
     expected = _ours(model, images).permute(0, 3, 1, 2).numpy()
     got = session.run(None, {session.get_inputs()[0].name: images.permute(0, 3, 1, 2).to(torch.uint8).numpy()})[0]
     assert np.abs(got - expected).max() <= TOLERANCE * np.abs(expected).max()
+
+
+def test_a_tensorflow_checkpoint_given_as_a_pytorch_file_says_where_it_is_read(tmp_path):
+    from atrous.weights.torch_file import read_torch_file
+
+    prefix, *_ = _small_checkpoint(tmp_path, training_state=False)
+    with pytest.raises(WeightsError) as error:
+        read_torch_file(f"{prefix}.index", what="checkpoint", objects="refuse")  # what --resume reads
+    assert str(error.value) == (f"{prefix}.index is part of the TensorFlow checkpoint {prefix}, not a PyTorch "
+                                "checkpoint: pass it as weights (--weights, model.weights, from_pretrained), which read "
+                                "TensorFlow checkpoints")  # fmt: skip

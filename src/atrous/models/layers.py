@@ -38,6 +38,8 @@ _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def building_a_graph() -> bool:
+    """Whether torch is scripting, tracing or exporting: a size-dependent choice made in Python then freezes the
+    example's."""
     return (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
@@ -273,7 +275,7 @@ class ConvBNReLU(nn.Module):
         if dilation not in (1, (1, 1)) and kernel_size == 3:
             self.conv = AtrousConv2d(in_channels, out_channels, dilation=dilation, groups=groups)
         else:
-            padding = (kernel_size - 1) // 2 * max(nn.modules.utils._pair(dilation))
+            padding = (kernel_size - 1) // 2 * (max(dilation) if isinstance(dilation, tuple) else dilation)
             self.conv = nn.Conv2d(
                 in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False
             )

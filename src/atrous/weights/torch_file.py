@@ -176,8 +176,8 @@ def _refuse_foreign(path: Path, what: str) -> None:
     pointer, text."""
     if is_tf_checkpoint(path):
         raise WeightsError(f"{path} is part of the TensorFlow checkpoint {bundle_prefix(path)}, not a PyTorch {what}: "
-                           "atrous reads its tensors (atrous.weights.tf_bundle.read_tf_checkpoint) but builds no "
-                           "model of Google's DeepLab from them yet")  # fmt: skip
+                           "pass it as weights (--weights, model.weights, from_pretrained), which read TensorFlow "
+                           "checkpoints")  # fmt: skip
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip (torch.save) or a pickle of protocol 2 or later
