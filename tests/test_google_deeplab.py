@@ -316,3 +316,20 @@ def test_a_tensorflow_checkpoint_given_as_a_pytorch_file_says_where_it_is_read(t
     assert str(error.value) == (f"{prefix}.index is part of the TensorFlow checkpoint {prefix}, not a PyTorch "
                                 "checkpoint: pass it as weights (--weights, model.weights, from_pretrained), which read "
                                 "TensorFlow checkpoints")  # fmt: skip
+
+
+def test_eval_takes_a_checkpoint_and_a_dataset_without_a_config(tmp_path, capsys):
+    """The issue's `atrous eval --weights deeplabv3_cityscapes_train/model.ckpt --dataset cityscapes --root ...`."""
+    from data_fixtures import make_cityscapes
+
+    variables = Variables(0)
+    forward(variables, _images((33, 33))[:1], backbone="mobilenet_v2_dm05", head="aspp", output_stride=16, classes=19)
+    prefix = write_checkpoint(tmp_path / "deeplabv3_cityscapes_train" / "model.ckpt",
+                              {key: value.numpy() for key, value in variables.values.items()})  # fmt: skip
+    make_cityscapes(tmp_path / "data", np.random.default_rng(0).integers(0, 34, (40, 72)).astype(np.uint8), split="val")
+    out = tmp_path / "eval"
+    assert main(["eval", "--weights", str(prefix), "--dataset", "cityscapes", "--root", str(tmp_path / "data"),
+                 "--pad-to", "65,129", "--out", str(out), "--runtime", "eager"]) == 0  # fmt: skip
+    assert (out / "metrics.json").is_file() and "mIoU" in capsys.readouterr().out
+    assert main(["eval", "--weights", str(prefix)]) == 2
+    assert "atrous eval needs --config (a run's config.yaml or a recipe) or --dataset NAME" in capsys.readouterr().err

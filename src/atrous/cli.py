@@ -307,7 +307,11 @@ def _inference_device(preference: str, args: argparse.Namespace) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    config = apply_overrides(load_config(args.config), args.overrides)
+    if args.config is None and args.dataset is None:
+        raise ConfigError("atrous eval needs --config (a run's config.yaml or a recipe) or --dataset NAME (with --root)")
+    flags = [f"data.dataset={args.dataset}"] * (args.dataset is not None) + [f"data.root={args.data_root}"] * (
+        args.data_root is not None)  # fmt: skip
+    config = apply_overrides(load_config(args.config) if args.config else Config(), [*flags, *args.overrides])
     info = init_distributed(_inference_device(args.device if args.device != "auto" else config.train.device, args))
     try:
         model = _load_model(args)
@@ -494,8 +498,11 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_inference_commands(commands) -> None:
     evaluate = commands.add_parser("eval", help="mIoU and per-class scores on a dataset split, with plots")
-    evaluate.add_argument("--config", type=Path, required=True,
-                          help="the run's config.yaml or a recipe: says the dataset, its root and split")
+    evaluate.add_argument("--config", type=Path,
+                          help="the run's config.yaml or a recipe: says the dataset, its root and split (or --dataset)")
+    evaluate.add_argument("--dataset", choices=list_datasets(),
+                          help="a dataset with its defaults, without a config (a published model's, say)")
+    evaluate.add_argument("--root", dest="data_root", help="the dataset's folder (data.root)")
     evaluate.add_argument("--split", help="dataset split (default: the config's data.val_split)")
     evaluate.add_argument("--out", type=Path, help="output folder (default: <out_dir>/<name>/eval)")
     _add_flag(evaluate, "save-predictions", action="store_true", help="also write coloured predictions")
