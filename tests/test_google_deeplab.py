@@ -269,7 +269,7 @@ def test_spec_values_for_google_models_are_checked():
         atrous.build_model("deeplabv3plus", backbone="xception65_google", multi_grid=[1, 2])
     model = atrous.build_model("deeplabv3_google", backbone="mobilenet_v2_google", atrous_rates=[], pad_to=[65, 65])
     assert model.spec.atrous_rates == () and len(model.head.aspp.atrous_branches) == 0
-    with pytest.raises(ValueError, match="a model that pads its input to"):
+    with pytest.raises(ConfigError, match="a model that pads its input to"):
         model.head_logits(torch.zeros(1, 3, 33, 33))
 
 
@@ -297,7 +297,7 @@ def test_mobilenetv3_exports_at_its_published_canvas_and_refuses_a_smaller_one(t
 
     variables, _, _, overrides = _reference("mobilenetv3_small_os32_padded")
     model = atrous.from_pretrained(variables.values, **{**overrides, "pad_to": None})
-    with pytest.raises(ValueError, match="export this model with pad_to of 769x769 at least"):
+    with pytest.raises(ConfigError, match="export this model with pad_to of 769x769 at least"):
         export_model(model, tmp_path / "small.onnx", format="onnx")
     model = atrous.from_pretrained(variables.values, **overrides)
     session = onnxruntime.InferenceSession(str(export_model(model, tmp_path / "mnv3.onnx", format="onnx")))

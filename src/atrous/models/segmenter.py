@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .backbones.base import Backbone
 from .normalization import InputNormalization
 from .spec import ModelSpec
@@ -116,8 +117,8 @@ class Segmenter(nn.Module):
         """The main head's logits at its own resolution (stride 4 to 16), before the upsampling of ``forward``."""
         if self.pad_to is not None:
             # Its head resolution covers the padded canvas, not the input: no stride-exact way back.
-            raise ValueError(f"a model that pads its input to {tuple(self.pad_to)} has no head logits of the input "
-                             "alone; use forward (or mean fusion of scales)")  # fmt: skip
+            raise ConfigError(f"a model that pads its input to {tuple(self.pad_to)} has no head logits of the input "
+                              "alone: max fusion of scales (--msc) cannot take it; mean fusion (--scales) can")  # fmt: skip
         return self.head(self.backbone(images))
 
     def forward(self, images: torch.Tensor) -> SegmentationOutput:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import ConfigError
 from ...models.layers import ASPP, ConvBNReLU, SeparableConvBNReLU, building_a_graph
 from .layers import SE_GATE
 
@@ -114,8 +115,8 @@ class MobileNetV3SegHead(nn.Module):
         window = (min(self.pool_size, height), min(self.pool_size, width))
         if building_a_graph() and window != (self.pool_size, self.pool_size):
             # A graph keeps the example's window: right only where every input's features cover the full window.
-            raise ValueError(f"export this model with pad_to of {self.POOLING_CROP}x{self.POOLING_CROP} at least (its "
-                             "zoo entries' 1025x2049): smaller inputs pool a smaller window")  # fmt: skip
+            raise ConfigError(f"export this model with pad_to of {self.POOLING_CROP}x{self.POOLING_CROP} at least (its "
+                              "zoo entries' 1025x2049): smaller inputs pool a smaller window")  # fmt: skip
         gate = F.relu6(self.image_pooling(F.avg_pool2d(x, window, self.POOLING_STRIDE)) + 3.0) * SE_GATE
         gate = F.interpolate(gate, size=(height, width), mode="bilinear", align_corners=True)
         context = F.interpolate(self.aspp0(x) * gate, size=low.shape[-2:], mode="bilinear", align_corners=True)
