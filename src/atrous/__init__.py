@@ -19,6 +19,7 @@ from .registry import PRESETS, list_backbones, list_models, list_presets
 from .version import __version__ as __version__
 from .weights.load import WeightsReport, load_weights
 from .weights.pretrained import from_pretrained, load_trained_model
+from .weights.publish import ModelCard
 
 # Submodules README uses as `atrous.<module>.<name>` after a plain `import atrous`, imported on first use so that
 # `import atrous` stays light (onnxruntime, matplotlib and the datasets load only when asked for).
@@ -38,6 +39,7 @@ __all__ = [
     "AtrousError",
     "ConfigError",
     "DataError",
+    "ModelCard",
     "ModelSpec",
     "SegmentationOutput",
     "Segmenter",

@@ -135,6 +135,23 @@ class Segmenter(nn.Module):
             aux_logits = self._without_padding(F.interpolate(self.aux_head(features), **upsample), height, width)
         return SegmentationOutput(logits, aux_logits)
 
+    def save_pretrained(self, folder, *, card=None, repo: str | None = None):
+        """Write this model as a Hugging Face Hub folder (config.json, model.safetensors, README.md model card):
+        ``atrous.from_pretrained(folder)`` reads it back exactly. ``card``: an ``atrous.ModelCard`` (data, recipe,
+        scores, license); ``repo``: the "org/name" the card's loading line names."""
+        from ..weights.publish import save_pretrained  # the Hub folder's format is the weights layer's
+
+        return save_pretrained(self, folder, card=card, repo=repo)
+
+    def push_to_hub(self, repo: str, *, private: bool | None = None, token: str | None = None, card=None,
+                    commit_message: str | None = None) -> str:  # fmt: skip
+        """Upload ``save_pretrained``'s folder to the Hub repository ``repo`` ("org/name"; created when missing) in
+        one commit and return its URL; ``atrous.from_pretrained("hf-hub:org/name")`` reads it. Needs huggingface_hub
+        and a token (``hf auth login``, HF_TOKEN or ``token``); refused offline before anything is written."""
+        from ..weights.publish import push_to_hub
+
+        return push_to_hub(self, repo, private=private, token=token, card=card, commit_message=commit_message)
+
     def _without_padding(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The logits of the input's own pixels, the padding to ``pad_to`` cut away."""
         return logits if self.pad_to is None else logits[..., :height, :width]

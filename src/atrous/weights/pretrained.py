@@ -24,6 +24,7 @@ from ..models.spec import ModelSpec
 from ..paths import hub_checkpoints
 from ..registry import PRESETS, atrous_rates, check_spec, find_format, locate_weights, resolved, zoo
 from .format import Format, Undescribed
+from .hub import HUB_PREFIX, hub_folder, hub_repo
 from .load import detect_format, load_weights
 from .read import read_source, unwrap_state_dict
 from .torch_file import verify_checksum
@@ -225,10 +226,14 @@ def from_pretrained(
     spec: ModelSpec | None = None,
     new_classifier_ok: bool = False,
     other_architecture: Literal["warn", "refuse"] = "warn",
+    revision: str | None = None,
+    token: str | None = None,
     **overrides,
 ) -> Segmenter:
     """A model in eval mode with the weights of ``source`` (a zoo name (``atrous models --pretrained``), a weights
-    file, an smp ``save_pretrained`` folder, a state dict or a training-run dict),
+    file, a ``save_pretrained`` folder (atrous's, smp's, transformers'), a KerasHub preset folder, a Hugging Face Hub
+    model (``hf-hub:org/name``, or ``org/name`` where no such path exists; ``revision``: a branch, tag or commit,
+    ``token`` for private ones), a state dict or a training-run dict),
     built as the file describes itself, with its class names and palette when it has them.
 
     The architecture is read from the keys, the shapes and any description the file carries, or is ``spec`` when
@@ -246,7 +251,14 @@ def from_pretrained(
     if other_architecture not in OTHER_ARCHITECTURE:
         raise ConfigError(f"unknown other_architecture {other_architecture!r}; choose from {list(OTHER_ARCHITECTURE)}")
     asked = overrides.get("num_classes")
-    if isinstance(source, str) and source in zoo() and not Path(source).exists():
+    in_zoo = isinstance(source, str) and source in zoo() and not Path(source).exists()
+    hub = None if in_zoo else hub_repo(source)
+    if hub is not None:
+        repo, named_revision = hub
+        folder = hub_folder(repo, revision or named_revision, token=token)
+        return _from_file(folder, spec=spec, known=None, overrides=overrides, new_classifier_ok=new_classifier_ok,
+                          refuse=other_architecture == "refuse", name=f"{HUB_PREFIX}{repo}")  # fmt: skip
+    if in_zoo:
         entry = zoo()[source]
         if entry.kind == "backbone_init":
             raise WeightsError(f"{source} is the ImageNet init of the {entry.spec.backbone} backbone, not a segmentation "
@@ -258,7 +270,9 @@ def from_pretrained(
             raise WeightsError(_other_classes_asked(source, entry.spec.num_classes, asked,
                                                     weights=f"{cached} (the zoo's download of it)"))  # fmt: skip
         # The zoo knows its publisher's architecture: it is what the file implies.
-        model = _from_file(zoo_file(entry), spec=spec, known=(entry.name, entry.spec), overrides=overrides,
+        hub = hub_repo(entry.url) if entry.url and entry.url.startswith(HUB_PREFIX) else None
+        where = hub_folder(hub[0], revision or hub[1], token=token) if hub else zoo_file(entry)
+        model = _from_file(where, spec=spec, known=(entry.name, entry.spec), overrides=overrides,
                            new_classifier_ok=new_classifier_ok, refuse=other_architecture == "refuse")  # fmt: skip
         if model.num_classes == entry.spec.num_classes:
             model.set_labels(*entry.class_names_and_palette())
@@ -269,13 +283,15 @@ def from_pretrained(
 
 def _from_file(
     source: str | Path | Mapping, *, spec: ModelSpec | None, known: tuple[str, ModelSpec] | None,
-    overrides: Mapping[str, Any], new_classifier_ok: bool, refuse: bool,
+    overrides: Mapping[str, Any], new_classifier_ok: bool, refuse: bool, name: str | None = None,
 ) -> Segmenter:  # fmt: skip
     """``from_pretrained`` of a file, folder or state dict; ``known``: (zoo name, spec) of a published file, whose
-    architecture the zoo knows rather than the file."""
+    architecture the zoo knows rather than the file; ``name``: what messages call the source (a Hub repository's
+    rather than its cache folder's)."""
     asked_classes = overrides.get("num_classes")
     read = read_source(locate_weights(source) if isinstance(source, (str, Path)) else source)
-    name, contents, inert = (str(source) if isinstance(source, (str, Path)) else read.name), read.contents, read.inert
+    name = name or (str(source) if isinstance(source, (str, Path)) else read.name)
+    contents, inert = read.contents, read.inert
     if isinstance(contents, Mapping):
         verify_checksum(contents, name)
     state = unwrap_state_dict(contents, source=name)

@@ -63,17 +63,43 @@ def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
         raise WeightsError(f"{path}: cannot read weights (truncated or damaged file?): {error}") from error
 
 
-def read_folder(folder: Path) -> tuple[dict, list[str]]:
-    """An smp ``save_pretrained`` folder: ``model.safetensors`` (or ``pytorch_model.bin``) beside ``config.json``."""
-    weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).is_file()), None)
-    if weights is None:
-        raise WeightsError(f"{folder}: a folder needs model.safetensors (or pytorch_model.bin), as save_pretrained "
-                           "writes it")  # fmt: skip
-    tensors, inert = read_weights_file(weights)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return {"state_dict": unwrap_state_dict(tensors, source=str(weights)), "smp_config": config}, inert
+# A folder's weights file, most wanted first: save_pretrained's (atrous, smp, transformers) and KerasHub's task preset.
+FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "task.weights.h5")
+# The JSON files beside them that describe the model, read when present (KerasHub's task.json, transformers' image
+# processor): each under its name in the contents.
+FOLDER_DESCRIPTIONS = ("task.json", "preprocessor.json", "preprocessor_config.json")
+_MAX_JSON_BYTES = 1 << 24  # a config of 16 MiB is no config: refused before it is parsed
 
+
+def read_folder(folder: Path) -> tuple[dict, list[str]]:
+    """A ``save_pretrained`` folder (atrous's, smp's, transformers'; a Hub snapshot) or a KerasHub preset: the weights
+    file (``FOLDER_WEIGHTS``) beside ``config.json``. atrous's own comes back as its checkpoints are (``model``,
+    ``spec``, labels, ``checksum``); any other as ``state_dict`` and its ``config`` (and ``FOLDER_DESCRIPTIONS``)."""
+    weights = next((folder / name for name in FOLDER_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        raise WeightsError(f"{folder}: a folder needs {' or '.join(FOLDER_WEIGHTS)}, as save_pretrained (or KerasHub's "
+                           "save_to_preset) writes it")  # fmt: skip
+    tensors, inert = read_weights_file(weights)
+    config = _json(folder / "config.json") or {}
+    state = unwrap_state_dict(tensors, source=str(weights))
+    if isinstance(config, Mapping) and config.get("library") == "atrous":
+        labels = {key: config.get(key) for key in ("spec", "class_names", "palette", "checksum")}
+        return {"model": state, **labels}, inert
+    described = {name: _json(folder / name) for name in FOLDER_DESCRIPTIONS if (folder / name).is_file()}
+    return {"state_dict": state, "config": config, **described}, inert
+
+
+def _json(path: Path) -> object:
+    """The JSON ``path`` holds (None when there is no such file), refused in one line naming it when damaged."""
+    if not path.is_file():
+        return None
+    if path.stat().st_size > _MAX_JSON_BYTES:
+        raise WeightsError(f"{path}: {path.stat().st_size} bytes is no model description (at most {_MAX_JSON_BYTES})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"{path}: not valid JSON ({error}): the file is damaged or not a model description") \
+            from None  # fmt: skip
 
 
 # The keys training runs keep the model under: atrous/detectron2 ("model"), mmseg/jfzhang95/Lightning

@@ -59,7 +59,7 @@ def _describe(state, contents, source):
     """Its config.json (``save_pretrained`` folders) says everything; a bare state dict leaves its defaults to assume.
     Its ResNet encoder dilates every block of a dilated stage, and it upsamples with align_corners=True."""
     plus = "decoder.block1.0.weight" in state
-    config = (contents.get("smp_config") or {}) if isinstance(contents, Mapping) else {}
+    config = (contents.get("config") or {}) if isinstance(contents, Mapping) else {}
     separable = f"{'decoder.aspp.0.' if plus else 'decoder.aspp.'}convs.1.0.0.weight" in state
     if separable and not plus:
         raise WeightsError(f"{source}: smp DeepLabV3 with decoder_aspp_separable=True does not read yet (its "
