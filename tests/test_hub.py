@@ -23,7 +23,8 @@ SMALL_BACKBONES = {"deeplabv3_google": "mobilenet_v2_dm05_google", "deeplabv3_go
                    "deeplabv3plus_mnv3_google": "mobilenet_v3_small_seg_google",
                    "deeplabv3plus_dpc_google": "mobilenet_v2_dm05_google", "deeplabv3_mmseg": "resnet18_v1c",
                    "deeplabv3plus_mmseg": "resnet18_v1c", "deeplabv1_kazuto": "resnet18", "deeplabv3_kazuto": "resnet18",
-                   "deeplabv2": "resnet18", "deeplabv3plus_vainf": "resnet18", "deeplabv3plus_smp": "resnet18"}  # fmt: skip
+                   "deeplabv2": "resnet18", "deeplabv3plus_vainf": "resnet18", "deeplabv3plus_smp": "resnet18",
+                   "deeplabv3_transformers_256": "mobilevit_xxs_hf", "deeplabv3_transformers_512": "mobilevitv2_050_hf"}  # fmt: skip
 
 
 def small_model(name="deeplabv3plus", **fields):

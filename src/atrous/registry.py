@@ -29,7 +29,7 @@ from .models.layers import adopt_dilated_convs
 from .models.segmenter import Segmenter
 from .models.spec import ModelSpec
 from .paths import hub_checkpoints
-from .publishers import Publisher, deeplabv2, google, jfzhang95, kazuto, mmseg, smp, torchvision, vainf
+from .publishers import Publisher, deeplabv2, google, jfzhang95, kazuto, mmseg, smp, torchvision, transformers, vainf
 from .weights import atrous_format, imagenet_format
 from .weights import zoo as zoo_files
 from .weights.format import Format
@@ -84,6 +84,7 @@ for _publisher in (
     smp.PUBLISHER,
     jfzhang95.PUBLISHER,
     google.PUBLISHER,
+    transformers.PUBLISHER,
 ):
     register(_publisher)
 TORCHVISION_DEEPLABV3: dict[str, ModelSpec] = dict(torchvision.PUBLISHER.presets)
@@ -114,6 +115,8 @@ def published_files() -> dict[str, PublishedFile]:
     """Every file atrous knows a publisher of, by file name: the zoo's entries and torchvision's ImageNet backbones."""
     files = {}
     for entry in zoo().values():
+        if entry.url is not None and entry.url.startswith("hf-hub:"):
+            continue  # a Hub repository: huggingface_hub's cache keeps its files, under their own names
         fetch = (f"--weights {entry.name} (atrous.from_pretrained({entry.name!r}))" if entry.kind == "model" else
                  f"model.pretrained_backbone={entry.name} (pretrained_backbone={entry.name!r} in Python)")  # fmt: skip
         what = f"the file of the zoo entry {entry.name} (published by {entry.publisher})"
