@@ -29,7 +29,19 @@ from .models.layers import adopt_dilated_convs
 from .models.segmenter import Segmenter
 from .models.spec import ModelSpec
 from .paths import hub_checkpoints
-from .publishers import Publisher, deeplabv2, google, jfzhang95, kazuto, mmseg, smp, torchvision, transformers, vainf
+from .publishers import (
+    Publisher,
+    deeplabv2,
+    google,
+    jfzhang95,
+    kazuto,
+    keras_hub,
+    mmseg,
+    smp,
+    torchvision,
+    transformers,
+    vainf,
+)
 from .weights import atrous_format, imagenet_format
 from .weights import zoo as zoo_files
 from .weights.format import Format
@@ -85,6 +97,7 @@ for _publisher in (
     jfzhang95.PUBLISHER,
     google.PUBLISHER,
     transformers.PUBLISHER,
+    keras_hub.PUBLISHER,
 ):
     register(_publisher)
 TORCHVISION_DEEPLABV3: dict[str, ModelSpec] = dict(torchvision.PUBLISHER.presets)

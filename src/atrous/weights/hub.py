@@ -24,10 +24,11 @@ _FILE_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".ckpt", ".safetensors", ".h5",
 # What a model is read from, most wanted first: one of these beside config.json. KerasHub's task presets keep the
 # whole segmenter (backbone and head) in task.weights.h5, described by task.json.
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "task.weights.h5")
-# Read when the repository has them: the input processing (transformers) and KerasHub's task and preprocessor.
+# Read when the repository has them: the input processing (transformers); KerasHub's backbone weights, task and
+# preprocessor.
 DESCRIPTION_FILES = {"model.safetensors": ("preprocessor_config.json",),
                      "pytorch_model.bin": ("preprocessor_config.json",),
-                     "task.weights.h5": ("task.json", "preprocessor.json", "metadata.json")}  # fmt: skip
+                     "task.weights.h5": ("model.weights.h5", "task.json", "preprocessor.json", "metadata.json")}  # fmt: skip
 
 
 def hub_repo(source: object) -> tuple[str, str | None] | None:

@@ -1,5 +1,5 @@
 """Reading what holds weights, once: a torch file (``atrous.weights.torch_file``: no code from it runs), a
-``.safetensors`` file, a TensorFlow checkpoint (``atrous.weights.tf_bundle``: its prefix, ``.index`` or data file, or
+``.safetensors`` file, a Keras ``.weights.h5`` file (``atrous.weights.keras_h5``), a TensorFlow checkpoint (``atrous.weights.tf_bundle``: its prefix, ``.index`` or data file, or
 the tarball holding it), a ``save_pretrained`` folder (weights beside ``config.json``) or a mapping already in
 memory; then the tensors unwrapped from whatever container a training run kept them in (``unwrap_state_dict``)."""
 
@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import WeightsError
+from .keras_h5 import is_keras_weights, read_keras_weights
 from .tf_bundle import is_tf_checkpoint, is_tf_tarball, read_tf_checkpoint
 from .torch_file import module_state_dict, placeholders_in, read_torch_file, refusal, refuse_what_is_not_a_file
 
@@ -54,6 +55,8 @@ def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
     path = Path(path)
     if is_tf_checkpoint(path) or is_tf_tarball(path):
         return read_tf_checkpoint(path), []
+    if path.suffix == ".h5" and path.is_file() and is_keras_weights(path):
+        return read_keras_weights(path), []
     if path.suffix != ".safetensors":
         return read_torch_file(path)
     refuse_what_is_not_a_file(path, "weights file")
@@ -67,7 +70,7 @@ def read_weights_file(path: str | Path) -> tuple[object, list[str]]:
 FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "task.weights.h5")
 # The JSON files beside them that describe the model, read when present (KerasHub's task.json, transformers' image
 # processor): each under its name in the contents.
-FOLDER_DESCRIPTIONS = ("task.json", "preprocessor.json", "preprocessor_config.json")
+FOLDER_DESCRIPTIONS = ("task.json", "preprocessor.json", "preprocessor_config.json", "metadata.json")
 _MAX_JSON_BYTES = 1 << 24  # a config of 16 MiB is no config: refused before it is parsed
 
 
@@ -80,6 +83,11 @@ def read_folder(folder: Path) -> tuple[dict, list[str]]:
         raise WeightsError(f"{folder}: a folder needs {' or '.join(FOLDER_WEIGHTS)}, as save_pretrained (or KerasHub's "
                            "save_to_preset) writes it")  # fmt: skip
     tensors, inert = read_weights_file(weights)
+    if weights.name == "task.weights.h5" and (folder / "model.weights.h5").is_file():
+        # KerasHub's preset: the task's own layers (the classifier) here, the backbone's in model.weights.h5.
+        # Groups without a name attribute keep their paths, which both files start at layers/: the task's kept apart.
+        backbone, _ = read_weights_file(folder / "model.weights.h5")
+        tensors = {**backbone, **{(f"task/{key}" if "/vars/" in key else key): value for key, value in tensors.items()}}
     config = _json(folder / "config.json") or {}
     state = unwrap_state_dict(tensors, source=str(weights))
     if isinstance(config, Mapping) and config.get("library") == "atrous":

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConfigError, WeightsError
+from ...errors import ConfigError, DataError, WeightsError
 from ...models.backbones.base import Backbone
 from ...models.spec import ModelSpec
 from ...weights.keys import classes
@@ -76,8 +76,19 @@ class TransformersMobileViT(Backbone):
         self.channels = {"low": widths[1], "aux": widths[3], "out": widths[4]}
         self.strides = {"low": strides[1], "aux": strides[3], "out": strides[4]}
         self.output_stride = output_stride
+        self.unfolds_whole_patches = timm_name.startswith("mobilevitv2")
+
+    def minimum_input_size(self) -> int:
+        """The smallest image side (pixels) this network gives a feature map for: MobileViTV2's last map needs a whole
+        2x2 patch (transformers' own fails below it too); MobileViT resizes a smaller map up to one."""
+        return self.output_stride + 1 if self.unfolds_whole_patches else 1
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = images.shape[-2:]
+        if min(int(height), int(width)) < self.minimum_input_size():
+            raise DataError(f"MobileViTV2 at output stride {self.output_stride} needs images of at least "
+                            f"{self.minimum_input_size()}x{self.minimum_input_size()} pixels (its last feature map "
+                            f"must hold one 2x2 patch), got {height}x{width}")  # fmt: skip
         x = self.net.stem(images)
         features = {}
         for index, stage in enumerate(self.net.stages):
