@@ -132,3 +132,19 @@ def test_a_damaged_keras_file_is_refused_naming_it(saved, tmp_path):
     damaged.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(WeightsError, match="damaged.weights.h5: cannot read it as a Keras weights file"):
         atrous.from_pretrained(damaged)
+
+
+def test_the_onnx_export_gives_the_eager_logits_at_other_sizes(saved, tmp_path):
+    import onnxruntime
+
+    from atrous.export import export_model
+
+    _, weights, _ = saved
+    ours = atrous.from_pretrained(weights)
+    session = onnxruntime.InferenceSession(str(export_model(ours, tmp_path / "keras.onnx", format="onnx")))
+    for size in ((64, 96), (65, 81)):
+        image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (1, 3, *size), dtype=np.uint8))
+        with torch.no_grad():
+            expected = ours(ours.normalization(image.float())).logits.numpy()
+        got = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), size

@@ -180,3 +180,24 @@ def test_each_hub_model_of_the_zoo_runs_by_name_from_the_cache(hub_cache, name):
     assert ours.class_names[:2] == ["background", "aeroplane"]
     kind = "mobilenet_v2" if "mobilenet_v2" in name else "mobilevitv2" if "v2" in name else "mobilevit"
     assert max(worst(hf, ours, kind, (64, 64))) <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["mobilevit", "mobilevitv2"])
+def test_the_onnx_export_computes_the_patch_grid_of_every_input(tmp_path, kind):
+    """MobileViT resizes to whole patches and MobileViTV2 unfolds them by the input's size: an exported graph must
+    compute both per input (timm's math.ceil froze the example's: 3-6% of the largest logit off at every size)."""
+    import numpy as np
+    import onnxruntime
+
+    from atrous.export import export_model
+
+    hf = randomised(MODELS[kind]())
+    hf.save_pretrained(tmp_path / "model")
+    ours = atrous.from_pretrained(tmp_path / "model")
+    session = onnxruntime.InferenceSession(str(export_model(ours, tmp_path / "model.onnx", format="onnx")))
+    for size in ((65, 81), (64, 96), (130, 98)):
+        image = pixels(kind, size)[1].round()
+        with torch.no_grad():
+            expected = ours(ours.normalization(image)).logits.numpy()
+        got = session.run(None, {session.get_inputs()[0].name: image.to(torch.uint8).numpy()})[0]
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), size

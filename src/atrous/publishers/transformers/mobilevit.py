@@ -8,6 +8,9 @@ layers, with the two places where transformers computes otherwise made its way:
 - MobileViTV2's unfolding where a feature map's side is odd: transformers drops the last row or column (``F.unfold``)
   and its fold writes zeros there; timm resizes the block's input up (align_corners) and keeps the larger map.
 
+Both blocks' forwards are written here in integer arithmetic on the input's size (timm's use ``math.ceil``): an ONNX
+export computes the patch grid per input rather than freezing the example's.
+
 The head reads layer 5's output (not the classification network's final 1x1 expansion). Keys: transformers' names ->
 timm's (V1's separate query/key/value -> one ``qkv``: rows [q; k; v]) under ``backbone.net.``. Facts:
 ``transformers/models/mobilevit{,v2}/modeling_mobilevit{,v2}.py`` 5.x, compared layer by layer with timm 1.0."""
@@ -33,6 +36,27 @@ V2_NETWORKS = {f"mobilevitv2_{width}_hf": f"mobilevitv2_{width}" for width in ("
 # transformers' layer 5 width (neck_hidden_sizes[5]) of each MobileViT; MobileViTV2's is its width multiplier's.
 _V1_BY_WIDTH = {80: "mobilevit_xxs_hf", 96: "mobilevit_xs_hf", 160: "mobilevit_s_hf"}
 _V2_BY_WIDTH = {256: "mobilevitv2_050_hf", 512: "mobilevitv2_100_hf", 768: "mobilevitv2_150_hf"}
+
+
+def _v1_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """timm's (and transformers') ``MobileViTLayer`` after its downsampling, in integer arithmetic on the input's size
+    and with the resize to whole patches always made (the identity where the sides divide): an exported graph then
+    computes both per input instead of freezing the example's (timm's ``math.ceil`` and ``if`` do)."""
+    shortcut = x
+    x = self.conv_1x1(self.conv_kxk(x))
+    batch, channels, height, width = x.shape
+    patch_h, patch_w = self.patch_size
+    rows, cols = (height + patch_h - 1) // patch_h, (width + patch_w - 1) // patch_w
+    x = F.interpolate(x, size=(rows * patch_h, cols * patch_w), mode="bilinear", align_corners=False)
+    # [B, C, H, W] -> [B * P, N, C]: attention over the N patches, separately for each of the P pixels of a patch.
+    x = x.reshape(batch * channels * rows, patch_h, cols, patch_w).transpose(1, 2)
+    x = x.reshape(batch, channels, rows * cols, patch_h * patch_w).transpose(1, 3)
+    x = self.norm(self.transformer(x.reshape(batch * patch_h * patch_w, rows * cols, channels)))
+    x = x.reshape(batch, patch_h * patch_w, rows * cols, channels).transpose(1, 3)
+    x = x.reshape(batch * channels * rows, cols, patch_h, patch_w).transpose(1, 2)
+    x = x.reshape(batch, channels, rows * patch_h, cols * patch_w)
+    x = self.conv_proj(F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False))
+    return self.conv_fusion(torch.cat((shortcut, x), dim=1))
 
 
 def _v2_block_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +92,8 @@ class TransformersMobileViT(Backbone):
                 if hasattr(block, "conv_kxk"):
                     conv = block.conv_kxk.conv
                     conv.dilation, conv.padding = (1, 1), ((conv.kernel_size[0] - 1) // 2,) * 2
-                    if timm_name.startswith("mobilevitv2"):
-                        block.forward = types.MethodType(_v2_block_forward, block)
+                    forward = _v2_block_forward if timm_name.startswith("mobilevitv2") else _v1_block_forward
+                    block.forward = types.MethodType(forward, block)
         widths = [stage[-1].conv_proj.out_channels if hasattr(stage[-1], "conv_proj") else _width(stage[-1])
                   for stage in self.net.stages]  # fmt: skip
         strides = [2, 4, 8, min(16, output_stride), output_stride]
