@@ -216,3 +216,49 @@ def test_push_is_refused_offline_or_without_a_token_before_anything_is_written(r
     with pytest.raises(ConfigError, match="ORG/NAME"):
         model.push_to_hub("roads", token="hf_test")
     assert recording_api.calls == []
+
+
+def a_run(tmp_path, model):
+    """A run directory as ``atrous train`` leaves it: config.yaml, metrics.jsonl with two validations, best.pt."""
+    from atrous.checkpoint import model_checkpoint
+    from atrous.config import Config, save_config
+
+    run = tmp_path / "runs" / "roads"
+    (run / "checkpoints").mkdir(parents=True)
+    config = Config(name="roads")
+    config.data.dataset, config.data.batch_size, config.train.iterations = "cityscapes", 16, 40000
+    save_config(config, run / "config.yaml")
+    rows = [{"iteration": 20, "loss": 1.5}, {"iteration": 1000, "val": {"mIoU": 0.61, "pixel_accuracy": 0.9}},
+            {"iteration": 2000, "val": {"mIoU": 0.66, "pixel_accuracy": 0.93}}, {"iteration": 3000, "val": {"mIoU": 0.64}}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"iteration": 31')  # cut short
+    torch.save(model_checkpoint(model), run / "checkpoints" / "best.pt")
+    return run
+
+
+def test_atrous_push_sends_a_runs_best_model_with_its_recipe_and_scores(recording_api, tmp_path, capsys):
+    model = small_model()
+    run = a_run(tmp_path, model)
+    assert main(["push", str(run), "me/roads", "--token", "hf_test", "--license", "mit", "--private"]) == 0
+    assert "pushed to me/roads" in capsys.readouterr().out
+    (_, _, created), (_, _, files, _) = recording_api.calls
+    assert created["private"] is True
+    card = files["README.md"].decode()
+    assert "license: mit" in card and "| mIoU | 66.00 |" in card and "- validated at iteration: 2000" in card
+    assert "- iterations: 40000" in card and "- batch size: 16" in card and "- cityscapes" in card
+    assert json.loads(files["config.json"])["spec"]["backbone"] == "mobilenet_v3_large"
+
+
+def test_atrous_push_refuses_before_reading_anything_without_a_token(recording_api, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert main(["push", str(tmp_path / "no-such-run"), "me/roads"]) == 2
+    assert "no Hugging Face token" in capsys.readouterr().err and recording_api.calls == []
+
+
+def test_export_names_its_file_after_the_hub_model_in_the_current_folder(hub_cache, tmp_path, monkeypatch):
+    cache_snapshot(hub_cache, "me/roads.v1", small_model())
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--weights", f"hf-hub:me/roads.v1@{REVISION}"]) == 0
+    assert (tmp_path / "roads.v1.onnx").is_file()  # not "hf-hub:me/roads.onnx", a folder named hf-hub:me

@@ -34,6 +34,7 @@ from .quantize import calibration_batch, calibration_files, calibration_images, 
 from .registry import MODELS, backbone_entry, list_backbones, list_models, list_presets, preset, resolved, zoo
 from .run_dir import describe_run, has_checkpoint
 from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
+from .sharing import push
 from .weights.pretrained import load_trained_model
 
 # Every import is made here, none inside a command: with them all, `atrous --help` takes as long as with the few it
@@ -300,6 +301,21 @@ def _load_model(args: argparse.Namespace):
     return load_trained_model(args.weights, spec=base, overrides=overrides, other_architecture="refuse")
 
 
+def _beside_weights(weights: str, suffix: str) -> Path:
+    """Where an export goes by default: beside a weights file, named after it; for a zoo or Hub name (no such file:
+    ``hf-hub:org/name@rev``, ``deeplabv3_mobilenet_v2_1.0_513``), the model's name in the current folder."""
+    path = Path(weights)
+    if path.is_file():
+        return path.with_suffix(suffix)
+    return Path(weights.removeprefix("hf-hub:").split("@", 1)[0].rsplit("/", 1)[-1] + suffix)
+
+
+def _training_log(weights: str) -> Path | None:
+    """The metrics.jsonl of the run a checkpoint file came from (run/checkpoints/x.pt), if it is one."""
+    path = Path(weights)
+    return path.resolve().parent.parent / "metrics.jsonl" if path.is_file() else None
+
+
 def _inference_device(preference: str, args: argparse.Namespace) -> str:
     """The device eval and predict run on: ``auto`` is the CPU for the ONNX Runtime runtimes (their CPU provider),
     on a GPU machine too; a GPU asked for by name with them is refused by ``prepare_inference``, saying why."""
@@ -346,7 +362,7 @@ def _evaluate_into(args: argparse.Namespace, config, info, model, dataset, out_d
     result = run_evaluation(
         inference, dataset, options=options, out_dir=out_dir, device=info.device,
         save_predictions=args.save_predictions, rank=info.rank, world_size=info.world_size, report=details,
-        training_log=Path(args.weights).resolve().parent.parent / "metrics.jsonl",
+        training_log=_training_log(args.weights),
         on_scores=lambda result: print(format_scores(result.scores, dataset.class_names)),  # before any file
     )  # fmt: skip
     if info.is_main and args.runtime == "int8":
@@ -381,7 +397,7 @@ def _export(args: argparse.Namespace) -> int:
     model = _load_model(args)
     if args.int8:
         return _export_int8(args, model)
-    out = args.out or Path(args.weights).with_suffix(".onnx" if args.format == "onnx" else ".torchscript.pt")
+    out = args.out or _beside_weights(args.weights, ".onnx" if args.format == "onnx" else ".torchscript.pt")
     export_model(model, out, format=args.format, normalized_input=args.normalized_input,
                  protected={args.weights: "the --weights file"})  # fmt: skip
     stored = "ONNX metadata_props" if args.format == "onnx" else "TorchScript extra file metadata.json"
@@ -422,7 +438,7 @@ def _export_int8(args: argparse.Namespace, model) -> int:
         raise ConfigError("--int8 calibrates on the model's data: pass --config (the run's config.yaml or a recipe)")
     images = _dataset_calibration(apply_overrides(load_config(args.config), args.overrides))
     photos, calibration = calibration_photos(images), calibration_batch(images, model)
-    out = Path(args.out or Path(args.weights).with_suffix(".int8.onnx"))
+    out = Path(args.out or _beside_weights(args.weights, ".int8.onnx"))
     refuse_overwrite([out], {args.weights: "the --weights file"}, hint="choose another --out")  # before quantising
     network = cached_int8_onnx(model, calibration)  # quantised once, on normalised images; the cache keeps it
     write_int8_onnx(network, model, out, normalized_input=args.normalized_input)
@@ -455,8 +471,9 @@ def _int_pair(text: str) -> tuple[int, int]:
 
 def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> None:
     """The one set of model arguments of eval, predict and export."""
-    parser.add_argument("--weights", required=True, help="a zoo name (atrous models --pretrained), an atrous checkpoint, "
-                        "or any weights file atrous reads (--preset/--model for ones that do not say their model)")
+    parser.add_argument("--weights", required=True, help="a zoo name (atrous models --pretrained), a Hugging Face Hub "
+                        "model (hf-hub:ORG/NAME[@REVISION]), an atrous checkpoint, or any weights file or save_pretrained "
+                        "folder atrous reads (--preset/--model for ones that do not say their model)")
     parser.add_argument("--preset", choices=list_presets(), help="the architecture of a file that has no description")
     parser.add_argument("--model", choices=list_models(), help="architecture, for weights files without a description")
     parser.add_argument("--backbone", type=_backbone_name, metavar="NAME",
@@ -546,6 +563,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    url = push(args.source, args.repo, private=args.private, token=args.token, license=args.license)
+    print(f"pushed to {args.repo}: {url}\nload it with atrous.from_pretrained(\"hf-hub:{args.repo}\") or "
+          f"--weights hf-hub:{args.repo}")  # fmt: skip
+    return 0
+
+
+def _add_push_command(commands) -> None:
+    push_command = commands.add_parser("push", help="upload a run or model to the Hugging Face Hub, with a model card")
+    push_command.add_argument("source", type=Path,
+                              help="a run directory (its best checkpoint and scores), a checkpoint, or weights atrous reads")  # fmt: skip
+    push_command.add_argument("repo", help="the Hub repository, ORG/NAME (created when missing)")
+    push_command.add_argument("--private", action="store_true", help="create the repository private")
+    push_command.add_argument("--token", help="a Hugging Face token with write access (default: hf auth login's, or HF_TOKEN)")
+    push_command.add_argument("--license", default="other", help="the model card's license identifier, e.g. apache-2.0 "
+                              "(default other)")  # fmt: skip
+    push_command.set_defaults(run=_push)
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.compare != "torchvision":
         raise ConfigError(f"--compare supports 'torchvision', got {args.compare!r}")
@@ -569,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_inference_commands(commands)
+    _add_push_command(commands)
     bench = commands.add_parser("bench", help="speed and memory against torchvision, side by side (about 10 minutes on 2 cores)")
     bench.add_argument("--compare", default="torchvision", help="the reference implementation (torchvision)")
     bench.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections")
