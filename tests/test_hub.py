@@ -262,3 +262,39 @@ def test_export_names_its_file_after_the_hub_model_in_the_current_folder(hub_cac
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--weights", f"hf-hub:me/roads.v1@{REVISION}"]) == 0
     assert (tmp_path / "roads.v1.onnx").is_file()  # not "hf-hub:me/roads.onnx", a folder named hf-hub:me
+
+
+def test_the_readmes_share_snippet_runs_as_written(recording_api, hub_cache, tmp_path, monkeypatch):
+    """README's "Share your model" Python, with a model in ``model``: what it pushes is what it then reads back."""
+    import re
+
+    import huggingface_hub
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme.split("\n## Share your model\n", 1)[1], re.DOTALL)[1]
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    pushed = {}
+
+    def commit_into_the_cache(self, repo, *, operations, **kwargs):  # the Hub, as the cache will hold it
+        snapshot = hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / REVISION
+        snapshot.mkdir(parents=True)
+        for op in operations:
+            (snapshot / op.path_in_repo).write_bytes(Path(op.path_or_fileobj).read_bytes())
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text(REVISION)
+        pushed[repo] = sorted(op.path_in_repo for op in operations)
+        return type("Commit", (), {"commit_url": "https://hub.test/commit"})()
+
+    monkeypatch.setattr(RecordingApi, "create_commit", commit_into_the_cache)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # push refuses offline; reading goes to the cache
+    monkeypatch.setattr(hub_module, "_reachable", lambda endpoint: False)
+    monkeypatch.chdir(tmp_path)
+    model = small_model()
+    namespace = {"atrous": atrous, "model": model}
+    exec(compile(snippet, "README.md (Share your model)", "exec"), namespace)  # noqa: S102 (our own README)
+    assert pushed == {"me/roads-deeplab": ["README.md", "config.json", "model.safetensors"]}
+    assert (tmp_path / "roads-deeplab" / "README.md").read_text().count("license: apache-2.0") == 1
+    read_back = atrous.from_pretrained("hf-hub:me/roads-deeplab")
+    images = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(read_back(images).logits, model(images).logits)
