@@ -285,15 +285,17 @@ def make_spec(spec: ModelSpec | str | None = None, /, **fields) -> ModelSpec:
     return check_spec(made)
 
 
-def build_network(spec: ModelSpec) -> Segmenter:
+def build_network(spec: ModelSpec, *, body: Backbone | None = None) -> Segmenter:
     """The randomly initialised model ``spec`` describes (its init fields, ``pretrained_backbone`` and ``weights``,
-    are ``atrous.build_model``'s to load); ``spec`` as ``make_spec`` returns it."""
+    are ``atrous.build_model``'s to load); ``spec`` as ``make_spec`` returns it. ``body``: the spec's backbone, built
+    already (the model table counts every head on one backbone)."""
     spec = resolved(spec)
     arch = MODELS[spec.name]
-    body = build_backbone(spec.backbone, output_stride=spec.output_stride, multi_grid=spec.multi_grid,
-                          multi_grid_absolute=spec.multi_grid_absolute,
-                          first_block_dilation=spec.first_block_dilation)  # fmt: skip
-    adopt_dilated_convs(body)  # the dilated stages' 3x3 convolutions skip dead taps and train fast on the CPU
+    if body is None:
+        body = build_backbone(spec.backbone, output_stride=spec.output_stride, multi_grid=spec.multi_grid,
+                              multi_grid_absolute=spec.multi_grid_absolute,
+                              first_block_dilation=spec.first_block_dilation)  # fmt: skip
+        adopt_dilated_convs(body)  # the dilated stages' 3x3 convolutions skip dead taps and train fast on the CPU
     rates = _rates_of(spec)
     common = {"channels": body.channels, "num_classes": spec.num_classes, "atrous_rates": rates}
     options = {"separable": spec.separable} if arch.separable else {}
