@@ -298,3 +298,14 @@ def test_the_readmes_share_snippet_runs_as_written(recording_api, hub_cache, tmp
     images = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         assert torch.equal(read_back(images).logits, model(images).logits)
+
+
+def test_without_huggingface_hub_the_error_gives_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed: importing it raises
+    with pytest.raises(WeightsError, match=r"hf-hub:me/roads: reading models from the Hugging Face Hub needs "
+                                           r"huggingface_hub: python -m pip install .*hub"):  # fmt: skip
+        atrous.from_pretrained("hf-hub:me/roads")
+    with pytest.raises(ConfigError, match="publishing to the Hugging Face Hub needs huggingface_hub"):
+        small_model().push_to_hub("me/roads", token="hf_test")

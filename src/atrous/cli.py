@@ -49,9 +49,10 @@ def _zoo_table() -> int:
             print(f"{entry.name}\n  {entry.publisher}: starting weights of {spec.backbone} (pretrained_backbone="
                   f"{entry.name}); {entry.dataset}")  # fmt: skip
         else:
+            score = (f"published mIoU {published['mIoU']} on {published['benchmark']} ({published['source']})"
+                     if published else "no published score (its publisher gives none)")  # fmt: skip
             print(f"{entry.name}\n  {entry.publisher}: {spec.name} {spec.backbone} OS{resolved(spec).output_stride} "
-                  f"{spec.num_classes} classes ({entry.labels}); {entry.dataset}\n"
-                  f"  published mIoU {published['mIoU']} on {published['benchmark']} ({published['source']})")  # fmt: skip
+                  f"{spec.num_classes} classes ({entry.labels}); {entry.dataset}\n  {score}")  # fmt: skip
         print(f"  {entry.url or 'no direct download: ' + entry.download}")
     print("\nRun one: atrous predict --weights NAME IMAGES --out DIR   (or atrous.from_pretrained(NAME) in Python)")
     return 0

@@ -1,6 +1,7 @@
 """KerasHub's DeepLabV3+ (keras/deeplab_v3_plus_resnet50_pascalvoc and any ``DeepLabV3ImageSegmenter`` on its
 ResNet-50, v1 or v2): its ResNet, its head (one 1x1 decoder conv, BatchNorm eps 1e-3), its Keras 3 ``.weights.h5``
-files and preset folders (read with h5py: no Keras, no TensorFlow) and its Hub model in the zoo."""
+files and preset folders (read with h5py: no Keras, no TensorFlow) and its Hub model in the zoo. Facts:
+``docs/hub-facts.md``."""
 
 from ...models.architecture import Architecture
 from ...models.backbones.base import BackboneEntry

@@ -1,7 +1,8 @@
 """Hugging Face transformers' DeepLabV3 models: ``MobileNetV2ForSemanticSegmentation`` (Google's MobileNetV2
 DeepLabV3, built as Google's own: ``deeplabv3_google``), ``MobileViTForSemanticSegmentation`` and
 ``MobileViTV2ForSemanticSegmentation`` (Apple's, on timm's networks as transformers computes them); their
-``save_pretrained`` folders and Hub repositories (``hf-hub:org/name``), and the Hub models in its zoo."""
+``save_pretrained`` folders and Hub repositories (``hf-hub:org/name``), and the Hub models in its zoo. Facts:
+``docs/hub-facts.md``."""
 
 from ...models.architecture import Architecture
 from ...models.backbones.base import BackboneEntry
