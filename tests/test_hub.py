@@ -133,6 +133,9 @@ def test_what_the_cache_lacks_offline_is_one_clear_error(hub_cache):
         atrous.from_pretrained("hf-hub:me/roads", revision="v2")
     with pytest.raises(WeightsError, match="named hf-hub:ORG/NAME"):
         atrous.from_pretrained("hf-hub:not a name")
+    with pytest.raises(WeightsError, match="runs/best: no such file or folder here; read as a Hugging Face Hub model: "
+                                           "hf-hub:runs/best: config.json is not in the Hugging Face cache"):  # fmt: skip
+        atrous.from_pretrained("runs/best")  # a mistyped local folder reads as a Hub name: both are said
 
 
 def test_an_unreachable_hub_falls_back_on_the_cache_at_once(hub_cache, monkeypatch):

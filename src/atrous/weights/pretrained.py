@@ -255,7 +255,14 @@ def from_pretrained(
     hub = None if in_zoo else hub_repo(source)
     if hub is not None:
         repo, named_revision = hub
-        folder = hub_folder(repo, revision or named_revision, token=token)
+        try:
+            folder = hub_folder(repo, revision or named_revision, token=token)
+        except WeightsError as error:
+            if source.startswith(HUB_PREFIX):
+                raise
+            # A plain ORG/NAME may be a mistyped local path: say both readings.
+            raise WeightsError(f"{source}: no such file or folder here; read as a Hugging Face Hub model: {error}") \
+                from None  # fmt: skip
         return _from_file(folder, spec=spec, known=None, overrides=overrides, new_classifier_ok=new_classifier_ok,
                           refuse=other_architecture == "refuse", name=f"{HUB_PREFIX}{repo}")  # fmt: skip
     if in_zoo:
