@@ -219,4 +219,5 @@ def test_onnx_export_is_cached_by_weights(model, tmp_path):
 def test_unknown_runtime_names_the_choices(model):
     with pytest.raises(ValueError, match=r"unknown runtime 'tensorrt'; choose from \['auto', 'eager'"):
         prepare_inference(model, "tensorrt")
-    assert set(RUNTIMES) == {"eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8"}
+    assert set(RUNTIMES) == {"eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8", "openvino",
+                             "openvino_bf16"}

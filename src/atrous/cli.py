@@ -495,7 +495,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, runtime: bool) -> N
             "--runtime", choices=["auto", *RUNTIMES], default="auto",
             help="auto: ONNX Runtime on the CPU (exported once, cached), eager on GPUs; bf16: fastest, a few pixels "
             "may differ; fp16: a GPU's half precision; int8: ONNX Runtime int8, calibrated on the data (eval: prints "
-            "the fp32 score too)",
+            "the fp32 score too); openvino, openvino_bf16: Intel's OpenVINO on the same export, f32 or bf16 "
+            f"({extra_command('openvino', 'openvino')})",
         )  # fmt: skip
 
 

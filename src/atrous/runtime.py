@@ -1,5 +1,5 @@
 """Inference runtimes: the same model run eagerly, in channels_last, compiled, through ONNX Runtime, in bfloat16 or
-float16 (a GPU's half precision), or quantised to int8 through ONNX Runtime.
+float16 (a GPU's half precision), quantised to int8 through ONNX Runtime, or through OpenVINO in f32 or bf16.
 
 ``prepare_inference(model, runtime)`` returns an ``InferenceModel``: called like a ``Segmenter`` on normalised
 images (N, 3, H, W) float32, it returns ``SegmentationOutput`` with float32 logits, so every inference mode
@@ -34,12 +34,15 @@ from .cuda_graphs import CudaGraphed
 from .errors import AtrousError, ConfigError
 from .export import ExportedGraph, export_model, onnxruntime_logits
 from .models.segmenter import SegmentationOutput, Segmenter
+from .openvino_runtime import openvino_logits
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8")
-CPU_RUNTIMES = ("onnxruntime", "int8")  # ONNX Runtime's CPU provider: on a GPU machine too, device auto means the CPU
+RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8", "openvino", "openvino_bf16")
+# ONNX Runtime's CPU provider and OpenVINO's CPU plugin: on a GPU machine too, device auto means the CPU.
+CPU_RUNTIMES = ("onnxruntime", "int8", "openvino", "openvino_bf16")
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino_bf16": "bf16"}
 HALF_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Exports kept in the cache, the most recently used (a ResNet-101 DeepLab's is about 64 MB: about 0.5 GB in all);
 # the environment variable overrides it.
@@ -90,12 +93,16 @@ def prepare_inference(
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose from {['auto', *RUNTIMES]}")
     if runtime in CPU_RUNTIMES and device.type != "cpu":  # refused before the model is moved
-        raise ConfigError(f"the {runtime} runtime runs on the CPU (ONNX Runtime); got device {device}")
+        raise ConfigError(f"the {runtime} runtime runs on the CPU (ONNX Runtime or OpenVINO); got device {device}")
     model = model.to(device).eval()
     if runtime == "eager":
         return InferenceModel(model, runtime, _on_device(lambda images: _no_grad(model)(images).logits, device))
     if runtime == "onnxruntime":
         return InferenceModel(model, runtime, cached_onnxruntime_logits(model, cache_dir))
+    if runtime in OPENVINO_PRECISIONS:  # the cached ONNX export, compiled by OpenVINO (its blobs cached beside)
+        folder = cache_directory(cache_dir) / "openvino"
+        return InferenceModel(model, runtime, openvino_logits(cached_onnx(model, cache_dir), cache_dir=folder,
+                                                              precision=OPENVINO_PRECISIONS[runtime]))  # fmt: skip
     if runtime == "int8":
         if calibration is None:
             raise ConfigError("the int8 runtime needs calibration images of the model's data (atrous eval and predict "

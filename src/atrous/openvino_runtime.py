@@ -1,0 +1,61 @@
+"""OpenVINO, Intel's CPU runtime, on atrous's ONNX export: the same graph ONNX Runtime runs (normalised float32 images
+in, logits out, height and width dynamic), compiled by OpenVINO's CPU plugin at an explicit precision: ``f32`` (what
+eager computes: OpenVINO's own default on a CPU with AMX is bf16, so it is never left to choose) or ``bf16``.
+Compiled blobs are kept in the atrous cache (OpenVINO's ``CACHE_DIR``), keyed by OpenVINO itself on the graph, the
+precision and the CPU. OpenVINO is an optional extra (``openvino``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError, MissingDependencyError
+from .install import extra_command
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("f32", "bf16")
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError(f"the openvino runtimes need OpenVINO: {extra_command('openvino', 'openvino')}") \
+            from None  # fmt: skip
+    return openvino
+
+
+def supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here (AVX512_BF16 or AMX); it emulates it otherwise."""
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def openvino_logits(onnx_path: str | Path, *, precision: str = "f32", cache_dir: str | Path | None = None):
+    """An OpenVINO CPU compiled model of the ONNX file at ``onnx_path``, as images (N, 3, H, W) -> logits tensor, at
+    ``precision`` ("f32" or "bf16"; bf16 refused on a CPU without native bf16), with ``torch.get_num_threads()``
+    threads. ``cache_dir``: where OpenVINO keeps compiled blobs (none kept when None)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown OpenVINO precision {precision!r}; choose from {list(PRECISIONS)}")
+    openvino = _openvino()
+    core = openvino.Core()
+    if precision == "bf16" and not supports_bf16():
+        raise ConfigError("openvino_bf16: this CPU has no native bf16 (AVX512_BF16 or AMX), where OpenVINO would "
+                          "emulate it slower than f32: use --runtime openvino")  # fmt: skip
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(cache_dir)})
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+              "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    dtype = torch.uint8 if compiled.input(0).get_element_type() == openvino.Type.u8 else torch.float32
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().cpu().to(dtype).contiguous().numpy()
+        return torch.from_numpy(request.infer({0: array})[output].copy())
+
+    return logits
