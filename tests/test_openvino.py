@@ -86,3 +86,30 @@ def test_predict_runs_on_openvino(model, tmp_path, monkeypatch):
                      "--runtime", runtime]) == 0  # fmt: skip
     labels = [np.asarray(Image.open(tmp_path / runtime / "a.png")) for runtime in ("openvino", "eager")]
     assert np.array_equal(*labels)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A DeepLabV3+ ResNet-18 fitted to synthetic images (7 classes), and 8 held-out normalised images."""
+    from atrous.bench.agreement import fit_synthetic_model
+
+    return fit_synthetic_model(iterations=120, held_out=8)
+
+
+def test_openvino_int8_predicts_as_the_fp32_graph_on_a_trained_model(fitted, tmp_path):
+    model, images = fitted
+    calibration, held_out = images[:4], images[4:]
+    int8 = prepare_inference(model, "openvino_int8", device=CPU, calibration=calibration, cache_dir=tmp_path)
+    fp32 = prepare_inference(model, "openvino", device=CPU, cache_dir=tmp_path)
+    int8_logits, fp32_logits = int8(held_out).logits, fp32(held_out).logits
+    assert not torch.equal(int8_logits, fp32_logits)  # another graph...
+    agreement = (int8_logits.argmax(1) == fp32_logits.argmax(1)).double().mean().item()
+    assert agreement >= 0.98, agreement  # ...predicting the same classes (ONNX Runtime's int8 is held to the same)
+    (xml,) = (tmp_path / "onnx").glob("*-openvino-int8-*.xml")
+    assert "FakeQuantize" in xml.read_text() or "i8" in xml.read_text()  # quantised layers in the IR
+    assert xml.with_suffix(".bin").is_file()
+
+
+def test_openvino_int8_needs_calibration_images(model):
+    with pytest.raises(ConfigError, match="openvino_int8 runtime needs calibration images"):
+        prepare_inference(model, "openvino_int8", device=CPU)

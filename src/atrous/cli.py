@@ -33,7 +33,15 @@ from .predict import expand_inputs, predict_files, refuse_output_among_inputs
 from .quantize import calibration_batch, calibration_files, calibration_images, calibration_photos, int8_agreement
 from .registry import MODELS, backbone_entry, list_backbones, list_models, list_presets, preset, resolved, zoo
 from .run_dir import describe_run, has_checkpoint
-from .runtime import CPU_RUNTIMES, RUNTIMES, cached_int8_onnx, cached_onnx, prepare_inference
+from .runtime import (
+    CALIBRATED_RUNTIMES,
+    CPU_RUNTIMES,
+    FLOAT_RUNTIME_OF,
+    RUNTIMES,
+    cached_int8_onnx,
+    cached_onnx,
+    prepare_inference,
+)
 from .sharing import push
 from .weights.pretrained import load_trained_model
 
@@ -347,28 +355,30 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _evaluate_into(args: argparse.Namespace, config, info, model, dataset, out_dir: Path) -> None:
     """The evaluation of ``_eval`` once its output folder is held (on rank 0)."""
-    calibration = calibration_batch(_dataset_calibration(config), model) if args.runtime == "int8" else None
+    quantised = args.runtime in CALIBRATED_RUNTIMES
+    calibration = calibration_batch(_dataset_calibration(config), model) if quantised else None
     inference = prepare_inference(model, args.runtime, device=info.device, calibration=calibration)
     options = _inference_options(args)
     details = {"weights": str(args.weights), "runtime": inference.runtime, "inference": dataclasses.asdict(options),
                "config": config_to_dict(config)}  # fmt: skip
-    if args.runtime == "int8":  # what quantisation costs, on the same images: the fp32 graph's score first
-        fp32_graph = prepare_inference(model, "onnxruntime", device=info.device)
+    reference = FLOAT_RUNTIME_OF.get(args.runtime)  # the same runtime's fp32 graph
+    if quantised:  # what quantisation costs, on the same images: the fp32 graph's score first
+        fp32_graph = prepare_inference(model, reference, device=info.device)
         agreement = int8_agreement(inference, fp32_graph, calibration) if info.is_main else None  # rank 0 says it
         fp32 = evaluate(fp32_graph, dataset, device=info.device, options=options, rank=info.rank,
                         world_size=info.world_size)  # fmt: skip
-        details["fp32 mIoU (onnxruntime)"] = f"{fp32.scores['mIoU']:.4f}"
+        details[f"fp32 mIoU ({reference})"] = f"{fp32.scores['mIoU']:.4f}"
         if info.is_main:
-            print(f"fp32 (onnxruntime) mIoU {fp32.scores['mIoU']:.4f}; int8 next")
+            print(f"fp32 ({reference}) mIoU {fp32.scores['mIoU']:.4f}; int8 next")
     result = run_evaluation(
         inference, dataset, options=options, out_dir=out_dir, device=info.device,
         save_predictions=args.save_predictions, rank=info.rank, world_size=info.world_size, report=details,
         training_log=_training_log(args.weights),
         on_scores=lambda result: print(format_scores(result.scores, dataset.class_names)),  # before any file
     )  # fmt: skip
-    if info.is_main and args.runtime == "int8":
+    if info.is_main and quantised:
         lost = 100 * (fp32.scores["mIoU"] - result.scores["mIoU"])
-        print(f"mIoU fp32 (onnxruntime) {fp32.scores['mIoU']:.4f}, int8 {result.scores['mIoU']:.4f}: int8 loses "
+        print(f"mIoU fp32 ({reference}) {fp32.scores['mIoU']:.4f}, int8 {result.scores['mIoU']:.4f}: int8 loses "
               f"{lost:.2f} points; {agreement:.2%} of the calibration pixels predicted as by the fp32 "
               "graph")  # fmt: skip
     if info.is_main:
@@ -381,7 +391,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     device = resolve_device(_inference_device(args.device, args))
     model = _load_model(args)
-    calibration = calibration_batch(_input_calibration(paths), model) if args.runtime == "int8" else None
+    calibration = calibration_batch(_input_calibration(paths), model) if args.runtime in CALIBRATED_RUNTIMES else None
     inference = prepare_inference(model, args.runtime, device=device, calibration=calibration)
     # The colours and names of the data the model was trained on, as its file says (VOC's colours when it does not).
     written = predict_files(inference, paths, args.out, palette=model.palette, class_names=model.class_names,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import cpu, quantize
+from . import cpu, openvino_runtime, quantize
 from .atomic import written_whole
 from .cuda_graphs import CudaGraphed
 from .errors import AtrousError, ConfigError
@@ -39,10 +39,13 @@ from .version import __version__
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8", "openvino", "openvino_bf16")
+RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8", "openvino", "openvino_bf16",
+            "openvino_int8")  # fmt: skip
 # ONNX Runtime's CPU provider and OpenVINO's CPU plugin: on a GPU machine too, device auto means the CPU.
-CPU_RUNTIMES = ("onnxruntime", "int8", "openvino", "openvino_bf16")
+CPU_RUNTIMES = ("onnxruntime", "int8", "openvino", "openvino_bf16", "openvino_int8")
 OPENVINO_PRECISIONS = {"openvino": "f32", "openvino_bf16": "bf16"}
+CALIBRATED_RUNTIMES = ("int8", "openvino_int8")  # quantised on calibration images of the model's data
+FLOAT_RUNTIME_OF = {"int8": "onnxruntime", "openvino_int8": "openvino"}  # the fp32 graph each int8 one comes from
 HALF_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Exports kept in the cache, the most recently used (a ResNet-101 DeepLab's is about 64 MB: about 0.5 GB in all);
 # the environment variable overrides it.
@@ -103,11 +106,15 @@ def prepare_inference(
         folder = cache_directory(cache_dir) / "openvino"
         return InferenceModel(model, runtime, openvino_logits(cached_onnx(model, cache_dir), cache_dir=folder,
                                                               precision=OPENVINO_PRECISIONS[runtime]))  # fmt: skip
+    if runtime in CALIBRATED_RUNTIMES and calibration is None:
+        raise ConfigError(f"the {runtime} runtime needs calibration images of the model's data (atrous eval and predict "
+                          "take them from the dataset or the inputs)")  # fmt: skip
     if runtime == "int8":
-        if calibration is None:
-            raise ConfigError("the int8 runtime needs calibration images of the model's data (atrous eval and predict "
-                              "take them from the dataset or the inputs)")  # fmt: skip
         return InferenceModel(model, runtime, onnxruntime_logits(cached_int8_onnx(model, calibration, cache_dir)))
+    if runtime == "openvino_int8":  # NNCF's int8 of the cached export; the layers it leaves in float at f32
+        folder = cache_directory(cache_dir) / "openvino"
+        network = cached_openvino_int8(model, calibration, cache_dir)
+        return InferenceModel(model, runtime, openvino_logits(network, cache_dir=folder))
     model = model.to(memory_format=torch.channels_last)
     if runtime == "channels_last":
 
@@ -205,6 +212,24 @@ def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str
         quantize.quantize_onnx(fp32, partial, calibration)  # looked up per call: tests replace it
     log.info("quantised %s to int8 (%d calibration images): %s", fp32, len(calibration), path)  # the final name
     _evict(path.parent, keep=_cache_entries(), current=path)
+    return path
+
+
+def cached_openvino_int8(model: Segmenter, calibration: torch.Tensor, cache_dir: str | Path | None = None) -> Path:
+    """Path of ``model``'s OpenVINO IR quantised to int8 by NNCF on ``calibration`` (``.xml``; its ``.bin`` beside),
+    cached beside the fp32 export under the model's and the calibration images' fingerprints. Both files are written
+    in a temporary folder and moved, the ``.xml`` last: an entry is whole when its ``.xml`` exists."""
+    fp32 = cached_onnx(model, cache_dir)
+    digest = hashlib.sha256(calibration.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:12]
+    path = fp32.with_name(f"{fp32.stem}-openvino-int8-{digest}.xml")
+    if path.is_file():
+        _mark_used(path)
+        return path
+    with tempfile.TemporaryDirectory(prefix=".atrous-openvino-", dir=path.parent) as folder:
+        written = openvino_runtime.quantize_openvino(fp32, Path(folder) / path.name, calibration)
+        os.replace(written.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(written, path)
+    log.info("quantised %s to int8 with NNCF (%d calibration images): %s", fp32, len(calibration), path)
     return path
 
 
