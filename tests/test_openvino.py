@@ -113,3 +113,25 @@ def test_openvino_int8_predicts_as_the_fp32_graph_on_a_trained_model(fitted, tmp
 def test_openvino_int8_needs_calibration_images(model):
     with pytest.raises(ConfigError, match="openvino_int8 runtime needs calibration images"):
         prepare_inference(model, "openvino_int8", device=CPU)
+
+
+def test_export_writes_openvino_ir_that_says_what_it_takes_and_matches_eager(model, tmp_path, capsys):
+    from atrous.checkpoint import model_checkpoint
+    from atrous.export import export_model, exported_metadata
+    from atrous.openvino_runtime import openvino_logits
+
+    weights = tmp_path / "model.pt"
+    torch.save(model_checkpoint(model), weights)
+    assert main(["export", "--weights", str(weights), "--format", "openvino"]) == 0
+    assert "parity OK" in capsys.readouterr().out
+    xml = tmp_path / "model.xml"
+    assert xml.with_suffix(".bin").is_file()
+    metadata = exported_metadata(xml)
+    assert metadata["input_dtype"] == "uint8" and metadata["num_classes"] == "5"
+    run = openvino_logits(xml)
+    image = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (1, 3, 70, 90), dtype=np.uint8))
+    with torch.no_grad():
+        expected = model(model.normalization(image.float())).logits
+    assert relative(run(image), expected) <= F32_TOLERANCE
+    with pytest.raises(ConfigError, match="an OpenVINO export is a .xml file"):
+        export_model(model, tmp_path / "model.onnx", format="openvino")

@@ -408,10 +408,12 @@ def _export(args: argparse.Namespace) -> int:
     model = _load_model(args)
     if args.int8:
         return _export_int8(args, model)
-    out = args.out or _beside_weights(args.weights, ".onnx" if args.format == "onnx" else ".torchscript.pt")
+    out = args.out or _beside_weights(args.weights, {"onnx": ".onnx", "torchscript": ".torchscript.pt",
+                                                      "openvino": ".xml"}[args.format])  # fmt: skip
     export_model(model, out, format=args.format, normalized_input=args.normalized_input,
                  protected={args.weights: "the --weights file"})  # fmt: skip
-    stored = "ONNX metadata_props" if args.format == "onnx" else "TorchScript extra file metadata.json"
+    stored = {"onnx": "ONNX metadata_props", "torchscript": "TorchScript extra file metadata.json",
+              "openvino": "OpenVINO rt_info"}[args.format]  # fmt: skip
     print(f"exported {args.format} to {out}, batch, height and width dynamic; what it takes and gives ({stored}):")
     for key, value in exported_metadata(out).items():  # read back: what the file says, not what was meant
         print(f"  {key}: {value if len(value) <= 400 else f'{value[:400]}... ({len(value)} characters)'}")
@@ -548,9 +550,10 @@ def _add_inference_commands(commands) -> None:
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="ONNX or TorchScript with dynamic size, checked against eager")
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default onnx")
+    export.add_argument("--format", choices=["onnx", "torchscript", "openvino"], default="onnx",
+                        help="default onnx; openvino: OpenVINO IR (a .xml and its .bin)")  # fmt: skip
     export.add_argument("--out", type=Path,
-                        help="file to write (default: beside --weights, .onnx or .torchscript.pt; never over it)")
+                        help="file to write (default: beside --weights, .onnx, .torchscript.pt or .xml; never over it)")
     _add_flag(export, "normalized-input", action="store_true",
               help="the graph takes normalised float32 images (the old behaviour) instead of uint8 RGB 0..255")  # fmt: skip
     export.add_argument("--int8", action="store_true",

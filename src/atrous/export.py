@@ -26,11 +26,12 @@ from .atomic import remove_dead_temporaries, written_whole
 from .errors import ConfigError, MissingDependencyError
 from .models.normalization import InputNormalization
 from .models.segmenter import Segmenter
+from .openvino_runtime import openvino_logits, read_metadata, write_openvino
 from .paths import refuse_overwrite
 from .version import __version__
 
 PARITY_SIZES = ((513, 513), (321, 479), (257, 385))  # one odd pair, as the check promises
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")  # openvino: IR, a .xml beside its .bin
 # The names of the graph's axes, as ONNX shapes and ONNX Runtime show them.
 INPUT_AXES = {0: "batch", 2: "height", 3: "width"}  # axis 1: the 3 colour channels
 OUTPUT_AXES = {0: "batch", 1: "classes", 2: "height", 3: "width"}
@@ -104,7 +105,9 @@ def export_metadata(model: Segmenter, *, normalized_input: bool = False) -> dict
 
 
 def exported_metadata(path: str | Path) -> dict[str, str]:
-    """The ``export_metadata`` an ONNX or TorchScript file written by ``export_model`` holds."""
+    """The ``export_metadata`` an ONNX, TorchScript or OpenVINO IR file written by ``export_model`` holds."""
+    if Path(path).suffix == ".xml":  # OpenVINO IR: the model's rt_info, under "atrous"
+        return read_metadata(path)
     if zipfile.is_zipfile(path):  # TorchScript: a zip archive
         extra_files = {TORCHSCRIPT_METADATA: ""}
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
@@ -130,8 +133,10 @@ def export_model(
     example_size: int = 129,
     protected: Mapping[str | Path, str] | None = None,
 ) -> Path:
-    """Write ``model`` (in eval mode) as ONNX (opset 17) or TorchScript; batch, height and width stay dynamic. The
-    file carries ``export_metadata`` (ONNX: ``metadata_props``; TorchScript: the extra file ``metadata.json``).
+    """Write ``model`` (in eval mode) as ONNX (opset 17), TorchScript or OpenVINO IR (``path`` a .xml; its weights in
+    the .bin beside; converted from the ONNX export, f32 weights); batch, height and width stay dynamic. The file
+    carries ``export_metadata`` (ONNX: ``metadata_props``; TorchScript: the extra file ``metadata.json``; OpenVINO:
+    the model's ``rt_info`` under "atrous").
 
     protected: files ``path`` must not be (path -> what it is, e.g. ``{"model.pt": "the weights file"}``):
     ``ConfigError`` before any work if it is one of them. The file appears whole or not at all (written beside
@@ -141,6 +146,14 @@ def export_model(
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose from {list(FORMATS)}")
     path = Path(path)
+    if format == "openvino":
+        if path.suffix != ".xml":
+            raise ConfigError(f"{path}: an OpenVINO export is a .xml file (its weights go in the .bin beside it)")
+        refuse_overwrite([path, path.with_suffix(".bin")], protected or {}, hint="choose another --out")
+        with tempfile.TemporaryDirectory(prefix="atrous-openvino-") as folder:
+            onnx_path = export_model(model, Path(folder) / "model.onnx", format="onnx", normalized_input=normalized_input,
+                                     example_size=example_size)  # fmt: skip
+            return write_openvino(onnx_path, path, export_metadata(model, normalized_input=normalized_input))
     refuse_overwrite([path], protected or {}, hint="choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ExportedGraph(model, normalized_input=normalized_input).eval()
@@ -244,7 +257,10 @@ def parity(
     """(size, max |exported - eager| logits difference, max |eager logit|) on random images of each size (ONNX
     through ONNX Runtime). Parity holds when every difference is within ``PARITY_TOLERANCE`` x max(1, the logit)."""
     graph = ExportedGraph(model, normalized_input=normalized_input).eval()
-    run = onnxruntime_logits(path) if format == "onnx" else torch.jit.load(str(path))
+    if format == "openvino":
+        run = openvino_logits(path)
+    else:
+        run = onnxruntime_logits(path) if format == "onnx" else torch.jit.load(str(path))
     results = []
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -8,6 +8,8 @@ the graph, the precision and the CPU. OpenVINO (and NNCF for int8) are an option
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -54,6 +56,33 @@ def quantize_openvino(onnx_path: str | Path, out_path: str | Path, calibration: 
                               ignored_scope=nncf.IgnoredScope(types=["Concat"], validate=False))  # fmt: skip
     openvino.save_model(quantized, str(out_path))
     return Path(out_path)
+
+
+def write_openvino(onnx_path: str | Path, path: str | Path, metadata: dict[str, str]) -> Path:
+    """The ONNX file at ``onnx_path`` as OpenVINO IR at ``path`` (.xml; the .bin beside), f32 weights, carrying
+    ``metadata`` in its ``rt_info`` under "atrous". Written in a temporary folder and moved, the .xml last: a file
+    there is whole, and a failed export leaves what was there before."""
+    openvino = _openvino()
+    network = openvino.convert_model(str(onnx_path))
+    for key, value in metadata.items():
+        network.set_rt_info(value, ["atrous", key])
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=".atrous-openvino-", dir=path.parent) as folder:
+        written = Path(folder) / path.name
+        openvino.save_model(network, str(written), compress_to_fp16=False)
+        os.replace(written.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(written, path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``export_metadata`` an OpenVINO IR written by ``write_openvino`` carries."""
+    info = _openvino().Core().read_model(str(path)).get_rt_info()
+    if "atrous" not in info:
+        return {}
+    entries = info["atrous"]  # a dict of OVAny (an OVAny holding one in some versions)
+    entries = entries.astype(dict) if hasattr(entries, "astype") else entries
+    return {key: value.astype(str) if hasattr(value, "astype") else str(value) for key, value in entries.items()}
 
 
 def openvino_logits(onnx_path: str | Path, *, precision: str = "f32", cache_dir: str | Path | None = None):
