@@ -20,7 +20,8 @@ import torch
 log = logging.getLogger(__name__)
 
 from .. import cpu
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingDependencyError
+from ..openvino_runtime import supports_bf16
 
 # The pipeline section first: its single-threaded, memory-bound measures read 15-20% slower in a process that
 # has already run the networks (measured: 264 against 315 images/s, 0.67 against 0.56 ms).
@@ -75,13 +76,14 @@ def _inference(report: Report, ceiling: float, peak: float, vnni: bool, rounds: 
     from .inference import BASELINE, compare_deeplabv3, compare_deeplabv3plus
 
     header = ["path", "median s", "vs baseline", "GFLOP/s", "of ceiling", "accuracy", "one-off setup s"]
+    openvino = openvino_runtimes()  # side by side when OpenVINO is installed
     for output_stride in (16, 8):
         rows = compare_deeplabv3(output_stride, ceiling=ceiling, rounds=rounds,
-                                 runtimes=(*FP32_RUNTIMES, "bf16", "int8"))  # fmt: skip
+                                 runtimes=(*FP32_RUNTIMES, "bf16", "int8", *openvino))  # fmt: skip
         report(f"### DeepLabV3-ResNet50, output stride {output_stride}, 513x513, batch 1 (baseline: {BASELINE})")
         report()
         report.table(header, [_row(r) for r in rows])
-        fp32 = [r for r in rows if r.name.removeprefix("atrous ") in FP32_RUNTIMES]
+        fp32 = [r for r in rows if r.name.removeprefix("atrous ") in (*FP32_RUNTIMES, "openvino")]
         best = max(fp32, key=lambda r: r.ratio)
         bf16 = next(r for r in rows if r.name == "atrous bf16")
         report(f"- fastest fp32 path: {best.name}, {best.ratio:.2f}x torchvision "
@@ -101,6 +103,11 @@ def _inference(report: Report, ceiling: float, peak: float, vnni: bool, rounds: 
         report(f"- int8 (ONNX Runtime QDQ): {speedup:.2f}x the fp32 ONNX Runtime path "
                f"({_verdict(speedup >= TARGETS['int8_ratio'])}: >= {TARGETS['int8_ratio']}x on a CPU with VNNI; this "
                f"one {'has' if vnni else 'has no'} avx512_vnni)")  # fmt: skip
+        if openvino:
+            by_name = {r.name.removeprefix("atrous "): r for r in rows}
+            report("- OpenVINO: " + ", ".join(f"{name} {onnx.seconds / by_name[name].seconds:.2f}x" for name in openvino)
+                   + " the fp32 ONNX Runtime path; fastest int8 path: "
+                   + min(("int8", "openvino_int8"), key=lambda name: by_name[name].seconds))  # fmt: skip
         report()
     rows = compare_deeplabv3plus(ceiling=ceiling, rounds=rounds, runtimes=("channels_last", "compile", "onnxruntime"))
     report("### DeepLabV3+-ResNet50, output stride 16 (rates 6, 12, 18), 513x513, batch 1")
@@ -119,11 +126,21 @@ def _inference(report: Report, ceiling: float, peak: float, vnni: bool, rounds: 
     report()
     report(f"- bf16: {agreement:.3%} of pixels predicted as in fp32 ({_verdict(agreement >= TARGETS['bf16_agreement'])}"
            f": >= {TARGETS['bf16_agreement']:.1%})")  # fmt: skip
-    int8 = int8_agreement(model, images)
-    report(f"- int8 (calibrated on half the held-out images, counted on the other half): {int8:.3%} of pixels "
-           f"predicted as in fp32 ({_verdict(int8 >= TARGETS['int8_agreement'])}: "
-           f">= {TARGETS['int8_agreement']:.0%})")  # fmt: skip
+    for runtime in ("int8", *(["openvino_int8"] if openvino else [])):
+        int8 = int8_agreement(model, images, runtime)
+        report(f"- {runtime} (calibrated on half the held-out images, counted on the other half): {int8:.3%} of "
+               f"pixels predicted as by its fp32 graph ({_verdict(int8 >= TARGETS['int8_agreement'])}: "
+               f">= {TARGETS['int8_agreement']:.0%})")  # fmt: skip
     report()
+
+
+def openvino_runtimes() -> tuple[str, ...]:
+    """The OpenVINO runtimes this machine can run (bf16 where the CPU computes it natively); none without OpenVINO."""
+    try:
+        bf16 = supports_bf16()
+    except MissingDependencyError:
+        return ()
+    return ("openvino", *(["openvino_bf16"] if bf16 else []), "openvino_int8")
 
 
 def _row(row) -> list[str]:

@@ -14,7 +14,7 @@ from ..build import build_model
 from ..data.synthetic import SynthSpec, render_sample
 from ..losses import SegmentationLoss
 from ..models.segmenter import Segmenter
-from ..runtime import prepare_inference
+from ..runtime import FLOAT_RUNTIME_OF, prepare_inference
 
 
 def fit_synthetic_model(
@@ -50,12 +50,12 @@ def bf16_agreement(model: Segmenter, images: torch.Tensor) -> float:
     return (got == expected).double().mean().item()
 
 
-def int8_agreement(model: Segmenter, images: torch.Tensor) -> float:
-    """Fraction of pixels of the second half of ``images`` whose int8 class (ONNX Runtime, calibrated on the first
-    half) equals the fp32 ONNX Runtime class."""
+def int8_agreement(model: Segmenter, images: torch.Tensor, runtime: str = "int8") -> float:
+    """Fraction of pixels of the second half of ``images`` whose int8 class (``runtime``: ONNX Runtime's or
+    OpenVINO's, calibrated on the first half) equals the class of the same runtime's fp32 graph."""
     half = max(1, images.shape[0] // 2)
     calibration, counted = images[:half], images[half:]
     cpu = torch.device("cpu")
-    fp32 = prepare_inference(model, "onnxruntime", device=cpu)
-    int8 = prepare_inference(model, "int8", device=cpu, calibration=calibration)
+    fp32 = prepare_inference(model, FLOAT_RUNTIME_OF[runtime], device=cpu)
+    int8 = prepare_inference(model, runtime, device=cpu, calibration=calibration)
     return quantize.int8_agreement(int8, fp32, counted)  # the figure atrous eval and export --int8 print

@@ -13,7 +13,7 @@ from ..build import build_model
 from ..data.synthetic import SynthSpec, render_sample
 from ..model_table import count_flops
 from ..models.normalization import IMAGENET_RGB
-from ..runtime import prepare_inference
+from ..runtime import CALIBRATED_RUNTIMES, prepare_inference
 from .models import RATES, model_pair, randomise_batchnorm
 from .timing import ab_medians
 
@@ -40,7 +40,7 @@ def benchmark_image(size: int = 513) -> torch.Tensor:
 
 def _prepared(model, runtime: str, images: torch.Tensor):
     start = time.perf_counter()
-    calibration = images if runtime == "int8" else None  # the benchmark image itself: what the int8 graph sees
+    calibration = images if runtime in CALIBRATED_RUNTIMES else None  # the benchmark image: what int8 graphs see
     fast = prepare_inference(copy.deepcopy(model), runtime, device=torch.device("cpu"), calibration=calibration)
     fast(images)  # compile / export happen on the first call or before it
     return fast, time.perf_counter() - start
