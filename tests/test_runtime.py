@@ -220,4 +220,4 @@ def test_unknown_runtime_names_the_choices(model):
     with pytest.raises(ValueError, match=r"unknown runtime 'tensorrt'; choose from \['auto', 'eager'"):
         prepare_inference(model, "tensorrt")
     assert set(RUNTIMES) == {"eager", "channels_last", "compile", "onnxruntime", "bf16", "fp16", "int8", "openvino",
-                             "openvino_bf16"}
+                             "openvino_bf16", "openvino_int8"}
