@@ -280,7 +280,8 @@ def from_pretrained(
         hub = hub_repo(entry.url) if entry.url and entry.url.startswith(HUB_PREFIX) else None
         where = hub_folder(hub[0], revision or hub[1], token=token) if hub else zoo_file(entry)
         model = _from_file(where, spec=spec, known=(entry.name, entry.spec), overrides=overrides,
-                           new_classifier_ok=new_classifier_ok, refuse=other_architecture == "refuse")  # fmt: skip
+                           new_classifier_ok=new_classifier_ok, refuse=other_architecture == "refuse",
+                           name=entry.url if hub else None)  # fmt: skip
         if model.num_classes == entry.spec.num_classes:
             model.set_labels(*entry.class_names_and_palette())
         return model

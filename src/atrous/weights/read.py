@@ -1,7 +1,8 @@
 """Reading what holds weights, once: a torch file (``atrous.weights.torch_file``: no code from it runs), a
-``.safetensors`` file, a Keras ``.weights.h5`` file (``atrous.weights.keras_h5``), a TensorFlow checkpoint (``atrous.weights.tf_bundle``: its prefix, ``.index`` or data file, or
-the tarball holding it), a ``save_pretrained`` folder (weights beside ``config.json``) or a mapping already in
-memory; then the tensors unwrapped from whatever container a training run kept them in (``unwrap_state_dict``)."""
+``.safetensors`` file, a Keras ``.weights.h5`` file (``atrous.weights.keras_h5``), a TensorFlow checkpoint
+(``atrous.weights.tf_bundle``: its prefix, ``.index`` or data file, or the tarball holding it), a ``save_pretrained``
+folder (weights beside ``config.json``; a KerasHub preset) or a mapping already in memory; then the tensors unwrapped
+from whatever container a training run kept them in (``unwrap_state_dict``)."""
 
 from __future__ import annotations
 
