@@ -1,7 +1,15 @@
 import pytest
 import torch
 
+from atrous.bench.agreement import fit_synthetic_model
 from atrous.bench.models import randomise_batchnorm  # noqa: F401  (tests import it from here)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A DeepLabV3+ ResNet-18 fitted to synthetic images (7 classes), and 8 held-out normalised images: the trained
+    network the int8 paths are held to."""
+    return fit_synthetic_model(iterations=120, held_out=8)
 
 
 @pytest.fixture(autouse=True)

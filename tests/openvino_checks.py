@@ -89,14 +89,6 @@ def test_predict_runs_on_openvino(model, tmp_path, monkeypatch):
     assert np.array_equal(*labels)
 
 
-@pytest.fixture(scope="module")
-def fitted():
-    """A DeepLabV3+ ResNet-18 fitted to synthetic images (7 classes), and 8 held-out normalised images."""
-    from atrous.bench.agreement import fit_synthetic_model
-
-    return fit_synthetic_model(iterations=120, held_out=8)
-
-
 def test_openvino_int8_predicts_as_the_fp32_graph_on_a_trained_model(fitted, tmp_path):
     model, images = fitted
     calibration, held_out = images[:4], images[4:]

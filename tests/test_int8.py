@@ -11,7 +11,6 @@ import torch
 import atrous
 import atrous.export
 import atrous.quantize
-from atrous.bench.agreement import fit_synthetic_model
 from atrous.checkpoint import model_checkpoint
 from atrous.cli import main
 from atrous.config import Config, save_config
@@ -22,12 +21,6 @@ from atrous.runtime import cached_int8_onnx, prepare_inference
 
 onnx = pytest.importorskip("onnx")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    """A DeepLabV3+ ResNet-18 fitted to synthetic images (7 classes), and 8 held-out normalised images."""
-    return fit_synthetic_model(iterations=120, held_out=8)
 
 
 def test_int8_predicts_as_the_fp32_graph_on_a_trained_model(fitted, tmp_path):

@@ -39,7 +39,7 @@ def supports_bf16() -> bool:
 def quantize_openvino(onnx_path: str | Path, out_path: str | Path, calibration: torch.Tensor) -> Path:
     """Write ``onnx_path``'s network quantised to int8 by NNCF (per-channel weights, activation ranges of
     ``calibration``: normalised images, one per calibration step) as OpenVINO IR at ``out_path`` (.xml, with its
-    .bin beside)."""
+    .bin beside), whole (``_save_whole``)."""
     openvino = _openvino()
     try:
         import nncf
@@ -54,22 +54,26 @@ def quantize_openvino(onnx_path: str | Path, out_path: str | Path, calibration: 
     quantized = nncf.quantize(network, nncf.Dataset(samples), subset_size=len(samples),
                               preset=nncf.QuantizationPreset.MIXED,
                               ignored_scope=nncf.IgnoredScope(types=["Concat"], validate=False))  # fmt: skip
-    openvino.save_model(quantized, str(out_path))
-    return Path(out_path)
+    # save_model's default: float weights NNCF left unquantised are stored as fp16 (as before this helper was shared).
+    return _save_whole(quantized, Path(out_path), compress_to_fp16=True)
 
 
 def write_openvino(onnx_path: str | Path, path: str | Path, metadata: dict[str, str]) -> Path:
     """The ONNX file at ``onnx_path`` as OpenVINO IR at ``path`` (.xml; the .bin beside), f32 weights, carrying
-    ``metadata`` in its ``rt_info`` under "atrous". Written in a temporary folder and moved, the .xml last: a file
-    there is whole, and a failed export leaves what was there before."""
+    ``metadata`` in its ``rt_info`` under "atrous"; written whole (``_save_whole``)."""
     openvino = _openvino()
     network = openvino.convert_model(str(onnx_path))
     for key, value in metadata.items():
         network.set_rt_info(value, ["atrous", key])
-    path = Path(path)
+    return _save_whole(network, Path(path), compress_to_fp16=False)
+
+
+def _save_whole(network, path: Path, *, compress_to_fp16: bool) -> Path:
+    """``openvino.save_model`` into a temporary folder beside ``path``, then both files moved, the .xml last: an .xml
+    there is whole, and a failed save leaves what was there before."""
     with tempfile.TemporaryDirectory(prefix=".atrous-openvino-", dir=path.parent) as folder:
         written = Path(folder) / path.name
-        openvino.save_model(network, str(written), compress_to_fp16=False)
+        _openvino().save_model(network, str(written), compress_to_fp16=compress_to_fp16)
         os.replace(written.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(written, path)
     return path

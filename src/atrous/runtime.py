@@ -203,7 +203,7 @@ def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str
     """Path of ``model`` quantised to int8 (``atrous.quantize.quantize_onnx``) with activation ranges from
     ``calibration``, cached beside the fp32 export under the model's and the calibration images' fingerprints."""
     fp32 = cached_onnx(model, cache_dir)
-    digest = hashlib.sha256(calibration.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:12]
+    digest = _calibration_digest(calibration)
     path = fp32.with_name(f"{fp32.stem}-int8-{digest}.onnx")
     if path.is_file():
         _mark_used(path)
@@ -217,20 +217,22 @@ def cached_int8_onnx(model: Segmenter, calibration: torch.Tensor, cache_dir: str
 
 def cached_openvino_int8(model: Segmenter, calibration: torch.Tensor, cache_dir: str | Path | None = None) -> Path:
     """Path of ``model``'s OpenVINO IR quantised to int8 by NNCF on ``calibration`` (``.xml``; its ``.bin`` beside),
-    cached beside the fp32 export under the model's and the calibration images' fingerprints. Both files are written
-    in a temporary folder and moved, the ``.xml`` last: an entry is whole when its ``.xml`` exists."""
+    cached beside the fp32 export under the model's and the calibration images' fingerprints; an entry is whole when
+    its ``.xml`` exists (``quantize_openvino`` moves it in last)."""
     fp32 = cached_onnx(model, cache_dir)
-    digest = hashlib.sha256(calibration.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:12]
+    digest = _calibration_digest(calibration)
     path = fp32.with_name(f"{fp32.stem}-openvino-int8-{digest}.xml")
     if path.is_file():
         _mark_used(path)
         return path
-    with tempfile.TemporaryDirectory(prefix=".atrous-openvino-", dir=path.parent) as folder:
-        written = openvino_runtime.quantize_openvino(fp32, Path(folder) / path.name, calibration)
-        os.replace(written.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(written, path)
+    openvino_runtime.quantize_openvino(fp32, path, calibration)  # written whole: the .xml last
     log.info("quantised %s to int8 with NNCF (%d calibration images): %s", fp32, len(calibration), path)
     return path
+
+
+def _calibration_digest(calibration: torch.Tensor) -> str:
+    """What names a quantised cache entry besides the model: the calibration images' bytes."""
+    return hashlib.sha256(calibration.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
 def cached_onnxruntime_logits(model: Segmenter, cache_dir: str | Path | None = None):
